@@ -46,7 +46,7 @@ class ArtifactRef(_Frozen):
     @field_validator("sha256")
     @classmethod
     def _hex(cls, v: str) -> str:
-        if not _SHA256.match(v):
+        if not _SHA256.fullmatch(v):
             raise ValueError("sha256 must be 64 lowercase hex digits")
         return v
 

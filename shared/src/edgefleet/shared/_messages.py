@@ -155,9 +155,10 @@ def decode(payload: bytes) -> Message:
     """Turn raw bytes from the broker into a typed message, or raise MessageError."""
     if len(payload) > MAX_MESSAGE_BYTES:
         raise MessageError(f"message of {len(payload)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    # ValueError covers bad UTF-8, bad JSON and over-long integers; RecursionError, deep nesting.
     try:
         raw = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise MessageError("message is not JSON") from exc
     if not isinstance(raw, dict):
         raise MessageError("message is not a JSON object")

@@ -23,7 +23,7 @@ class Channel(StrEnum):
 
 def check_device_id(device_id: str) -> str:
     """Return ``device_id`` if it is safe inside a topic and a file name."""
-    if not isinstance(device_id, str) or not _DEVICE_ID.match(device_id):
+    if not isinstance(device_id, str) or not _DEVICE_ID.fullmatch(device_id):
         raise ConfigError(
             f"invalid device id {device_id!r}: use 1-64 letters, digits, '.', '_' or '-'"
         )

@@ -1,0 +1,140 @@
+"""Agent settings: a TOML file, overridden by EDGEFLEET_AGENT_* environment variables."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from edgefleet.shared import check_device_id, load_public_key, trusted_keyring
+from edgefleet.shared.errors import ConfigError
+
+ENV_PREFIX = "EDGEFLEET_AGENT_"
+
+@dataclass(frozen=True)
+class AgentConfig:
+    device_id: str
+    broker_url: str
+    artifact_base_url: str
+    trusted_keys: tuple[str, ...]
+    state_dir: Path
+    profile: str = "default"
+    broker_username: str | None = None
+    broker_password: str | None = field(default=None, repr=False)
+    broker_ca_file: str | None = None
+    artifact_token: str | None = field(default=None, repr=False)
+    inference_host: str = "127.0.0.1"
+    inference_port: int = 8470
+    topic_prefix: str = "edgefleet/v1"
+    telemetry_interval_s: float = 10.0
+    session_expiry_s: int = 7 * 24 * 3600
+    keepalive_s: int = 30
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+    download_timeout_s: float = 30.0
+    min_throughput_bytes_per_s: float = 1024.0
+    download_attempts: int = 5
+    download_retry_s: float = 2.0
+    log_level: str = "info"
+
+    @property
+    def broker(self) -> tuple[str, int, bool]:
+        """(host, port, tls) from the broker URL."""
+        parts = urlsplit(self.broker_url)
+        tls = parts.scheme == "mqtts"
+        return parts.hostname or "127.0.0.1", parts.port or (8883 if tls else 1883), tls
+
+    def keyring(self) -> dict[str, Any]:
+        return trusted_keyring(load_public_key(k) for k in self.trusted_keys)
+
+_TYPES: dict[str, type] = {f.name: f.type for f in fields(AgentConfig)}  # type: ignore[misc]
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = str(_TYPES[name])
+    try:
+        if "tuple" in kind:
+            if isinstance(value, str):
+                value = [v for v in value.replace(",", " ").split() if v]
+            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+                raise ValueError("expected a list of strings")
+            return tuple(value)
+        if kind == "Path":
+            return Path(str(value)).expanduser()
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError("expected an integer")
+            return int(value)
+        if kind == "float":
+            return float(value)
+        return None if value is None else str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name!r}: {exc}") from exc
+
+def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> AgentConfig:
+    """Read the TOML file (if any), apply environment overrides, check everything."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            values = tomllib.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    env = os.environ if env is None else env
+    for key, value in env.items():
+        if key.startswith(ENV_PREFIX) and key[len(ENV_PREFIX) :].lower() in _TYPES:
+            values[key[len(ENV_PREFIX) :].lower()] = value
+    unknown = sorted(set(values) - set(_TYPES))
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+    missing = sorted(
+        f.name
+        for f in fields(AgentConfig)
+        if f.default is f.default_factory and f.name not in values  # type: ignore[misc]
+    )
+    if missing:
+        raise ConfigError(f"missing setting(s): {', '.join(missing)}")
+    config = AgentConfig(**{k: _coerce(k, v) for k, v in values.items()})
+    return _checked(config)
+
+def _checked(config: AgentConfig) -> AgentConfig:
+    check_device_id(config.device_id)
+    parts = urlsplit(config.broker_url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ConfigError(
+            f"broker_url must look like mqtt://host:port or mqtts://host:port, "
+            f"got {parts.scheme or 'no'} scheme"
+        )
+    changes: dict[str, Any] = {}
+    if parts.username and not config.broker_username:
+        changes["broker_username"] = unquote(parts.username)
+    if parts.password and not config.broker_password:
+        changes["broker_password"] = unquote(parts.password)
+    if changes:
+        # keep credentials out of the URL so logging the URL never leaks them
+        netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+        changes["broker_url"] = f"{parts.scheme}://{netloc}"
+    art = urlsplit(config.artifact_base_url)
+    if art.scheme not in ("http", "https") or not art.hostname:
+        raise ConfigError("artifact_base_url must be an http:// or https:// URL")
+    if not config.artifact_base_url.endswith("/"):
+        changes["artifact_base_url"] = config.artifact_base_url + "/"
+    if not config.trusted_keys:
+        raise ConfigError("trusted_keys is empty: the agent would accept no manifest")
+    config.keyring()  # raises ConfigError on a bad key
+    if not 0 <= config.inference_port <= 65535:
+        raise ConfigError(f"inference_port {config.inference_port} is not a TCP port")
+    if config.telemetry_interval_s <= 0:
+        raise ConfigError("telemetry_interval_s must be positive")
+    if config.download_attempts < 1:
+        raise ConfigError("download_attempts must be at least 1")
+    if changes:
+
+        config = replace(config, **changes)
+    return config

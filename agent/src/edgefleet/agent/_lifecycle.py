@@ -1,0 +1,137 @@
+"""The deployment lifecycle as a pure state machine.
+
+States are nouns, outcomes are what an action reports. Every route is in
+:data:`TRANSITIONS`; actions do their work and return an outcome, they never
+choose the next state. :func:`drive` runs a record to a terminal state,
+saving it *before* each action so a restart resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+from edgefleet.shared import SignedBlob
+
+
+class State(StrEnum):
+    IDLE = "idle"
+    DOWNLOADING = "downloading"
+    VERIFYING = "verifying"
+    LOADING = "loading"
+    TESTING = "testing"
+    SWITCHING = "switching"
+    COMMITTED = "committed"
+    ROLLING_BACK = "rolling_back"
+    ROLLED_BACK = "rolled_back"
+    FAILED = "failed"
+
+
+class Outcome(StrEnum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+    RETRY = "retry"
+    CRASHED = "crashed"  # the agent died while this state ran
+    LOOP_DETECTED = "loop_detected"
+
+
+TRANSITIONS: dict[tuple[State, Outcome], State] = {
+    (State.DOWNLOADING, Outcome.SUCCESS): State.VERIFYING,
+    (State.DOWNLOADING, Outcome.RETRY): State.DOWNLOADING,
+    (State.DOWNLOADING, Outcome.FAILURE): State.FAILED,
+    (State.VERIFYING, Outcome.SUCCESS): State.LOADING,
+    (State.VERIFYING, Outcome.FAILURE): State.FAILED,
+    (State.LOADING, Outcome.SUCCESS): State.TESTING,
+    (State.LOADING, Outcome.FAILURE): State.FAILED,
+    (State.LOADING, Outcome.CRASHED): State.FAILED,
+    (State.TESTING, Outcome.SUCCESS): State.SWITCHING,
+    (State.TESTING, Outcome.FAILURE): State.FAILED,
+    (State.TESTING, Outcome.CRASHED): State.FAILED,
+    (State.SWITCHING, Outcome.SUCCESS): State.COMMITTED,
+    (State.SWITCHING, Outcome.FAILURE): State.FAILED,
+    (State.ROLLING_BACK, Outcome.SUCCESS): State.ROLLED_BACK,
+    (State.ROLLING_BACK, Outcome.FAILURE): State.FAILED,
+}
+TERMINAL = frozenset({State.IDLE, State.COMMITTED, State.ROLLED_BACK, State.FAILED})
+START = {"deploy": State.DOWNLOADING, "rollback": State.ROLLING_BACK}
+
+# States where dying means the candidate model may be what killed us: after a
+# restart they are not run again (a model that crashes the runtime must not
+# crash-loop the device); everything else is safe to run twice.
+UNSAFE_TO_RESUME = frozenset({State.LOADING, State.TESTING})
+
+# Saves per deployment before we call it a loop. Download retries are bounded
+# separately; this catches anything that keeps coming back.
+MAX_SAVES = 40
+
+
+class LifecycleError(Exception):
+    """A route missing from the table: a bug, never a user error."""
+
+
+def next_state(state: State, outcome: Outcome) -> State:
+    if outcome is Outcome.LOOP_DETECTED and state not in TERMINAL:
+        return State.FAILED
+    try:
+        return TRANSITIONS[(state, outcome)]
+    except KeyError:
+        raise LifecycleError(f"no transition from {state} on {outcome}") from None
+
+
+class DeploymentRecord(BaseModel):
+    """One deployment or rollback as persisted: enough to resume after a crash."""
+
+    deployment_id: str
+    kind: str  # "deploy" | "rollback"
+    signed: SignedBlob
+    state: State
+    saves: int = 0
+    attempts: int = 0
+    error_code: str | None = None
+    error: str | None = None
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+    details: dict[str, float | int | str | None] = Field(default_factory=dict)
+    resumed: bool = False
+
+    def fail(self, code: str, message: str) -> Outcome:
+        self.error_code, self.error = code, message
+        return Outcome.FAILURE
+
+
+Action = Callable[[DeploymentRecord], Outcome]
+
+
+def drive(
+    record: DeploymentRecord,
+    actions: Mapping[State, Action],
+    save: Callable[[DeploymentRecord], None],
+    report: Callable[[DeploymentRecord], None],
+) -> DeploymentRecord:
+    """Run ``record`` to a terminal state.
+
+    ``save`` persists the record (it runs before every action), ``report``
+    announces each state entered. When ``record.resumed`` is set and the
+    state is unsafe to run twice, the action is skipped as CRASHED.
+    """
+    while record.state not in TERMINAL:
+        record.saves += 1
+        if record.saves > MAX_SAVES:
+            outcome = Outcome.LOOP_DETECTED
+            record.error_code = "loop_detected"
+            record.error = f"state saved {record.saves} times without finishing"
+        elif record.resumed and record.state in UNSAFE_TO_RESUME:
+            outcome = Outcome.CRASHED
+            record.error_code = "crashed_while_loading"
+            record.error = f"the agent stopped during {record.state}; the candidate is not retried"
+        else:
+            save(record)
+            outcome = actions[record.state](record)
+        record.resumed = False
+        record.state = next_state(record.state, outcome)
+        report(record)
+        if record.state is not State.FAILED:
+            record.error_code = record.error = None
+    save(record)
+    return record

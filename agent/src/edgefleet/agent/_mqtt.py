@@ -1,0 +1,210 @@
+"""The agent's MQTT session: paho-mqtt 2.x behind a narrow seam.
+
+Persistent MQTT 5 session, retained status with a last will, birth message
+and resubscription on every (re)connect, reconnect backoff with jitter, and
+manual acknowledgement so a command is acknowledged only once the agent has
+taken charge of it. Nothing paho-shaped leaves this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+log = logging.getLogger("edgefleet.agent.mqtt")
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """A message from the broker: its topic, its bytes, and how to acknowledge it."""
+
+    topic: str
+    payload: bytes
+    ack: Callable[[], None]
+
+
+@dataclass(frozen=True)
+class Outbound:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    host: str
+    port: int
+    client_id: str
+    tls: bool = False
+    ca_file: str | None = None
+    username: str | None = None
+    password: str | None = None
+    keepalive_s: int = 30
+    session_expiry_s: int = 7 * 24 * 3600
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+
+
+def backoff_delay(attempt: int, low: float, high: float, rng: random.Random) -> float:
+    """Exponential backoff with 'equal jitter': half fixed, half random, so a fleet
+    that lost its broker at the same instant does not come back in the same instant."""
+    ceiling = min(high, low * (2 ** min(attempt, 30)))
+    return ceiling / 2 + rng.uniform(0, ceiling / 2)
+
+
+class MqttLink:
+    def __init__(
+        self,
+        settings: BrokerSettings,
+        *,
+        subscriptions: list[str],
+        on_message: Callable[[Inbound], None],
+        birth: Callable[[], Outbound],
+        will: Callable[[], Outbound],
+    ) -> None:
+        self._settings = settings
+        self._subscriptions = subscriptions
+        self._on_message = on_message
+        self._birth = birth
+        self._will = will
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._generation = 0
+        self._attempt = 0
+        self._rng = random.Random()
+        self._thread: threading.Thread | None = None
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=settings.client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        client.max_queued_messages_set(10_000)
+        if settings.username:
+            client.username_pw_set(settings.username, settings.password)
+        if settings.tls:
+            client.tls_set(ca_certs=settings.ca_file, cert_reqs=ssl.CERT_REQUIRED)
+        client.on_connect = self._handle_connect
+        client.on_disconnect = self._handle_disconnect
+        client.on_message = self._handle_message
+        self._client = client
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
+        self._thread.start()
+
+    def publish(self, message: Outbound) -> None:
+        """Queue a message; paho keeps QoS 1 messages until the broker has them."""
+        info = self._client.publish(
+            message.topic, message.payload, qos=message.qos, retain=message.retain
+        )
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            log.warning("publish to %s not queued: %s", message.topic, mqtt.error_string(info.rc))
+
+    def stop(self, farewell: Outbound | None = None, timeout: float = 3.0) -> None:
+        if farewell is not None and self.connected:
+            info = self._client.publish(
+                farewell.topic, farewell.payload, qos=farewell.qos, retain=farewell.retain
+            )
+            # the network thread is still looping, so this can complete
+            try:
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError):
+                pass
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout)
+        try:
+            self._client.disconnect()
+        except (OSError, ValueError):
+            pass
+
+    # -- network thread ------------------------------------------------------------
+
+    def _run(self) -> None:
+        s = self._settings
+        first = True
+        while not self._stop.is_set():
+            will = self._will()
+            self._client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+            try:
+                if first:
+                    props = Properties(PacketTypes.CONNECT)
+                    props.SessionExpiryInterval = s.session_expiry_s
+                    self._client.connect(
+                        s.host, s.port, keepalive=s.keepalive_s, clean_start=False,
+                        properties=props,
+                    )
+                    first = False
+                else:
+                    self._client.reconnect()
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                self._pause(f"cannot reach broker {s.host}:{s.port}: {exc}")
+                continue
+            while not self._stop.is_set():
+                rc = self._client.loop(timeout=0.5)
+                if rc != mqtt.MQTT_ERR_SUCCESS:
+                    break
+            if not self._stop.is_set():
+                self._pause(f"lost the broker {s.host}:{s.port}")
+
+    def _pause(self, why: str) -> None:
+        self._connected.clear()
+        s = self._settings
+        delay = backoff_delay(self._attempt, s.reconnect_min_s, s.reconnect_max_s, self._rng)
+        self._attempt += 1
+        log.warning("%s; retrying in %.1fs", why, delay)
+        self._stop.wait(delay)
+
+    def _handle_connect(self, client: mqtt.Client, userdata: object, flags: object,
+                        reason: object, properties: object) -> None:
+        if getattr(reason, "is_failure", False):
+            log.error("broker refused the connection: %s", reason)
+            return
+        self._generation += 1
+        self._attempt = 0
+        for topic in self._subscriptions:
+            client.subscribe(topic, qos=1)
+        birth = self._birth()
+        client.publish(birth.topic, birth.payload, qos=birth.qos, retain=birth.retain)
+        self._connected.set()
+        log.info("connected to broker (session present: %s)",
+                 getattr(flags, "session_present", "?"))
+
+    def _handle_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
+                           reason: object, properties: object) -> None:
+        self._connected.clear()
+
+    def _handle_message(self, client: mqtt.Client, userdata: object,
+                        msg: mqtt.MQTTMessage) -> None:
+        generation = self._generation
+        mid, qos = msg.mid, msg.qos
+
+        def ack() -> None:
+            # An ack for a packet from an earlier connection would name the wrong
+            # packet; the broker redelivers that one and we deduplicate it.
+            if qos > 0 and generation == self._generation:
+                client.ack(mid, qos)
+
+        try:
+            self._on_message(Inbound(topic=msg.topic, payload=bytes(msg.payload), ack=ack))
+        except Exception:  # one bad handler must never kill the network loop
+            log.exception("message handler failed on %s", msg.topic)
+            ack()
