@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 from pathlib import Path
 
@@ -47,7 +48,9 @@ def test_round_trip_through_json(private_key: Ed25519PrivateKey) -> None:
     assert verify(blob, trusted_keyring([private_key.public_key()])) == PAYLOAD
 
 
-def test_keyring_with_several_keys(private_key: Ed25519PrivateKey, other_key: Ed25519PrivateKey) -> None:
+def test_keyring_with_several_keys(
+    private_key: Ed25519PrivateKey, other_key: Ed25519PrivateKey
+) -> None:
     keyring = trusted_keyring([other_key.public_key(), private_key.public_key()])
     assert len(keyring) == 2
     assert verify(sign(PAYLOAD, private_key), keyring) == PAYLOAD
@@ -109,7 +112,10 @@ def test_truncated_signature(private_key: Ed25519PrivateKey) -> None:
     blob = sign(PAYLOAD, private_key)
     short = base64.b64encode(base64.b64decode(blob.signature)[:32]).decode()
     with pytest.raises(SignatureError):
-        verify(blob.model_copy(update={"signature": short}), trusted_keyring([private_key.public_key()]))
+        verify(
+            blob.model_copy(update={"signature": short}),
+            trusted_keyring([private_key.public_key()]),
+        )
 
 
 def test_load_public_key_from_raw_base64(private_key: Ed25519PrivateKey) -> None:
@@ -181,7 +187,9 @@ def test_private_key_pem_round_trip(private_key: Ed25519PrivateKey) -> None:
     assert verify(sign(PAYLOAD, loaded), trusted_keyring([private_key.public_key()])) == PAYLOAD
 
 
-@pytest.mark.parametrize("pem", [b"", b"junk", b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"])
+@pytest.mark.parametrize(
+    "pem", [b"", b"junk", b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"]
+)
 def test_load_private_key_rejects_junk(pem: bytes) -> None:
     with pytest.raises(ConfigError):
         load_private_key(pem)
@@ -199,8 +207,6 @@ def test_key_id_is_a_known_value() -> None:
     # RFC 8032 test vector 1; pins the key id scheme (sha256 of raw key bytes, 16 hex digits).
     raw = bytes.fromhex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
     key = load_public_key(base64.b64encode(raw).decode())
-    import hashlib
-
     assert key_id(key) == hashlib.sha256(raw).hexdigest()[:16]
 
 

@@ -171,8 +171,25 @@ class Observer:
         self.client.reconnect_delay_set(0.1, 1)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port, clean_start=True)
+        # a persistent session, so nothing is missed while the broker restarts
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 600
+        self.client.connect("127.0.0.1", port, clean_start=False, properties=props)
         self.client.loop_start()
+
+    def status(self, device_id: str) -> Any:
+        found = self.statuses(device_id)
+        return found[-1] if found else None
+
+    def wait_serving(self, device_id: str, deployment_id: str, timeout: float = 30.0) -> Any:
+        return self.wait_for(
+            lambda m: m.kind == "status"
+            and m.device_id == device_id
+            and m.online
+            and m.active is not None
+            and m.active.deployment_id == deployment_id,
+            timeout,
+        )
 
     def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
         for ch in (shared.Channel.STATUS, shared.Channel.EVENTS, shared.Channel.TELEMETRY):
@@ -201,9 +218,16 @@ class Observer:
         with self.lock:
             return [m for _, m in self.messages if m.kind == "status" and m.device_id == device_id]
 
-    def wait_for(self, predicate: Callable[[Any], bool], timeout: float = 30.0) -> Any:
+    def mark(self) -> int:
+        """A position in the message log; ``wait_for(since=mark)`` looks only past it."""
+        with self.lock:
+            return len(self.messages)
+
+    def wait_for(
+        self, predicate: Callable[[Any], bool], timeout: float = 30.0, since: int = 0
+    ) -> Any:
         deadline = time.monotonic() + timeout
-        seen = 0
+        seen = since
         with self.lock:
             while True:
                 for m in self.messages[seen:]:

@@ -61,7 +61,7 @@ def download(
             pace = _Pace(min_bytes_per_s, throughput_window_s, clock)
             total = offset
             with dest.open("ab" if offset else "wb") as out:
-                # Unbuffered, so every byte received before a cut is on disk to resume from.
+                # No chunk_size: re-chunking would hold bytes back, and a cut would lose them.
                 for chunk in response.iter_bytes():
                     if total + len(chunk) > size:
                         out.close()

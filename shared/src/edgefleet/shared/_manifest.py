@@ -80,7 +80,7 @@ class TensorData(_Frozen):
     def from_numpy(cls, array: np.ndarray) -> TensorData:
         import numpy as np
 
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array, order="C")  # not ascontiguousarray: it makes 0-d arrays 1-d
         return cls(
             dtype=str(array.dtype),
             shape=list(array.shape),

@@ -1,0 +1,36 @@
+# edgefleet entry points. `make test` runs the suite; `make setup` prepares a fresh machine.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+
+.PHONY: setup test lint bench demo clean
+
+$(PY):
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: $(PY) shared/pyproject.toml agent/pyproject.toml controller/pyproject.toml requirements-dev.txt
+	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; \
+	  elif command -v sudo >/dev/null 2>&1; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; \
+	  else echo "mosquitto is missing and I cannot install it: apt-get install mosquitto"; exit 1; fi; }
+	$(PIP) install --quiet -e shared -e agent -e controller -r requirements-dev.txt
+	touch $@
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check shared agent controller tests bench
+	$(VENV)/bin/ruff format --check shared agent controller tests bench
+
+bench: setup
+	$(PY) bench/agent_footprint.py
+	$(PY) bench/agent_swap.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

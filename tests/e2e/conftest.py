@@ -1,0 +1,38 @@
+"""Agents as real subprocesses against the private broker and artifact server."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.artifacts import ArtifactServer
+from tests.support.broker import Broker
+from tests.support.fleet import AgentProcess, Operator
+
+
+@pytest.fixture
+def make_agent(
+    tmp_path: Path, broker: Broker, artifact_server: ArtifactServer, operator: Operator
+) -> Iterator[Callable[..., AgentProcess]]:
+    agents: list[AgentProcess] = []
+
+    def make(device_id: str = "dev-1", start: bool = True, **settings: Any) -> AgentProcess:
+        agent = AgentProcess(
+            tmp_path / device_id,
+            device_id,
+            broker.url,
+            artifact_server.base_url,
+            [operator.public_text],
+            **settings,
+        )
+        agents.append(agent)
+        if start:
+            agent.start()
+        return agent
+
+    yield make
+    for agent in agents:
+        agent.stop()

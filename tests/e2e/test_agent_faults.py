@@ -1,0 +1,110 @@
+"""Faults injected for real: SIGKILL of the agent and of the broker, an agent that was away."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from tests.support.models import write_digits_model
+
+
+def _wait(predicate, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise TimeoutError(f"{what} not reached in {timeout}s")
+
+
+def test_sigkill_during_download_resumes_with_range(tmp_path, make_agent, operator, observer,
+                                                     artifact_server):
+    big = write_digits_model(tmp_path / "big.onnx", seed=1, pad_bytes=3_000_000)
+    agent = make_agent("dev-dl")
+    artifact_server.faults.bytes_per_s = 1_000_000  # about 3 s for the whole file
+    m = operator.deploy("dev-dl", big)
+    part = agent.state_dir / "downloads" / f"{m.artifact.sha256}.part"
+    _wait(lambda: part.exists() and part.stat().st_size > 300_000, what="partial download")
+    agent.kill()
+    artifact_server.faults.bytes_per_s = None
+    agent.start()
+    observer.wait_event(m.deployment_id, "committed", timeout=60)
+    ranged = [r for path, r in artifact_server.requests if path.endswith(m.artifact.sha256) and r]
+    assert ranged, artifact_server.requests  # the restart resumed instead of starting over
+    assert httpx.get(f"{agent.url}/v1/model").json()["deployment_id"] == m.deployment_id
+
+
+def test_sigkill_during_load_fails_candidate_and_keeps_last_good(tmp_path, make_agent, operator,
+                                                                  observer):
+    v1 = write_digits_model(tmp_path / "v1.onnx", seed=1)
+    v2 = write_digits_model(tmp_path / "v2.onnx", seed=2)
+    # the agent stops in LOADING for a minute: long enough to be killed there
+    agent = make_agent("dev-ld", env={"EDGEFLEET_AGENT_PAUSE_IN": "loading:60"})
+    m1 = operator.manifest("dev-ld", v1)
+    agent.stop()
+    agent.env.pop("EDGEFLEET_AGENT_PAUSE_IN")
+    agent.start()
+    operator.send("dev-ld", operator.deploy_payload(m1))
+    observer.wait_event(m1.deployment_id, "committed")
+    agent.stop()
+
+    agent.env["EDGEFLEET_AGENT_PAUSE_IN"] = "loading:60"
+    agent.start()
+    m2 = operator.deploy("dev-ld", v2, version="2.0.0")
+    _wait(lambda: agent.state().get("current", {}).get("state") == "loading", what="loading")
+    agent.kill()
+
+    agent.env.pop("EDGEFLEET_AGENT_PAUSE_IN")
+    agent.start()
+    failed = observer.wait_event(m2.deployment_id, "failed")
+    assert failed.error_code == "crashed_while_loading"
+    agent.wait_serving()
+    assert httpx.get(f"{agent.url}/v1/model").json()["deployment_id"] == m1.deployment_id
+    # the device is not stuck: a later deployment goes through
+    v3 = write_digits_model(tmp_path / "v3.onnx", seed=3)
+    m3 = operator.deploy("dev-ld", v3, version="3.0.0")
+    observer.wait_event(m3.deployment_id, "committed")
+
+
+def test_broker_killed_mid_deployment_completes(tmp_path, make_agent, operator, observer, broker,
+                                                artifact_server):
+    big = write_digits_model(tmp_path / "big.onnx", seed=1, pad_bytes=2_000_000)
+    agent = make_agent("dev-bk")
+    artifact_server.faults.bytes_per_s = 1_000_000
+    m = operator.deploy("dev-bk", big)
+    observer.wait_event(m.deployment_id, "downloading")
+    broker.restart(kill=True, down_for=1.0)
+    observer.wait_event(m.deployment_id, "committed", timeout=60)
+    observer.wait_serving("dev-bk", m.deployment_id)
+    assert httpx.get(f"{agent.url}/v1/model").json()["deployment_id"] == m.deployment_id
+
+
+def test_command_sent_while_agent_down_is_applied_on_return(tmp_path, make_agent, operator,
+                                                             observer):
+    v1 = write_digits_model(tmp_path / "v1.onnx", seed=1)
+    agent = make_agent("dev-off")
+    observer.wait_for(lambda s: s.kind == "status" and s.device_id == "dev-off" and s.online)
+    agent.stop()
+    observer.wait_for(lambda s: s.kind == "status" and s.device_id == "dev-off" and not s.online)
+    m = operator.deploy("dev-off", v1)
+    time.sleep(0.5)
+    assert observer.events("dev-off", m.deployment_id) == []
+    agent.start()
+    observer.wait_event(m.deployment_id, "committed")
+    # applied exactly once
+    assert [e.state for e in observer.events("dev-off", m.deployment_id)].count("committed") == 1
+
+
+def test_last_will_marks_a_killed_agent_offline(make_agent, observer):
+    agent = make_agent("dev-will", keepalive_s=1)
+    observer.wait_for(lambda s: s.kind == "status" and s.device_id == "dev-will" and s.online)
+    mark = observer.mark()
+    agent.kill()
+    status = observer.wait_for(
+        lambda s: s.kind == "status" and s.device_id == "dev-will" and not s.online,
+        timeout=15,
+        since=mark,
+    )
+    assert status.online is False
