@@ -21,6 +21,9 @@ $(VENV)/.setup-done: $(PY) shared/pyproject.toml agent/pyproject.toml controller
 	$(PIP) install --quiet -e shared -e agent -e controller -r requirements-dev.txt
 	touch $@
 
+demo: setup
+	$(PY) bench/demo.py
+
 test: setup
 	$(PY) -m pytest
 

@@ -10,12 +10,16 @@ import pytest
 
 from tests.support.artifacts import ArtifactServer
 from tests.support.broker import Broker
-from tests.support.fleet import AgentProcess, Operator
+from tests.support.fleet import AgentProcess, Observer, Operator
 
 
 @pytest.fixture
 def make_agent(
-    tmp_path: Path, broker: Broker, artifact_server: ArtifactServer, operator: Operator
+    tmp_path: Path,
+    broker: Broker,
+    artifact_server: ArtifactServer,
+    operator: Operator,
+    observer: Observer,
 ) -> Iterator[Callable[..., AgentProcess]]:
     agents: list[AgentProcess] = []
 
@@ -30,7 +34,14 @@ def make_agent(
         )
         agents.append(agent)
         if start:
+            # online means subscribed: a command sent after this is not lost
+            mark = observer.mark()
             agent.start()
+            observer.wait_for(
+                lambda m: m.kind == "status" and m.device_id == device_id and m.online,
+                timeout=30,
+                since=mark,
+            )
         return agent
 
     yield make

@@ -19,7 +19,6 @@ def test_deploy_serves_and_swap_drops_no_request(tmp_path, make_agent, operator,
     agent.wait_serving()
 
     m1 = operator.deploy("dev-1", v1, version="1.0.0")
-    observer.wait_event(m1.deployment_id, "committed")
     committed = observer.wait_event(m1.deployment_id, "committed")
     assert committed.details["p50_ms"] > 0  # the on-device benchmark ran
     x, y = digits()
@@ -49,9 +48,14 @@ def test_deploy_serves_and_swap_drops_no_request(tmp_path, make_agent, operator,
     threads = [threading.Thread(target=client) for _ in range(3)]
     for t in threads:
         t.start()
+    for _ in range(400):  # traffic is flowing on v1 before the swap starts
+        if sum(results.values()) >= 100:
+            break
+        stop.wait(0.05)
     m2 = operator.deploy("dev-1", v2, version="2.0.0")
     observer.wait_event(m2.deployment_id, "committed")
     # a little more traffic on v2, then stop
+    mark = observer.mark()
     target = sum(results.values()) + 100
     for _ in range(200):
         if sum(results.values()) >= target:
@@ -67,7 +71,7 @@ def test_deploy_serves_and_swap_drops_no_request(tmp_path, make_agent, operator,
     meta = httpx.get(f"{agent.url}/v1/model").json()
     assert meta["version"] == "2.0.0"
 
-    status = observer.wait_serving("dev-1", m2.deployment_id)
+    status = observer.wait_serving("dev-1", m2.deployment_id, since=mark)
     assert status.previous.deployment_id == m1.deployment_id
     assert status.last_sequence == m2.sequence
     # events came in lifecycle order
@@ -85,10 +89,11 @@ def test_signed_rollback_switches_back_and_is_applied_once(tmp_path, make_agent,
     observer.wait_event(m2.deployment_id, "committed")
 
     rollback_id, payload = operator.rollback_payload("dev-rb")
+    mark = observer.mark()
     operator.send("dev-rb", payload)
     observer.wait_event(rollback_id, "rolled_back")
     assert httpx.get(f"{agent.url}/v1/model").json()["version"] == "1.0.0"
-    status = observer.wait_serving("dev-rb", m1.deployment_id)
+    status = observer.wait_serving("dev-rb", m1.deployment_id, since=mark)
     assert status.previous.deployment_id == m2.deployment_id
 
     # the same command again (a QoS 1 duplicate or a replay) changes nothing
@@ -114,12 +119,16 @@ def test_telemetry_reports_requests_and_latency(tmp_path, make_agent, operator, 
             s.deployment_id == m1.deployment_id and s.requests > 0 for s in m.models
         )
 
+    def counted() -> tuple[int, int]:
+        with observer.lock:
+            stats = [s for _, m in observer.messages if m.kind == "telemetry"
+                     for s in m.models if s.deployment_id == m1.deployment_id]
+        return sum(s.requests for s in stats), sum(s.errors for s in stats)
+
     first = observer.wait_for(has_traffic, timeout=15)
-    total = sum(
-        s.requests for _, m in list(observer.messages) if m.kind == "telemetry"
-        for s in m.models if s.deployment_id == m1.deployment_id
-    )
-    assert total == 31
+    # every request is counted once, across however many intervals it took
+    observer.wait_for(lambda _: counted()[0] >= 31, timeout=15)
+    assert counted() == (31, 1)
     stats = next(s for s in first.models if s.deployment_id == m1.deployment_id)
     assert sum(stats.latency_counts) == stats.requests
     assert stats.p95_ms is not None and stats.p95_ms > 0

@@ -181,7 +181,9 @@ class Observer:
         found = self.statuses(device_id)
         return found[-1] if found else None
 
-    def wait_serving(self, device_id: str, deployment_id: str, timeout: float = 30.0) -> Any:
+    def wait_serving(
+        self, device_id: str, deployment_id: str, timeout: float = 30.0, since: int = 0
+    ) -> Any:
         return self.wait_for(
             lambda m: m.kind == "status"
             and m.device_id == device_id
@@ -189,6 +191,7 @@ class Observer:
             and m.active is not None
             and m.active.deployment_id == deployment_id,
             timeout,
+            since,
         )
 
     def _on_connect(self, client: mqtt.Client, *_: Any) -> None:

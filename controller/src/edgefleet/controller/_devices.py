@@ -1,0 +1,194 @@
+"""The fleet's devices: enrolling one (credentials and its agent config), listing, removing."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from edgefleet.shared.errors import AlreadyExists, ConfigError, NotFound
+
+from ._home import Home
+from ._models import Device, DeviceCreate, DevicePublic, Profile, utcnow
+from ._profiles import DeviceProfile
+from ._settings import toml_value
+
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
+DEFAULT_STATE_DIR = "/var/lib/edgefleet-agent"
+
+
+@dataclass(frozen=True)
+class EnrolledDevice:
+    device: DevicePublic
+    agent_config: str  # TOML with the device's credentials: show once, never stored
+    written_to: Path | None
+
+
+def parse_labels(items: Iterable[str]) -> dict[str, str]:
+    """``["site=lab", "room=2"]`` → ``{"site": "lab", "room": "2"}``; anything else is refused."""
+    labels: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not _LABEL_KEY.fullmatch(key) or not value:
+            raise ConfigError(
+                f"malformed label {item!r}: use key=value (key: letters, digits, '.', '_', '/', '-')"
+            )
+        labels[key] = value
+    return labels
+
+
+def mosquitto_password_hash(password: str, *, iterations: int = 101) -> str:
+    """The PBKDF2-SHA512 form Mosquitto's ``password_file`` uses (``$7$``)."""
+    salt = secrets.token_bytes(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def token_sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def add_device(
+    home: Home,
+    new: DeviceCreate,
+    *,
+    out: Path | None = None,
+    state_dir: str = DEFAULT_STATE_DIR,
+) -> EnrolledDevice:
+    """Register a device and produce its agent config; with ``out``, write it there (mode 0600).
+
+    The file is written before the database commit and removed if the commit
+    fails, so a failure leaves neither a device row nor a stray credential.
+    """
+    profile = home.profile(new.profile)
+    if out is not None and out.exists():
+        raise ConfigError(f"{out} already exists; remove it or choose another --out")
+    token = secrets.token_urlsafe(32)
+    with home.session() as session:
+        if session.exec(select(Device).where(Device.name == new.name)).first():
+            raise AlreadyExists(f"device {new.name!r} already exists")
+        _record_profile(session, profile)
+        device = Device(
+            name=new.name,
+            profile=profile.name,
+            labels=dict(new.labels),
+            token_sha256=token_sha256(token),
+            mqtt_password_hash=mosquitto_password_hash(token),
+        )
+        session.add(device)
+        text = agent_config_text(home, device.name, profile.name, token, state_dir=state_dir)
+        if out is not None:
+            _write_secret(out, text)
+        try:
+            session.flush()
+            public = DevicePublic.of(device)
+            session.commit()
+        except IntegrityError as exc:
+            if out is not None:
+                out.unlink(missing_ok=True)
+            raise AlreadyExists(f"device {new.name!r} already exists") from exc
+        except BaseException:
+            if out is not None:
+                out.unlink(missing_ok=True)
+            raise
+    return EnrolledDevice(device=public, agent_config=text, written_to=out)
+
+
+def agent_config_text(
+    home: Home, device_id: str, profile: str, token: str, *, state_dir: str
+) -> str:
+    """The agent's ``agent.toml`` (keys as in ``edgefleet.agent``'s config)."""
+    s = home.settings
+    values: list[tuple[str, object]] = [
+        ("device_id", device_id),
+        ("profile", profile),
+        ("broker_url", s.broker_url),
+        ("broker_username", device_id),
+        ("broker_password", token),
+        ("artifact_base_url", s.artifact_url),
+        ("artifact_token", token),
+        ("trusted_keys", [home.public_key_text()]),
+        ("state_dir", state_dir),
+        ("topic_prefix", s.topic_prefix),
+        ("inference_port", 8470),
+        ("telemetry_interval_s", 10.0),
+    ]
+    head = [
+        f"# edgefleet agent config for device {device_id!r} (profile {profile}).",
+        "# It holds this device's credentials: keep it private (mode 0600).",
+    ]
+    return "\n".join(head + [f"{k} = {toml_value(v)}" for k, v in values]) + "\n"
+
+
+def _write_secret(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def _record_profile(session: Session, profile: DeviceProfile) -> None:
+    """Keep the registry's copy of a profile in step with its file."""
+    row = session.get(Profile, profile.name) or Profile(
+        name=profile.name, arch=profile.arch, cores=profile.cores, ram_mb=profile.ram_mb
+    )
+    row.description = profile.description
+    row.arch = profile.arch
+    row.cores = profile.cores
+    row.ram_mb = profile.ram_mb
+    row.spec = profile.model_dump(mode="json")
+    row.source = profile.source
+    row.updated_at = utcnow()
+    session.add(row)
+
+
+def list_devices(
+    home: Home, *, profile: str | None = None, labels: dict[str, str] | None = None
+) -> list[DevicePublic]:
+    with home.session() as session:
+        query = select(Device).order_by(Device.name)
+        if profile is not None:
+            query = query.where(Device.profile == profile)
+        devices = session.exec(query).all()
+        # labels are JSON; filtering in Python keeps one code path for SQLite and PostgreSQL
+        wanted = (labels or {}).items()
+        return [
+            DevicePublic.of(d) for d in devices if wanted <= (d.labels or {}).items()
+        ]
+
+
+def get_device(home: Home, name: str) -> DevicePublic:
+    with home.session() as session:
+        return DevicePublic.of(_find(session, name))
+
+
+def remove_device(home: Home, name: str) -> DevicePublic:
+    """Forget a device, its deployments, events and telemetry. Its credentials stop working."""
+    with home.session() as session:
+        device = _find(session, name)
+        public = DevicePublic.of(device)
+        session.delete(device)
+    return public
+
+
+def _find(session: Session, name: str) -> Device:
+    device = session.exec(select(Device).where(Device.name == name)).first()
+    if device is None:
+        raise NotFound(f"unknown device {name!r}")
+    return device

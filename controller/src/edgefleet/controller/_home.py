@@ -1,0 +1,145 @@
+"""The operator's edgefleet home: creating it (``init``) and opening it for every other command."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from edgefleet.shared import (
+    generate_private_key,
+    key_id,
+    load_private_key,
+    private_key_to_pem,
+    public_key_to_text,
+)
+from edgefleet.shared.errors import ConfigError
+
+from ._db import create_engine, describe_url, session_scope
+from ._migrations import upgrade
+from ._profiles import DeviceProfile, builtin_profiles_dir, get_profile, load_profiles
+from ._settings import Settings, config_text
+from ._store import ArtifactStore
+
+
+@dataclass
+class Home:
+    """An opened home: settings, the registry's engine and the artifact store."""
+
+    settings: Settings
+    engine: Engine
+    store: ArtifactStore
+    migrations_applied: list[int] = field(default_factory=list)
+    _profiles: dict[str, DeviceProfile] | None = field(default=None, repr=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with session_scope(self.engine) as session:
+            yield session
+
+    def profiles(self) -> dict[str, DeviceProfile]:
+        if self._profiles is None:
+            self._profiles = available_profiles(self.settings)
+        return self._profiles
+
+    def profile(self, name: str) -> DeviceProfile:
+        return get_profile(self.profiles(), name)
+
+    def signing_key(self) -> Ed25519PrivateKey:
+        path = self.settings.private_key_path
+        try:
+            return load_private_key(path.read_bytes())
+        except OSError as exc:
+            raise ConfigError(f"cannot read the signing key {path}: {exc.strerror}") from exc
+
+    def public_key_text(self) -> str:
+        return public_key_to_text(self.signing_key().public_key())
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+@dataclass(frozen=True)
+class InitReport:
+    home: Path
+    database: str
+    key_id: str
+    created: list[str]
+    migrations_applied: list[int]
+
+
+def available_profiles(settings: Settings) -> dict[str, DeviceProfile]:
+    return load_profiles([builtin_profiles_dir(), settings.profiles_dir])
+
+
+def init_home(settings: Settings) -> InitReport:
+    """Create what is missing: folders, config, key pair, database. Never replaces a key."""
+    created: list[str] = []
+    home = settings.home
+    try:
+        for folder in (home, settings.artifacts_dir, settings.profiles_dir):
+            if not folder.is_dir():
+                folder.mkdir(parents=True)
+                created.append(f"{folder}/")
+        keys = settings.private_key_path.parent
+        if not keys.is_dir():
+            keys.mkdir(mode=0o700, parents=True)
+        if not settings.config_path.exists():
+            settings.config_path.write_text(config_text(settings))
+            created.append(str(settings.config_path))
+        if not settings.private_key_path.exists():
+            _write_private_key(settings.private_key_path, generate_private_key())
+            created.append(str(settings.private_key_path))
+    except OSError as exc:
+        raise ConfigError(f"cannot set up {home}: {exc}") from exc
+    opened = open_home(settings, require_init=False)
+    try:
+        key = opened.signing_key()
+        public = settings.public_key_path
+        if not public.exists():
+            public.write_text(public_key_to_text(key.public_key()) + "\n")
+            created.append(str(public))
+        return InitReport(
+            home=home,
+            database=describe_url(settings.database_url),
+            key_id=key_id(key.public_key()),
+            created=created,
+            migrations_applied=opened.migrations_applied,
+        )
+    finally:
+        opened.close()
+
+
+def _write_private_key(path: Path, key: Ed25519PrivateKey) -> None:
+    # O_EXCL + mode: the key is never on disk with wider permissions, not even briefly.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(private_key_to_pem(key))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def open_home(settings: Settings, *, require_init: bool = True) -> Home:
+    """Open the registry, bringing its schema up to date first."""
+    if require_init and not settings.is_initialised:
+        raise ConfigError(
+            f"{settings.home} is not an edgefleet home (no config.toml); run `edgefleet init`"
+        )
+    engine = create_engine(settings.database_url)
+    try:
+        applied = upgrade(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return Home(
+        settings=settings,
+        engine=engine,
+        store=ArtifactStore(settings.artifacts_dir),
+        migrations_applied=applied,
+    )

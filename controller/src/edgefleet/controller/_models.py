@@ -1,0 +1,246 @@
+"""The registry's tables (SQLModel) and the shapes the service layer hands out.
+
+Table models end in nothing (``Device``), input models in ``Create`` and output
+models in ``Public``. The schema itself is created and changed only by
+``_migrations``; a test checks that both agree.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import field_validator
+from sqlmodel import JSON, Column, Field, SQLModel, UniqueConstraint
+
+from edgefleet.shared import IOSignature, SmokeTest, check_device_id
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything stored is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def _when(**kw: Any) -> Any:
+    return Field(sa_type=sa.DateTime(timezone=True), **kw)  # type: ignore[call-overload]
+
+
+def _json(nullable: bool = False) -> Any:
+    return Field(default=None, sa_column=Column(JSON, nullable=nullable))
+
+
+class DeploymentState(StrEnum):
+    """Where one device is in one deployment, as the controller sees it."""
+
+    PENDING = "pending"  # recorded, not yet sent
+    SENT = "sent"  # manifest published to the device's command topic
+    IN_PROGRESS = "in_progress"  # the agent reported a step
+    COMMITTED = "committed"  # serving the new model
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+    SUPERSEDED = "superseded"  # a newer deployment replaced it before it finished
+
+
+# -- tables ----------------------------------------------------------------------
+
+
+class Profile(SQLModel, table=True):
+    """A copy of a profile file as it was when a device or variant referenced it."""
+
+    __tablename__ = "profile"
+
+    name: str = Field(primary_key=True, max_length=64)
+    description: str = ""
+    arch: str = Field(max_length=32)
+    cores: int
+    ram_mb: int
+    spec: dict[str, Any] = _json()
+    source: str = ""
+    updated_at: datetime = _when(default_factory=utcnow)
+
+
+class Device(SQLModel, table=True):
+    __tablename__ = "device"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, max_length=64)
+    profile: str = Field(foreign_key="profile.name", max_length=64)
+    labels: dict[str, str] = _json()
+    token_sha256: str = Field(max_length=64)  # the artifact bearer token, hashed
+    mqtt_password_hash: str = Field(max_length=200)  # Mosquitto password_file format
+    created_at: datetime = _when(default_factory=utcnow)
+    # since schema 2: what the device last told us
+    last_sequence: int = 0
+    online: bool = False
+    last_seen: datetime | None = _when(default=None)
+    agent_version: str = ""
+
+
+class Model(SQLModel, table=True):
+    __tablename__ = "model"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, max_length=128)
+    created_at: datetime = _when(default_factory=utcnow)
+
+
+class ModelVersion(SQLModel, table=True):
+    __tablename__ = "model_version"
+    __table_args__ = (UniqueConstraint("model_id", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_id: int = Field(foreign_key="model.id", ondelete="CASCADE")
+    version: str = Field(max_length=64)
+    io: dict[str, Any] = _json()  # IOSignature
+    smoke_test: dict[str, Any] = _json()  # SmokeTest with the reference output
+    source_name: str = ""  # the file name it was added from
+    created_at: datetime = _when(default_factory=utcnow)
+
+
+class Artifact(SQLModel, table=True):
+    __tablename__ = "artifact"
+
+    sha256: str = Field(primary_key=True, max_length=64)
+    size: int = Field(sa_type=sa.BigInteger)
+    path: str  # relative to the artifact store, e.g. sha256/ab/abcd...
+    format: str = Field(default="onnx", max_length=16)
+    created_at: datetime = _when(default_factory=utcnow)
+
+
+class Variant(SQLModel, table=True):
+    """One deployable file of a model version: the original, or a compressed one."""
+
+    __tablename__ = "variant"
+    __table_args__ = (UniqueConstraint("model_version_id", "name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_version_id: int = Field(foreign_key="model_version.id", ondelete="CASCADE")
+    name: str = Field(max_length=64)
+    artifact_sha256: str = Field(foreign_key="artifact.sha256")
+    profile: str | None = Field(default=None, foreign_key="profile.name")
+    metrics: dict[str, Any] = _json()
+    created_at: datetime = _when(default_factory=utcnow)
+
+
+class Deployment(SQLModel, table=True):
+    """One device's part of one deployment, with its state (schema 2)."""
+
+    __tablename__ = "deployment"
+    __table_args__ = (UniqueConstraint("deployment_id", "device_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    deployment_id: str = Field(index=True, max_length=128)
+    device_id: int = Field(foreign_key="device.id", ondelete="CASCADE")
+    variant_id: int = Field(foreign_key="variant.id")
+    sequence: int | None = None
+    state: str = Field(default=DeploymentState.PENDING.value, max_length=32)
+    error_code: str | None = None
+    error_message: str | None = None
+    created_at: datetime = _when(default_factory=utcnow)
+    updated_at: datetime = _when(default_factory=utcnow)
+
+
+class Event(SQLModel, table=True):
+    __tablename__ = "event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: int = Field(foreign_key="device.id", ondelete="CASCADE", index=True)
+    deployment_id: str | None = Field(default=None, max_length=128)
+    state: str = Field(max_length=32)
+    ok: bool = True
+    error_code: str | None = None
+    message: str = ""
+    details: dict[str, Any] | None = _json(nullable=True)
+    at: datetime = _when(default_factory=utcnow)  # when the agent sent it
+    received_at: datetime = _when(default_factory=utcnow)
+
+
+class Telemetry(SQLModel, table=True):
+    """One interval of one model's serving stats on one device, plus system stats."""
+
+    __tablename__ = "telemetry"
+
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: int = Field(foreign_key="device.id", ondelete="CASCADE")
+    at: datetime = _when(default_factory=utcnow)
+    interval_s: float = 0.0
+    model: str | None = None  # name:version/variant
+    deployment_id: str | None = None
+    requests: int = 0
+    errors: int = 0
+    latency_counts: list[int] | None = _json(nullable=True)
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+    cpu_percent: float | None = None
+    memory_used_bytes: int | None = Field(default=None, sa_type=sa.BigInteger)
+    temperature_c: float | None = None
+    disk_free_bytes: int | None = Field(default=None, sa_type=sa.BigInteger)
+
+
+# -- input and output shapes ------------------------------------------------------
+
+
+class DeviceCreate(SQLModel):
+    name: str
+    profile: str
+    labels: dict[str, str] = {}
+
+    @field_validator("name")
+    @classmethod
+    def _device_id(cls, v: str) -> str:
+        return check_device_id(v)
+
+
+class DevicePublic(SQLModel):
+    name: str
+    profile: str
+    labels: dict[str, str]
+    created_at: datetime
+    online: bool
+    last_seen: datetime | None
+    agent_version: str
+    last_sequence: int
+
+    @classmethod
+    def of(cls, device: Device) -> DevicePublic:
+        return cls(
+            name=device.name,
+            profile=device.profile,
+            labels=dict(device.labels or {}),
+            created_at=as_utc(device.created_at),  # type: ignore[arg-type]
+            online=device.online,
+            last_seen=as_utc(device.last_seen),
+            agent_version=device.agent_version,
+            last_sequence=device.last_sequence,
+        )
+
+
+class VariantPublic(SQLModel):
+    name: str
+    sha256: str
+    size: int
+    profile: str | None
+    metrics: dict[str, Any]
+
+
+class ModelVersionPublic(SQLModel):
+    name: str
+    version: str
+    created_at: datetime
+    source_name: str
+    io: IOSignature
+    smoke_test: SmokeTest
+    variants: list[VariantPublic]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"

@@ -1,0 +1,151 @@
+"""ONNX Runtime at the registry's door: load a model file, read its signature, build and run
+its smoke test. onnxruntime and onnx errors are translated here and go no further."""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgefleet.shared import IOSignature, SmokeTest, TensorData, TensorSpec
+from edgefleet.shared.errors import ConfigError, ExternalDataError, InvalidInput, ModelLoadError
+
+SAMPLE_ROWS = 4
+
+# ONNX Runtime's type strings → numpy dtype names
+_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(float16)": "float16",
+    "tensor(int8)": "int8",
+    "tensor(int16)": "int16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(uint8)": "uint8",
+    "tensor(uint16)": "uint16",
+    "tensor(uint32)": "uint32",
+    "tensor(uint64)": "uint64",
+    "tensor(bool)": "bool",
+}
+
+
+@dataclass(frozen=True)
+class InspectedModel:
+    io: IOSignature
+    smoke_test: SmokeTest
+
+
+def inspect_model(path: Path, sample: Path | None = None) -> InspectedModel:
+    """Load ``path`` with ONNX Runtime, read its signature, and compute the reference
+    output on a sample (from ``sample``'s first array, or generated from the signature)."""
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise ConfigError(f"model file {path} does not exist")
+    _refuse_external_data(path)
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own unrelated classes; translate them all
+        raise ModelLoadError(
+            f"ONNX Runtime cannot load {path.name}: {_first_line(exc)}"
+        ) from exc
+    io = IOSignature(
+        inputs=[_spec(a) for a in session.get_inputs()],
+        outputs=[_spec(a) for a in session.get_outputs()],
+    )
+    inputs = load_sample(sample, io) if sample is not None else generated_sample(io)
+    try:
+        outputs = session.run(None, inputs)
+    except Exception as exc:
+        where = f"the sample in {sample.name}" if sample else "a generated sample"
+        raise InvalidInput(f"{path.name} fails on {where}: {_first_line(exc)}") from exc
+    smoke = SmokeTest(
+        inputs={name: TensorData.from_numpy(a) for name, a in inputs.items()},
+        outputs={
+            spec.name: TensorData.from_numpy(np.asarray(a))
+            for spec, a in zip(io.outputs, outputs, strict=True)
+        },
+    )
+    return InspectedModel(io=io, smoke_test=smoke)
+
+
+def _refuse_external_data(path: Path) -> None:
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise ModelLoadError(f"{path.name} is not an ONNX model: {_first_line(exc)}") from exc
+    tensors = list(model.graph.initializer)
+    if any(uses_external_data(t) for t in tensors):
+        raise ExternalDataError(
+            f"{path.name} keeps weights in external files; save it as a single file"
+        )
+
+
+def _spec(arg: object) -> TensorSpec:
+    kind = getattr(arg, "type", "")
+    if kind not in _DTYPES:
+        raise ModelLoadError(f"input/output {arg.name!r} has type {kind}; only tensors are supported")  # type: ignore[attr-defined]
+    shape = [d if isinstance(d, int) or d is None else str(d) for d in arg.shape]  # type: ignore[attr-defined]
+    return TensorSpec(name=arg.name, dtype=_DTYPES[kind], shape=shape)  # type: ignore[attr-defined]
+
+
+def generated_sample(io: IOSignature, rows: int = SAMPLE_ROWS) -> dict[str, np.ndarray]:
+    """Deterministic inputs that fit the signature: the first free dimension is the batch."""
+    rng = np.random.default_rng(0)
+    sample: dict[str, np.ndarray] = {}
+    for spec in io.inputs:
+        shape = [
+            d if isinstance(d, int) else (rows if i == 0 else 1) for i, d in enumerate(spec.shape)
+        ]
+        dtype = np.dtype(spec.dtype)
+        if dtype.kind == "f":
+            sample[spec.name] = rng.standard_normal(shape).astype(dtype)
+        else:  # integers are often indices, and zero is a valid index of anything
+            sample[spec.name] = np.zeros(shape, dtype=dtype)
+    return sample
+
+
+def load_sample(path: Path, io: IOSignature, rows: int = SAMPLE_ROWS) -> dict[str, np.ndarray]:
+    """The first ``rows`` rows of an ``.npz``: arrays named after the inputs, or else the
+    first array for a model with one input. Floats are cast to the input's float type."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"sample file {path} does not exist") from exc
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise InvalidInput(f"{path.name} is not a readable .npz file: {_first_line(exc)}") from exc
+    if not arrays:
+        raise InvalidInput(f"{path.name} holds no arrays")
+    names = [spec.name for spec in io.inputs]
+    if all(n in arrays for n in names):
+        chosen = {n: arrays[n] for n in names}
+    elif len(names) == 1:
+        chosen = {names[0]: next(iter(arrays.values()))}
+    else:
+        raise InvalidInput(f"{path.name} must hold arrays named {', '.join(names)}")
+    sample: dict[str, np.ndarray] = {}
+    for spec in io.inputs:
+        array = np.asarray(chosen[spec.name])
+        if array.ndim == 0:
+            raise InvalidInput(f"{path.name}: the array for {spec.name!r} is a scalar")
+        array = array[:rows]
+        want = np.dtype(spec.dtype)
+        if array.dtype != want:
+            if not (array.dtype.kind in "fiu" and want.kind == "f"):
+                raise InvalidInput(
+                    f"{path.name}: {spec.name!r} is {array.dtype}, the model wants {want}"
+                )
+            array = array.astype(want)
+        sample[spec.name] = np.ascontiguousarray(array)
+    return sample
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or exc.__class__.__name__
+    return text.splitlines()[0][:300]
