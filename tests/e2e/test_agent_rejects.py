@@ -9,7 +9,6 @@ import httpx
 import numpy as np
 import onnx
 import pytest
-from onnx.external_data_helper import convert_model_to_external_data
 
 from edgefleet import shared
 from edgefleet.shared import ArtifactRef, IOSignature, TensorSpec
@@ -38,11 +37,10 @@ def _corrupt_onnx(tmp: Path) -> Path:
 
 
 def _external_data(tmp: Path) -> Path:
-    model = digits_model(seed=5)
-    convert_model_to_external_data(model, all_tensors_to_one_file=True, location="w.bin",
-                                   size_threshold=0)
+    """A valid model whose weights live in a side file (w.bin) next to it."""
     path = tmp / "external.onnx"
-    onnx.save_model(model, str(path), save_as_external=False)
+    onnx.save_model(digits_model(seed=3), str(path), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="w.bin", size_threshold=0)
     return path
 
 
@@ -71,7 +69,7 @@ def build(case: str, operator, tmp: Path, device: str):
     if case == "unknown key":
         return _unknown_key(operator, m(device, good))
     if case == "other device":
-        return operator.deploy_payload(m(device, good, device_id="someone-else"))
+        return operator.deploy_payload(m("someone-else", good))
     if case == "expired":
         return operator.deploy_payload(m(device, good, expires_in=-5))
     if case == "replayed sequence":

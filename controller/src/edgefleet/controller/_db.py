@@ -87,7 +87,8 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         raise  # callers know which constraint means what
     except SQLAlchemyError as exc:
         session.rollback()
-        raise RegistryError(f"database error: {exc.__class__.__name__}: {getattr(exc, "orig", None) or exc}") from exc
+        cause = getattr(exc, "orig", None) or exc
+        raise RegistryError(f"database error: {cause.__class__.__name__}: {cause}") from exc
     except BaseException:
         session.rollback()
         raise

@@ -76,6 +76,7 @@ def add_device(
         if session.exec(select(Device).where(Device.name == new.name)).first():
             raise AlreadyExists(f"device {new.name!r} already exists")
         _record_profile(session, profile)
+        session.flush()  # the profile row first: the device's foreign key points at it
         device = Device(
             name=new.name,
             profile=profile.name,
@@ -91,7 +92,7 @@ def add_device(
             session.flush()
             public = DevicePublic.of(device)
             session.commit()
-        except IntegrityError as exc:
+        except IntegrityError as exc:  # enrolled by someone else since we looked
             if out is not None:
                 out.unlink(missing_ok=True)
             raise AlreadyExists(f"device {new.name!r} already exists") from exc

@@ -1,0 +1,377 @@
+"""The ``edgefleet`` command line: thin commands over the service functions.
+
+Each command parses its arguments, calls one service function and renders
+the result (a rich table, or JSON with ``--json``). Expected failures print
+``error: <message>`` on stderr and exit 2 (bad usage or input) or 1.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+from typer.core import TyperGroup
+
+from edgefleet.shared.errors import ConfigError, EdgefleetError, ModelError, NotFound
+
+from . import _catalog, _devices
+from ._home import Home, available_profiles, init_home, open_home
+from ._models import DeviceCreate, DevicePublic, ModelVersionPublic
+from ._settings import Settings, load_settings
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+# the invocation was wrong (a bad value, a name that does not exist, a file that is not a model)
+_USAGE_ERRORS = (ConfigError, ModelError, NotFound)
+
+
+class _Group(TyperGroup):
+    """Turns edgefleet's own errors into one line on stderr and an exit code, anywhere below."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EdgefleetError as exc:
+            typer.echo(f"error: {exc.message}", err=True)
+            code = EXIT_USAGE if isinstance(exc, _USAGE_ERRORS) else EXIT_FAILURE
+            raise typer.Exit(code) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    help="edgefleet: roll ML models out to fleets of edge devices.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+device_app = typer.Typer(help="Enrol, list, show and remove devices.", no_args_is_help=True)
+model_app = typer.Typer(help="Add, list and show models and their versions.", no_args_is_help=True)
+profile_app = typer.Typer(help="List and show device profiles.", no_args_is_help=True)
+app.add_typer(device_app, name="device")
+app.add_typer(model_app, name="model")
+app.add_typer(profile_app, name="profile")
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    home: Annotated[
+        Path | None,
+        typer.Option(
+            "--home",
+            envvar="EDGEFLEET_HOME",
+            help="The edgefleet home folder (config, keys, registry, artifacts).",
+            show_default="~/.edgefleet",
+        ),
+    ] = None,
+) -> None:
+    """edgefleet: roll ML models out to fleets of edge devices."""
+    ctx.obj = home  # settings are read lazily, so --help works even with a broken config
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    return load_settings(ctx.find_root().obj)
+
+
+@contextmanager
+def _home(ctx: typer.Context) -> Iterator[Home]:
+    home = open_home(_settings(ctx))
+    try:
+        yield home
+    finally:
+        home.close()
+
+
+def _print_json(value: Any) -> None:
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    elif isinstance(value, list):
+        value = [v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in value]
+    typer.echo(json.dumps(value, indent=2, sort_keys=False))
+
+
+def _console() -> Console:
+    return Console(highlight=False, soft_wrap=False)
+
+
+# -- init ---------------------------------------------------------------------
+
+
+@app.command()
+def init(ctx: typer.Context) -> None:
+    """Create the home folder, config, Ed25519 signing key and registry (or bring them up to date)."""
+    report = init_home(_settings(ctx))
+    out = _console()
+    for path in report.created:
+        out.print(f"created  {path}")
+    if report.migrations_applied:
+        versions = ", ".join(str(v) for v in report.migrations_applied)
+        out.print(f"migrated {report.database} (schema {versions})")
+    out.print(f"home     {report.home}")
+    out.print(f"database {report.database}")
+    out.print(f"key id   {report.key_id}")
+
+
+# -- device -------------------------------------------------------------------
+
+
+@device_app.command("add")
+def device_add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Device id: letters, digits, '.', '_' or '-'.")],
+    profile: Annotated[str, typer.Option("--profile", "-p", help="Device profile, e.g. rpi4.")],
+    label: Annotated[
+        list[str] | None,
+        typer.Option("--label", "-l", help="A key=value label; repeat for more."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Write the agent config here (mode 0600); without it, print it on stdout.",
+        ),
+    ] = None,
+    state_dir: Annotated[
+        str, typer.Option(help="The agent's state folder on the device.")
+    ] = _devices.DEFAULT_STATE_DIR,
+) -> None:
+    """Enrol a device and produce its agent config with fresh credentials."""
+    new = DeviceCreate(name=name, profile=profile, labels=_devices.parse_labels(label or []))
+    with _home(ctx) as home:
+        enrolled = _devices.add_device(home, new, out=out, state_dir=state_dir)
+    if out is None:
+        typer.echo(enrolled.agent_config, nl=False)
+        typer.echo("note: this config holds the device's credentials; keep it private", err=True)
+    else:
+        typer.echo(f"enrolled {name} ({profile}); agent config written to {out} (mode 0600)")
+
+
+@device_app.command("list")
+def device_list(
+    ctx: typer.Context,
+    profile: Annotated[str | None, typer.Option(help="Only devices of this profile.")] = None,
+    label: Annotated[
+        list[str] | None, typer.Option("--label", "-l", help="Only devices with key=value.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List enrolled devices."""
+    with _home(ctx) as home:
+        devices = _devices.list_devices(
+            home, profile=profile, labels=_devices.parse_labels(label or [])
+        )
+    if as_json:
+        _print_json(devices)
+        return
+    table = Table("device", "profile", "labels", "online", "last seen", "agent")
+    for d in devices:
+        table.add_row(
+            d.name, d.profile, _labels(d.labels), _yes_no(d.online), _when(d.last_seen),
+            d.agent_version or "-",
+        )  # fmt: skip
+    _console().print(table)
+
+
+@device_app.command("show")
+def device_show(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The device id.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Show one device."""
+    with _home(ctx) as home:
+        device = _devices.get_device(home, name)
+    if as_json:
+        _print_json(device)
+        return
+    _console().print(_device_details(device))
+
+
+@device_app.command("remove")
+def device_remove(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The device id.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Remove a device with its deployments, events and telemetry; its credentials stop working."""
+    if not yes:
+        typer.confirm(f"remove device {name} and its history?", abort=True)
+    with _home(ctx) as home:
+        _devices.remove_device(home, name)
+    typer.echo(f"removed {name}")
+
+
+# -- model --------------------------------------------------------------------
+
+
+@model_app.command("add")
+def model_add(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="The ONNX model file.")],
+    name: Annotated[str, typer.Option("--name", "-n", help="Model name, e.g. digits.")],
+    version: Annotated[str, typer.Option("--version", "-v", help="Version, e.g. 1.0.0.")],
+    sample: Annotated[
+        Path | None,
+        typer.Option(
+            help="An .npz whose first array (or arrays named after the inputs) gives the "
+            "smoke-test sample; without it one is generated from the input signature."
+        ),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Add a model version: check it loads, store it, record its signature and smoke test."""
+    with _home(ctx) as home:
+        added = _catalog.add_model(home, file, name=name, version=version, sample=sample)
+    if as_json:
+        _print_json(added)
+        return
+    base = added.variants[0]
+    typer.echo(f"added {added.ref}: {base.size} bytes, sha256 {base.sha256[:12]}")
+
+
+@model_app.command("list")
+def model_list(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Option(help="Only versions of this model.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List model versions."""
+    with _home(ctx) as home:
+        versions = _catalog.list_models(home, name=name)
+    if as_json:
+        _print_json(versions)
+        return
+    table = Table("model", "version", "variants", "size", "inputs", "added")
+    for v in versions:
+        table.add_row(
+            v.name, v.version, ", ".join(x.name for x in v.variants),
+            _size(v.variants[0].size if v.variants else 0), _io(v, "inputs"), _when(v.created_at),
+        )  # fmt: skip
+    _console().print(table)
+
+
+@model_app.command("show")
+def model_show(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION, e.g. digits:1.0.0.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Show one model version: signature, smoke test and variants."""
+    with _home(ctx) as home:
+        version = _catalog.get_model_version(home, ref)
+    if as_json:
+        _print_json(version)
+        return
+    out = _console()
+    out.print(f"[bold]{version.ref}[/]  added {_when(version.created_at)} from {version.source_name}")
+    io = Table("", "tensor", "dtype", "shape", title="signature", title_justify="left")
+    for kind in ("inputs", "outputs"):
+        for spec in getattr(version.io, kind):
+            io.add_row(kind[:-1], spec.name, spec.dtype, _shape(spec.shape))
+    out.print(io)
+    smoke = ", ".join(f"{k} {_shape(t.shape)}" for k, t in version.smoke_test.inputs.items())
+    out.print(f"smoke test: {smoke} (rtol {version.smoke_test.rtol}, atol {version.smoke_test.atol})")
+    variants = Table("variant", "profile", "size", "sha256", title="variants", title_justify="left")
+    for v in version.variants:
+        variants.add_row(v.name, v.profile or "any", _size(v.size), v.sha256)
+    out.print(variants)
+
+
+# -- profile ------------------------------------------------------------------
+
+
+@profile_app.command("list")
+def profile_list(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """List the device profiles (built in, and from the home folder's profiles/)."""
+    profiles = list(available_profiles(_settings(ctx)).values())
+    if as_json:
+        _print_json(profiles)
+        return
+    table = Table("profile", "arch", "isa", "cores", "RAM", "threads", "max size", "max latency")
+    for p in profiles:
+        table.add_row(
+            p.name, p.arch, " ".join(p.isa_features), str(p.cores), f"{p.ram_mb} MB",
+            str(p.runtime.intra_op_threads or "auto"), _size(p.budgets.max_size_bytes),
+            f"{p.budgets.max_latency_ms:g} ms",
+        )  # fmt: skip
+    _console().print(table)
+
+
+@profile_app.command("show")
+def profile_show(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The profile name, e.g. rpi4.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Show one device profile in full."""
+    from ._profiles import get_profile
+
+    profile = get_profile(available_profiles(_settings(ctx)), name)
+    if as_json:
+        _print_json(profile)
+        return
+    out = _console()
+    out.print(f"[bold]{profile.name}[/]  {profile.description}  ({profile.source})")
+    for key, value in profile.model_dump(mode="json", exclude={"name", "description"}).items():
+        out.print(f"  {key}: {value}")
+
+
+# -- rendering ----------------------------------------------------------------
+
+
+def _device_details(d: DevicePublic) -> Table:
+    table = Table(show_header=False, box=None)
+    for key, value in (
+        ("device", d.name),
+        ("profile", d.profile),
+        ("labels", _labels(d.labels)),
+        ("enrolled", _when(d.created_at)),
+        ("online", _yes_no(d.online)),
+        ("last seen", _when(d.last_seen)),
+        ("agent", d.agent_version or "-"),
+        ("sequence", str(d.last_sequence)),
+    ):
+        table.add_row(key, value)
+    return table
+
+
+def _labels(labels: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "-"
+
+
+def _yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    raise AssertionError
+
+
+def _shape(shape: list[Any]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _io(version: ModelVersionPublic, kind: str) -> str:
+    return ", ".join(f"{s.name}{_shape(s.shape)}" for s in getattr(version.io, kind))
+
+
+def main() -> None:
+    app()
