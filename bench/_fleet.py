@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -14,6 +15,9 @@ if str(REPO) not in sys.path:
 from tests.support.artifacts import ArtifactServer  # noqa: E402
 from tests.support.broker import Broker  # noqa: E402
 from tests.support.fleet import AgentProcess, Observer, Operator  # noqa: E402
+from tests.support.models import digits, write_digits_model  # noqa: E402
+
+__all__ = ["LocalFleet", "digits", "rss_bytes", "write_digits_model"]
 
 
 class LocalFleet:
@@ -38,6 +42,18 @@ class LocalFleet:
         )
         self.agents.append(agent)
         return agent
+
+    def start(self, agent: AgentProcess, timeout: float = 30.0) -> float:
+        """Start an agent and wait until it is online (subscribed); returns the seconds taken."""
+        mark = self.observer.mark()
+        t0 = time.monotonic()
+        agent.start()
+        self.observer.wait_for(
+            lambda m: m.kind == "status" and m.device_id == agent.device_id and m.online,
+            timeout=timeout,
+            since=mark,
+        )
+        return time.monotonic() - t0
 
     def close(self) -> None:
         for agent in self.agents:

@@ -10,9 +10,7 @@ import argparse
 import statistics
 import time
 
-from _fleet import LocalFleet, rss_bytes
-
-from tests.support.models import write_digits_model
+from _fleet import LocalFleet, rss_bytes, write_digits_model
 
 
 def main() -> None:
@@ -25,7 +23,7 @@ def main() -> None:
     try:
         model = write_digits_model(fleet.workdir / "digits.onnx", seed=1)
         agent = fleet.agent("bench-1", telemetry_interval_s=10.0)
-        agent.start()
+        fleet.start(agent)
         manifest = fleet.operator.deploy("bench-1", model)
         fleet.observer.wait_event(manifest.deployment_id, "committed", timeout=60)
         agent.stop()
@@ -36,8 +34,12 @@ def main() -> None:
             t0 = time.monotonic()
             agent.start()
             fleet.observer.wait_for(
-                lambda m: m.kind == "status" and m.device_id == "bench-1" and m.online
-                and m.active is not None,
+                lambda m: (
+                    m.kind == "status"
+                    and m.device_id == "bench-1"
+                    and m.online
+                    and m.active is not None
+                ),
                 timeout=30,
                 since=mark,
             )
@@ -54,12 +56,18 @@ def main() -> None:
     mb = [r / 1e6 for r in rss]
     print(f"agent footprint, {args.runs} runs, model: digits MLP ({model.stat().st_size} bytes)")
     print(f"{'metric':<28}{'median':>10}{'min':>10}{'max':>10}{'budget':>10}")
-    print(f"{'start -> online (s)':<28}{statistics.median(online_s):>10.3f}"
-          f"{min(online_s):>10.3f}{max(online_s):>10.3f}{2.0:>10.1f}")
-    print(f"{'start -> serving HTTP (s)':<28}{statistics.median(serving_s):>10.3f}"
-          f"{min(serving_s):>10.3f}{max(serving_s):>10.3f}{'':>10}")
-    print(f"{'idle RSS (MB)':<28}{statistics.median(mb):>10.1f}{min(mb):>10.1f}"
-          f"{max(mb):>10.1f}{80.0:>10.1f}")
+    print(
+        f"{'start -> online (s)':<28}{statistics.median(online_s):>10.3f}"
+        f"{min(online_s):>10.3f}{max(online_s):>10.3f}{2.0:>10.1f}"
+    )
+    print(
+        f"{'start -> serving HTTP (s)':<28}{statistics.median(serving_s):>10.3f}"
+        f"{min(serving_s):>10.3f}{max(serving_s):>10.3f}{'':>10}"
+    )
+    print(
+        f"{'idle RSS (MB)':<28}{statistics.median(mb):>10.1f}{min(mb):>10.1f}"
+        f"{max(mb):>10.1f}{80.0:>10.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -12,9 +12,8 @@ import threading
 import time
 
 import httpx
-from _fleet import LocalFleet
 
-from tests.support.models import digits, write_digits_model
+from _fleet import LocalFleet, digits, write_digits_model
 
 
 def pct(values: list[float], q: float) -> float:
@@ -41,7 +40,7 @@ def main() -> None:
     try:
         models = [write_digits_model(fleet.workdir / f"v{i}.onnx", seed=i) for i in (1, 2)]
         agent = fleet.agent("swap-1", telemetry_interval_s=5.0)
-        agent.start()
+        fleet.start(agent)
         first = fleet.operator.deploy("swap-1", models[0], version="1")
         fleet.observer.wait_event(first.deployment_id, "committed", timeout=60)
 
@@ -54,8 +53,9 @@ def main() -> None:
                         return
                     t0 = time.monotonic()
                     try:
-                        r = http.post(f"{agent.url}/v1/infer",
-                                      json={"inputs": {"input": rows[(i + n) % 64]}})
+                        r = http.post(
+                            f"{agent.url}/v1/infer", json={"inputs": {"input": rows[(i + n) % 64]}}
+                        )
                         ok = r.status_code == 200
                     except httpx.HTTPError:
                         ok = False
@@ -83,10 +83,14 @@ def main() -> None:
     finally:
         fleet.close()
 
-    print(f"hot-swap under load: {args.swaps} swaps, {args.clients} clients, "
-          f"target {args.rate:.0f} req/s")
-    print(f"{'swap':<6}{'req before':>11}{'rate/s':>9}{'p99 before ms':>15}"
-          f"{'req during':>12}{'rate/s':>9}{'p99 during ms':>15}{'failed':>8}")
+    print(
+        f"hot-swap under load: {args.swaps} swaps, {args.clients} clients, "
+        f"target {args.rate:.0f} req/s"
+    )
+    print(
+        f"{'swap':<6}{'req before':>11}{'rate/s':>9}{'p99 before ms':>15}"
+        f"{'req during':>12}{'rate/s':>9}{'p99 during ms':>15}{'failed':>8}"
+    )
     total_failed = total_during = 0
     p99b, p99d = [], []
     for i, (b0, t_swap, t_end) in enumerate(windows, 1):
@@ -97,13 +101,18 @@ def main() -> None:
         total_during += len(during)
         p99b.append(pct(before, 99))
         p99d.append(pct([lat for lat, _ in during], 99))
-        print(f"{i:<6}{len(before):>11}{len(before) / (t_swap - b0):>9.0f}{p99b[-1]:>15.2f}"
-              f"{len(during):>12}{len(during) / (t_end - t_swap):>9.0f}{p99d[-1]:>15.2f}"
-              f"{failed:>8}")
+        print(
+            f"{i:<6}{len(before):>11}{len(before) / (t_swap - b0):>9.0f}{p99b[-1]:>15.2f}"
+            f"{len(during):>12}{len(during) / (t_end - t_swap):>9.0f}{p99d[-1]:>15.2f}"
+            f"{failed:>8}"
+        )
     all_failed = sum(1 for _, _, ok in log if not ok)
-    print(f"total requests {len(log)}, failed {all_failed} (in swap windows: {total_failed}); "
-          f"median p99 before {statistics.median(p99b):.2f} ms, during "
-          f"{statistics.median(p99d):.2f} ms (ratio {statistics.median(p99d) / statistics.median(p99b):.2f})")
+    ratio = statistics.median(p99d) / statistics.median(p99b)
+    print(
+        f"total requests {len(log)}, failed {all_failed} (in swap windows: {total_failed}); "
+        f"median p99 before {statistics.median(p99b):.2f} ms, during "
+        f"{statistics.median(p99d):.2f} ms (ratio {ratio:.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -55,8 +55,11 @@ def test_credentials_move_out_of_the_url(tmp_path):
 
 
 def test_environment_overrides_the_file(tmp_path):
-    env = {"EDGEFLEET_AGENT_INFERENCE_PORT": "9100", "EDGEFLEET_AGENT_PROFILE": "rpi5",
-           "EDGEFLEET_AGENT_TRUSTED_KEYS": f"{KEY},{KEY}"}
+    env = {
+        "EDGEFLEET_AGENT_INFERENCE_PORT": "9100",
+        "EDGEFLEET_AGENT_PROFILE": "rpi5",
+        "EDGEFLEET_AGENT_TRUSTED_KEYS": f"{KEY},{KEY}",
+    }
     config = load_config(write(tmp_path), env=env)
     assert config.inference_port == 9100
     assert config.profile == "rpi5"
@@ -93,8 +96,9 @@ def test_missing_settings_and_files(tmp_path):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edgefleet.agent", *args],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "edgefleet.agent", *args], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_cli_reports_a_bad_config_without_a_traceback(tmp_path):

@@ -15,14 +15,16 @@ def test_importing_and_starting_the_agent_loads_nothing_forbidden(tmp_path, brok
 
     key = shared.public_key_to_text(shared.generate_private_key().public_key())
     config = tmp_path / "agent.toml"
-    config.write_text(textwrap.dedent(f"""
+    config.write_text(
+        textwrap.dedent(f"""
         device_id = "dep-rule"
         broker_url = "{broker.url}"
         artifact_base_url = "http://127.0.0.1:9/"
         trusted_keys = ["{key}"]
-        state_dir = "{tmp_path / 'state'}"
+        state_dir = "{tmp_path / "state"}"
         inference_port = 0
-    """))
+    """)
+    )
     script = textwrap.dedent(f"""
         import json, sys
         import edgefleet.agent
@@ -38,7 +40,9 @@ def test_importing_and_starting_the_agent_loads_nothing_forbidden(tmp_path, brok
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["connected"]
-    loaded = [m for m in result["modules"] if any(m == f or m.startswith(f + ".") for f in FORBIDDEN)]
+    loaded = [
+        m for m in result["modules"] if any(m == f or m.startswith(f + ".") for f in FORBIDDEN)
+    ]
     assert loaded == []
     assert "onnxruntime" in result["modules"]  # it really started
 

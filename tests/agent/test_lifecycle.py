@@ -17,7 +17,7 @@ from edgefleet.agent._lifecycle import (
 )
 from edgefleet.shared import SignedBlob
 
-S, O = State, Outcome
+S, O = State, Outcome  # noqa: E741 - short names keep the tables readable
 BLOB = SignedBlob(key_id="k", payload="", signature="")
 
 
@@ -58,8 +58,13 @@ CASES = [
         [O.SUCCESS] * 5,
         [S.DOWNLOADING, S.VERIFYING, S.LOADING, S.TESTING, S.SWITCHING],
         S.COMMITTED,
-        [(S.VERIFYING, None), (S.LOADING, None), (S.TESTING, None), (S.SWITCHING, None),
-         (S.COMMITTED, None)],
+        [
+            (S.VERIFYING, None),
+            (S.LOADING, None),
+            (S.TESTING, None),
+            (S.SWITCHING, None),
+            (S.COMMITTED, None),
+        ],
     ),
     (
         "download retried then succeeds",
@@ -67,9 +72,15 @@ CASES = [
         [O.RETRY, O.RETRY, O.SUCCESS, O.SUCCESS, O.SUCCESS, O.SUCCESS, O.SUCCESS],
         [S.DOWNLOADING] * 3 + [S.VERIFYING, S.LOADING, S.TESTING, S.SWITCHING],
         S.COMMITTED,
-        [(S.DOWNLOADING, "download_failed"), (S.DOWNLOADING, "download_failed"),
-         (S.VERIFYING, None), (S.LOADING, None), (S.TESTING, None), (S.SWITCHING, None),
-         (S.COMMITTED, None)],
+        [
+            (S.DOWNLOADING, "download_failed"),
+            (S.DOWNLOADING, "download_failed"),
+            (S.VERIFYING, None),
+            (S.LOADING, None),
+            (S.TESTING, None),
+            (S.SWITCHING, None),
+            (S.COMMITTED, None),
+        ],
     ),
     ("download fails", S.DOWNLOADING, [O.FAILURE], [S.DOWNLOADING], S.FAILED, [(S.FAILED, "boom")]),
     (
@@ -104,37 +115,59 @@ CASES = [
         S.FAILED,
         [(S.FAILED, "boom")],
     ),
-    ("rollback", S.ROLLING_BACK, [O.SUCCESS], [S.ROLLING_BACK], S.ROLLED_BACK,
-     [(S.ROLLED_BACK, None)]),
-    ("rollback fails", S.ROLLING_BACK, [O.FAILURE], [S.ROLLING_BACK], S.FAILED,
-     [(S.FAILED, "boom")]),
+    (
+        "rollback",
+        S.ROLLING_BACK,
+        [O.SUCCESS],
+        [S.ROLLING_BACK],
+        S.ROLLED_BACK,
+        [(S.ROLLED_BACK, None)],
+    ),
+    (
+        "rollback fails",
+        S.ROLLING_BACK,
+        [O.FAILURE],
+        [S.ROLLING_BACK],
+        S.FAILED,
+        [(S.FAILED, "boom")],
+    ),
 ]
 
 
-@pytest.mark.parametrize(("name", "start", "outcomes", "ran", "final", "reports"), CASES,
-                         ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("name", "start", "outcomes", "ran", "final", "reports"), CASES, ids=[c[0] for c in CASES]
+)
 def test_lifecycle_table(name, start, outcomes, ran, final, reports):
     record, got_ran, saved, got_reports = run(start, outcomes)
     assert got_ran == ran
     assert record.state is final
     assert got_reports == reports
     # saved before every action ran, and once more at the end
-    assert saved == ran + [final]
+    assert saved == [*ran, final]
 
 
 RESUME_CASES = [
     # a state unsafe to repeat is not run again after a crash; the others are
     ("died while loading", S.LOADING, [], [], S.FAILED, "crashed_while_loading"),
     ("died while testing", S.TESTING, [], [], S.FAILED, "crashed_while_loading"),
-    ("died while downloading", S.DOWNLOADING, [O.SUCCESS] * 5,
-     [S.DOWNLOADING, S.VERIFYING, S.LOADING, S.TESTING, S.SWITCHING], S.COMMITTED, None),
+    (
+        "died while downloading",
+        S.DOWNLOADING,
+        [O.SUCCESS] * 5,
+        [S.DOWNLOADING, S.VERIFYING, S.LOADING, S.TESTING, S.SWITCHING],
+        S.COMMITTED,
+        None,
+    ),
     ("died while switching", S.SWITCHING, [O.SUCCESS], [S.SWITCHING], S.COMMITTED, None),
     ("died while rolling back", S.ROLLING_BACK, [O.SUCCESS], [S.ROLLING_BACK], S.ROLLED_BACK, None),
 ]
 
 
-@pytest.mark.parametrize(("name", "start", "outcomes", "ran", "final", "code"), RESUME_CASES,
-                         ids=[c[0] for c in RESUME_CASES])
+@pytest.mark.parametrize(
+    ("name", "start", "outcomes", "ran", "final", "code"),
+    RESUME_CASES,
+    ids=[c[0] for c in RESUME_CASES],
+)
 def test_resume_after_crash(name, start, outcomes, ran, final, code):
     record, got_ran, _, reports = run(start, outcomes, resumed=True)
     assert got_ran == ran

@@ -21,7 +21,7 @@ def test_deploy_serves_and_swap_drops_no_request(tmp_path, make_agent, operator,
     m1 = operator.deploy("dev-1", v1, version="1.0.0")
     committed = observer.wait_event(m1.deployment_id, "committed")
     assert committed.details["p50_ms"] > 0  # the on-device benchmark ran
-    x, y = digits()
+    x, _y = digits()
     out = infer_digits(agent.url, x[:50])
     assert out["model"]["version"] == "1.0.0"
     assert np.asarray(out["outputs"]["probs"]).shape == (50, 10)
@@ -37,9 +37,15 @@ def test_deploy_serves_and_swap_drops_no_request(tmp_path, make_agent, operator,
                 if stop.is_set():
                     return
                 try:
-                    r = http.post(f"{agent.url}/v1/infer",
-                                  json={"inputs": {"input": x[i % 100 : i % 100 + 1].tolist()}})
-                    key = r.headers.get("X-Edgefleet-Model", "?") if r.status_code == 200 else f"HTTP {r.status_code}"
+                    r = http.post(
+                        f"{agent.url}/v1/infer",
+                        json={"inputs": {"input": x[i % 100 : i % 100 + 1].tolist()}},
+                    )
+                    key = (
+                        r.headers.get("X-Edgefleet-Model", "?")
+                        if r.status_code == 200
+                        else f"HTTP {r.status_code}"
+                    )
                 except httpx.HTTPError as exc:
                     key = f"error {type(exc).__name__}"
                 with lock:
@@ -79,7 +85,9 @@ def test_deploy_serves_and_swap_drops_no_request(tmp_path, make_agent, operator,
     assert states == ["downloading", "verifying", "loading", "testing", "switching", "committed"]
 
 
-def test_signed_rollback_switches_back_and_is_applied_once(tmp_path, make_agent, operator, observer):
+def test_signed_rollback_switches_back_and_is_applied_once(
+    tmp_path, make_agent, operator, observer
+):
     v1 = write_digits_model(tmp_path / "v1.onnx", seed=1)
     v2 = write_digits_model(tmp_path / "v2.onnx", seed=2)
     agent = make_agent("dev-rb")
@@ -100,7 +108,10 @@ def test_signed_rollback_switches_back_and_is_applied_once(tmp_path, make_agent,
     operator.send("dev-rb", payload)
     ping_probe = operator.deploy("dev-rb", v2, version="2.0.1")
     observer.wait_event(ping_probe.deployment_id, "committed")
-    assert [e.state for e in observer.events("dev-rb", rollback_id)] == ["rolling_back", "rolled_back"]
+    assert [e.state for e in observer.events("dev-rb", rollback_id)] == [
+        "rolling_back",
+        "rolled_back",
+    ]
 
 
 def test_telemetry_reports_requests_and_latency(tmp_path, make_agent, operator, observer):
@@ -115,14 +126,21 @@ def test_telemetry_reports_requests_and_latency(tmp_path, make_agent, operator, 
         http.post(f"{agent.url}/v1/infer", json={"inputs": {"wrong": [[0.0]]}})
 
     def has_traffic(m):
-        return m.kind == "telemetry" and m.device_id == "dev-tel" and any(
-            s.deployment_id == m1.deployment_id and s.requests > 0 for s in m.models
+        return (
+            m.kind == "telemetry"
+            and m.device_id == "dev-tel"
+            and any(s.deployment_id == m1.deployment_id and s.requests > 0 for s in m.models)
         )
 
     def counted() -> tuple[int, int]:
         with observer.lock:
-            stats = [s for _, m in observer.messages if m.kind == "telemetry"
-                     for s in m.models if s.deployment_id == m1.deployment_id]
+            stats = [
+                s
+                for _, m in observer.messages
+                if m.kind == "telemetry"
+                for s in m.models
+                if s.deployment_id == m1.deployment_id
+            ]
         return sum(s.requests for s in stats), sum(s.errors for s in stats)
 
     first = observer.wait_for(has_traffic, timeout=15)

@@ -19,8 +19,9 @@ def _wait(predicate, timeout: float = 30.0, what: str = "condition"):
     raise TimeoutError(f"{what} not reached in {timeout}s")
 
 
-def test_sigkill_during_download_resumes_with_range(tmp_path, make_agent, operator, observer,
-                                                     artifact_server):
+def test_sigkill_during_download_resumes_with_range(
+    tmp_path, make_agent, operator, observer, artifact_server
+):
     big = write_digits_model(tmp_path / "big.onnx", seed=1, pad_bytes=3_000_000)
     agent = make_agent("dev-dl")
     artifact_server.faults.bytes_per_s = 1_000_000  # about 3 s for the whole file
@@ -36,8 +37,9 @@ def test_sigkill_during_download_resumes_with_range(tmp_path, make_agent, operat
     assert httpx.get(f"{agent.url}/v1/model").json()["deployment_id"] == m.deployment_id
 
 
-def test_sigkill_during_load_fails_candidate_and_keeps_last_good(tmp_path, make_agent, operator,
-                                                                  observer):
+def test_sigkill_during_load_fails_candidate_and_keeps_last_good(
+    tmp_path, make_agent, operator, observer
+):
     v1 = write_digits_model(tmp_path / "v1.onnx", seed=1)
     v2 = write_digits_model(tmp_path / "v2.onnx", seed=2)
     # the agent stops in LOADING for a minute: long enough to be killed there
@@ -68,8 +70,9 @@ def test_sigkill_during_load_fails_candidate_and_keeps_last_good(tmp_path, make_
     observer.wait_event(m3.deployment_id, "committed")
 
 
-def test_broker_killed_mid_deployment_completes(tmp_path, make_agent, operator, observer, broker,
-                                                artifact_server):
+def test_broker_killed_mid_deployment_completes(
+    tmp_path, make_agent, operator, observer, broker, artifact_server
+):
     big = write_digits_model(tmp_path / "big.onnx", seed=1, pad_bytes=2_000_000)
     agent = make_agent("dev-bk")
     artifact_server.faults.bytes_per_s = 1_000_000
@@ -81,8 +84,9 @@ def test_broker_killed_mid_deployment_completes(tmp_path, make_agent, operator, 
     assert httpx.get(f"{agent.url}/v1/model").json()["deployment_id"] == m.deployment_id
 
 
-def test_command_sent_while_agent_down_is_applied_on_return(tmp_path, make_agent, operator,
-                                                             observer):
+def test_command_sent_while_agent_down_is_applied_on_return(
+    tmp_path, make_agent, operator, observer
+):
     v1 = write_digits_model(tmp_path / "v1.onnx", seed=1)
     agent = make_agent("dev-off")
     observer.wait_for(lambda s: s.kind == "status" and s.device_id == "dev-off" and s.online)

@@ -39,8 +39,14 @@ def _corrupt_onnx(tmp: Path) -> Path:
 def _external_data(tmp: Path) -> Path:
     """A valid model whose weights live in a side file (w.bin) next to it."""
     path = tmp / "external.onnx"
-    onnx.save_model(digits_model(seed=3), str(path), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location="w.bin", size_threshold=0)
+    onnx.save_model(
+        digits_model(seed=3),
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="w.bin",
+        size_threshold=0,
+    )
     return path
 
 
@@ -76,7 +82,9 @@ def build(case: str, operator, tmp: Path, device: str):
         return operator.deploy_payload(m(device, good, sequence=1))
     if case == "wrong hash":
         real = operator.publish_artifact(good)
-        fake = ArtifactRef(sha256=shared.sha256_bytes(b"something else"), size=real.size, url=real.url)
+        fake = ArtifactRef(
+            sha256=shared.sha256_bytes(b"something else"), size=real.size, url=real.url
+        )
         return operator.deploy_payload(m(device, good, artifact=fake))
     if case == "stream longer than declared":
         real = operator.publish_artifact(good)
@@ -89,8 +97,10 @@ def build(case: str, operator, tmp: Path, device: str):
     if case == "external data":
         return operator.deploy_payload(m(device, _external_data(tmp), smoke=smoke_sample(good)))
     if case == "wrong io signature":
-        io = IOSignature(inputs=[TensorSpec(name="pixels", dtype="float32", shape=[None, 64])],
-                         outputs=[TensorSpec(name="probs", dtype="float32", shape=[None, 10])])
+        io = IOSignature(
+            inputs=[TensorSpec(name="pixels", dtype="float32", shape=[None, 64])],
+            outputs=[TensorSpec(name="probs", dtype="float32", shape=[None, 10])],
+        )
         return operator.deploy_payload(m(device, good, io=io))
     raise AssertionError(case)
 
@@ -125,12 +135,16 @@ def test_every_rejection_keeps_the_old_model(tmp_path, serving_v1, operator, obs
         after = np.asarray(infer_digits(agent.url, x[:5])["outputs"]["probs"])
         np.testing.assert_allclose(after, before)
     # nothing half-done was left behind: only the serving model is on disk
-    assert [p.name for p in (agent.state_dir / "models").iterdir()] == [f"{m1.artifact.sha256}.onnx"]
+    assert [p.name for p in (agent.state_dir / "models").iterdir()] == [
+        f"{m1.artifact.sha256}.onnx"
+    ]
     assert list((agent.state_dir / "downloads").iterdir()) == []
 
 
-def test_garbage_on_the_command_topic_is_reported_and_survived(tmp_path, serving_v1, operator, observer):
-    agent, m1 = serving_v1
+def test_garbage_on_the_command_topic_is_reported_and_survived(
+    tmp_path, serving_v1, operator, observer
+):
+    agent, _m1 = serving_v1
     garbage = [
         b"not json at all",
         b"\xff\xfe\x00garbage",
@@ -138,7 +152,8 @@ def test_garbage_on_the_command_topic_is_reported_and_survived(tmp_path, serving
         b'{"schema": 1, "kind": "deploy"}',
         b'{"schema": 7, "kind": "ping"}',
         b'{"schema": 1, "kind": "status", "device_id": "x", "online": true}',
-        b'{"schema": 1, "kind": "deploy", "signed": {"key_id": "k", "payload": "!!", "signature": "x"}}',
+        b'{"schema": 1, "kind": "deploy",'
+        b' "signed": {"key_id": "k", "payload": "!!", "signature": "x"}}',
         b"{" + b" " * (2 << 20) + b"}",
     ]
     seen = len(observer.events("dev-r"))

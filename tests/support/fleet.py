@@ -20,8 +20,8 @@ import numpy as np
 import onnxruntime as ort
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edgefleet import shared
 from edgefleet.shared import (
@@ -185,11 +185,13 @@ class Observer:
         self, device_id: str, deployment_id: str, timeout: float = 30.0, since: int = 0
     ) -> Any:
         return self.wait_for(
-            lambda m: m.kind == "status"
-            and m.device_id == device_id
-            and m.online
-            and m.active is not None
-            and m.active.deployment_id == deployment_id,
+            lambda m: (
+                m.kind == "status"
+                and m.device_id == device_id
+                and m.online
+                and m.active is not None
+                and m.active.deployment_id == deployment_id
+            ),
             timeout,
             since,
         )

@@ -86,7 +86,9 @@ class Agent:
         self.http = httpx.Client(
             base_url=config.artifact_base_url,
             headers=headers,
-            timeout=httpx.Timeout(config.download_timeout_s, connect=min(10.0, config.download_timeout_s)),
+            timeout=httpx.Timeout(
+                config.download_timeout_s, connect=min(10.0, config.download_timeout_s)
+            ),
             follow_redirects=False,
         )
         self.inbox: queue.Queue[Inbound | None] = queue.Queue()
@@ -162,10 +164,15 @@ class Agent:
 
     def _work(self) -> None:
         current = self.state.current
-        if current is not None and current.state not in (State.COMMITTED, State.FAILED,
-                                                         State.ROLLED_BACK, State.IDLE):
-            log.warning("resuming %s %s in state %s", current.kind, current.deployment_id,
-                        current.state)
+        if current is not None and current.state not in (
+            State.COMMITTED,
+            State.FAILED,
+            State.ROLLED_BACK,
+            State.IDLE,
+        ):
+            log.warning(
+                "resuming %s %s in state %s", current.kind, current.deployment_id, current.state
+            )
             current.resumed = True
             self._run_lifecycle(current)
         while not self.stopping.is_set():
@@ -250,8 +257,13 @@ class Agent:
             self._candidate = None
             self._publish_status()
         if record.state is State.FAILED:
-            log.error("%s %s failed: [%s] %s", record.kind, record.deployment_id,
-                      record.error_code, record.error)
+            log.error(
+                "%s %s failed: [%s] %s",
+                record.kind,
+                record.deployment_id,
+                record.error_code,
+                record.error,
+            )
         self._prune()
 
     def _save_record(self, record: DeploymentRecord) -> None:
@@ -381,18 +393,29 @@ class Agent:
         self._emit(order.benchmark_id, "benchmarking")
         try:
             if not keep:
-                download(self.http, artifact.url, part, size=artifact.size,
-                         min_bytes_per_s=self.config.min_throughput_bytes_per_s)
+                download(
+                    self.http,
+                    artifact.url,
+                    part,
+                    size=artifact.size,
+                    min_bytes_per_s=self.config.min_throughput_bytes_per_s,
+                )
                 if shared.sha256_file(part) != artifact.sha256:
                     raise ChecksumMismatch("benchmark artifact does not match its sha256")
                 os.replace(part, path)
-            model = load_model(path, ref=order.model, deployment_id=order.benchmark_id,
-                               sha256=artifact.sha256, runtime=order.runtime)
+            model = load_model(
+                path,
+                ref=order.model,
+                deployment_id=order.benchmark_id,
+                sha256=artifact.sha256,
+                runtime=order.runtime,
+            )
             check_signature(model, order.io)
             result = benchmark(model, order.sample, order.runs)
         except EdgefleetError as exc:
-            self._emit(order.benchmark_id, "benchmark_failed", ok=False, code=exc.code,
-                       message=str(exc))
+            self._emit(
+                order.benchmark_id, "benchmark_failed", ok=False, code=exc.code, message=str(exc)
+            )
             return
         finally:
             if not keep:
@@ -446,10 +469,12 @@ class Agent:
         if code:
             line += f" code={code} {message[:300]}"
         (log.info if ok else log.warning)(line)
-        self.link.publish(Outbound(
-            shared.events_topic(self.config.device_id, self.config.topic_prefix),
-            shared.encode(event),
-        ))
+        self.link.publish(
+            Outbound(
+                shared.events_topic(self.config.device_id, self.config.topic_prefix),
+                shared.encode(event),
+            )
+        )
 
     def _status_message(self, online: bool) -> Outbound:
         with self._lock:
@@ -505,4 +530,3 @@ def _parse_pause(text: str) -> tuple[str, float] | None:
 
 def _ms_since(start: float) -> float:
     return round((time.monotonic() - start) * 1000.0, 3)
-

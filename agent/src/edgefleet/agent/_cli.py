@@ -24,16 +24,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"edgefleet-agent {VERSION}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = sub.add_parser("run", help="run the agent until SIGTERM or Ctrl-C",
-                         description="Run the agent until SIGTERM or Ctrl-C.")
-    check = sub.add_parser("check-config", help="validate a config file and print it",
-                           description="Validate a config file (and environment overrides) "
-                           "and print the settings, secrets hidden.")
+    run = sub.add_parser(
+        "run",
+        help="run the agent until SIGTERM or Ctrl-C",
+        description="Run the agent until SIGTERM or Ctrl-C.",
+    )
+    check = sub.add_parser(
+        "check-config",
+        help="validate a config file and print it",
+        description="Validate a config file (and environment overrides) "
+        "and print the settings, secrets hidden.",
+    )
     for p in (run, check):
-        p.add_argument("--config", "-c", type=Path, required=True,
-                       help="path to agent.toml; EDGEFLEET_AGENT_<SETTING> variables override it")
-    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
-                     help="override the config's log_level")
+        p.add_argument(
+            "--config",
+            "-c",
+            type=Path,
+            required=True,
+            help="path to agent.toml; EDGEFLEET_AGENT_<SETTING> variables override it",
+        )
+    run.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="override the config's log_level",
+    )
     return parser
 
 

@@ -15,6 +15,7 @@ from edgefleet.shared.errors import ConfigError
 
 ENV_PREFIX = "EDGEFLEET_AGENT_"
 
+
 @dataclass(frozen=True)
 class AgentConfig:
     device_id: str
@@ -51,7 +52,9 @@ class AgentConfig:
     def keyring(self) -> dict[str, Any]:
         return trusted_keyring(load_public_key(k) for k in self.trusted_keys)
 
+
 _TYPES: dict[str, type] = {f.name: f.type for f in fields(AgentConfig)}  # type: ignore[misc]
+
 
 def _coerce(name: str, value: Any) -> Any:
     kind = str(_TYPES[name])
@@ -73,6 +76,7 @@ def _coerce(name: str, value: Any) -> Any:
         return None if value is None else str(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"setting {name!r}: {exc}") from exc
+
 
 def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> AgentConfig:
     """Read the TOML file (if any), apply environment overrides, check everything."""
@@ -102,6 +106,7 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Agen
         raise ConfigError(f"missing setting(s): {', '.join(missing)}")
     config = AgentConfig(**{k: _coerce(k, v) for k, v in values.items()})
     return _checked(config)
+
 
 def _checked(config: AgentConfig) -> AgentConfig:
     check_device_id(config.device_id)
@@ -135,6 +140,5 @@ def _checked(config: AgentConfig) -> AgentConfig:
     if config.download_attempts < 1:
         raise ConfigError("download_attempts must be at least 1")
     if changes:
-
         config = replace(config, **changes)
     return config

@@ -8,6 +8,7 @@ taken charge of it. Nothing paho-shaped leaves this module.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import ssl
@@ -124,17 +125,13 @@ class MqttLink:
                 farewell.topic, farewell.payload, qos=farewell.qos, retain=farewell.retain
             )
             # the network thread is still looping, so this can complete
-            try:
+            with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout)
-            except (RuntimeError, ValueError):
-                pass
         self._stop.set()
         if self._thread:
             self._thread.join(timeout)
-        try:
+        with contextlib.suppress(OSError, ValueError):
             self._client.disconnect()
-        except (OSError, ValueError):
-            pass
 
     # -- network thread ------------------------------------------------------------
 
@@ -149,7 +146,10 @@ class MqttLink:
                     props = Properties(PacketTypes.CONNECT)
                     props.SessionExpiryInterval = s.session_expiry_s
                     self._client.connect(
-                        s.host, s.port, keepalive=s.keepalive_s, clean_start=False,
+                        s.host,
+                        s.port,
+                        keepalive=s.keepalive_s,
+                        clean_start=False,
                         properties=props,
                     )
                     first = False
@@ -173,8 +173,14 @@ class MqttLink:
         log.warning("%s; retrying in %.1fs", why, delay)
         self._stop.wait(delay)
 
-    def _handle_connect(self, client: mqtt.Client, userdata: object, flags: object,
-                        reason: object, properties: object) -> None:
+    def _handle_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: object,
+        reason: object,
+        properties: object,
+    ) -> None:
         if getattr(reason, "is_failure", False):
             log.error("broker refused the connection: %s", reason)
             return
@@ -185,15 +191,21 @@ class MqttLink:
         birth = self._birth()
         client.publish(birth.topic, birth.payload, qos=birth.qos, retain=birth.retain)
         self._connected.set()
-        log.info("connected to broker (session present: %s)",
-                 getattr(flags, "session_present", "?"))
+        log.info(
+            "connected to broker (session present: %s)", getattr(flags, "session_present", "?")
+        )
 
-    def _handle_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
-                           reason: object, properties: object) -> None:
+    def _handle_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: object,
+        reason: object,
+        properties: object,
+    ) -> None:
         self._connected.clear()
 
-    def _handle_message(self, client: mqtt.Client, userdata: object,
-                        msg: mqtt.MQTTMessage) -> None:
+    def _handle_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         generation = self._generation
         mid, qos = msg.mid, msg.qos
 

@@ -70,9 +70,9 @@ def _tensor(buf: memoryview, found: set[str]) -> None:
     for number, wire, value in _fields(buf):
         if number == _TENSOR_NAME and isinstance(value, memoryview):
             name = bytes(value).decode("utf-8", "replace")
-        elif number == _TENSOR_EXTERNAL_DATA and wire == 2:
-            external = True
-        elif number == _TENSOR_DATA_LOCATION and wire == 0 and value == _EXTERNAL:
+        elif (number == _TENSOR_EXTERNAL_DATA and wire == 2) or (
+            number == _TENSOR_DATA_LOCATION and wire == 0 and value == _EXTERNAL
+        ):
             external = True
     if external:
         found.add(name or "<unnamed tensor>")
@@ -97,7 +97,14 @@ def _graph(buf: memoryview, found: set[str], depth: int) -> None:
 
 
 def _attribute(buf: memoryview, found: set[str], depth: int) -> None:
-    wanted = {_ATTR_T, _ATTR_G, _ATTR_TENSORS, _ATTR_GRAPHS, _ATTR_SPARSE_TENSOR, _ATTR_SPARSE_TENSORS}
+    wanted = {
+        _ATTR_T,
+        _ATTR_G,
+        _ATTR_TENSORS,
+        _ATTR_GRAPHS,
+        _ATTR_SPARSE_TENSOR,
+        _ATTR_SPARSE_TENSORS,
+    }
     for number, value in _sub(buf, wanted):
         if number in (_ATTR_T, _ATTR_TENSORS):
             _tensor(value, found)

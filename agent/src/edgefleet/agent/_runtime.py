@@ -186,7 +186,7 @@ def benchmark(
         model.run(feeds)
         times.append((time.perf_counter() - start) * 1000.0)
     times.sort()
-    p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
+    p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
     return {"p50_ms": statistics.median(times), "p95_ms": p95, "runs": float(len(times))}
 
 

@@ -103,6 +103,14 @@ def _console() -> Console:
     return Console(highlight=False, soft_wrap=False)
 
 
+def _table(*headers: str, **kw: Any) -> Table:
+    """A table whose first column (a name people copy) never wraps or truncates."""
+    table = Table(**kw)
+    for i, header in enumerate(headers):
+        table.add_column(header, no_wrap=i == 0, overflow="fold")
+    return table
+
+
 # -- init ---------------------------------------------------------------------
 
 
@@ -173,7 +181,7 @@ def device_list(
     if as_json:
         _print_json(devices)
         return
-    table = Table("device", "profile", "labels", "online", "last seen", "agent")
+    table = _table("device", "profile", "labels", "online", "last seen", "agent")
     for d in devices:
         table.add_row(
             d.name, d.profile, _labels(d.labels), _yes_no(d.online), _when(d.last_seen),
@@ -251,7 +259,7 @@ def model_list(
     if as_json:
         _print_json(versions)
         return
-    table = Table("model", "version", "variants", "size", "inputs", "added")
+    table = _table("model", "version", "variants", "size", "inputs", "added")
     for v in versions:
         table.add_row(
             v.name, v.version, ", ".join(x.name for x in v.variants),
@@ -274,17 +282,16 @@ def model_show(
         return
     out = _console()
     out.print(f"[bold]{version.ref}[/]  added {_when(version.created_at)} from {version.source_name}")
-    io = Table("", "tensor", "dtype", "shape", title="signature", title_justify="left")
+    io = _table("", "tensor", "dtype", "shape", title="signature", title_justify="left")
     for kind in ("inputs", "outputs"):
         for spec in getattr(version.io, kind):
             io.add_row(kind[:-1], spec.name, spec.dtype, _shape(spec.shape))
     out.print(io)
     smoke = ", ".join(f"{k} {_shape(t.shape)}" for k, t in version.smoke_test.inputs.items())
     out.print(f"smoke test: {smoke} (rtol {version.smoke_test.rtol}, atol {version.smoke_test.atol})")
-    variants = Table("variant", "profile", "size", "sha256", title="variants", title_justify="left")
-    for v in version.variants:
-        variants.add_row(v.name, v.profile or "any", _size(v.size), v.sha256)
-    out.print(variants)
+    out.print("variants:")
+    for v in version.variants:  # lines, not a table: the digest must stay copyable
+        out.print(f"  {v.name:<10} {v.profile or 'any':<10} {_size(v.size):>9}  sha256:{v.sha256}", soft_wrap=True)
 
 
 # -- profile ------------------------------------------------------------------
@@ -297,7 +304,7 @@ def profile_list(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     if as_json:
         _print_json(profiles)
         return
-    table = Table("profile", "arch", "isa", "cores", "RAM", "threads", "max size", "max latency")
+    table = _table("profile", "arch", "isa", "cores", "RAM", "threads", "max size", "max latency")
     for p in profiles:
         table.add_row(
             p.name, p.arch, " ".join(p.isa_features), str(p.cores), f"{p.ram_mb} MB",

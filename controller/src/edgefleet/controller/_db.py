@@ -87,8 +87,7 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         raise  # callers know which constraint means what
     except SQLAlchemyError as exc:
         session.rollback()
-        cause = getattr(exc, "orig", None) or exc
-        raise RegistryError(f"database error: {cause.__class__.__name__}: {cause}") from exc
+        raise RegistryError(f"database error: {describe_error(exc)}") from exc
     except BaseException:
         session.rollback()
         raise
@@ -102,3 +101,10 @@ def describe_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
         return "<invalid url>"
+
+
+def describe_error(exc: SQLAlchemyError) -> str:
+    """The driver's own first line, without SQLAlchemy's wrapping and links."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    return lines[0] if lines else cause.__class__.__name__

@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from edgefleet.shared.errors import ConfigError, RegistryError
 
-from ._db import write_lock
+from ._db import describe_error, write_lock
 
 
 @dataclass(frozen=True)
@@ -207,7 +207,7 @@ def current_version(engine: Engine) -> int:
         with engine.connect() as conn:
             return _read_version(conn)
     except SQLAlchemyError as exc:
-        raise RegistryError(f"cannot read the database schema version: {exc}") from exc
+        raise RegistryError(f"cannot open the database {_where(engine)}: {describe_error(exc)}") from exc
 
 
 def _read_version(conn: sa.Connection) -> int:
@@ -253,5 +253,11 @@ def upgrade(engine: Engine, target: int | None = None) -> list[int]:
                 )
                 applied.append(migration.version)
     except SQLAlchemyError as exc:
-        raise RegistryError(f"database migration failed: {exc}") from exc
+        raise RegistryError(
+            f"cannot bring the database {_where(engine)} up to date: {describe_error(exc)}"
+        ) from exc
     return applied
+
+
+def _where(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=True)

@@ -13,9 +13,7 @@ from collections.abc import Iterable, Sequence
 
 # Upper bounds in milliseconds, geometric with ratio 1.25 from 0.05 ms to about
 # 65 s; the last bucket (index len(BUCKET_BOUNDS_MS)) holds everything above.
-BUCKET_BOUNDS_MS: tuple[float, ...] = tuple(
-    round(0.05 * 1.25**i, 6) for i in range(64)
-)
+BUCKET_BOUNDS_MS: tuple[float, ...] = tuple(round(0.05 * 1.25**i, 6) for i in range(64))
 N_BUCKETS = len(BUCKET_BOUNDS_MS) + 1
 
 

@@ -50,7 +50,9 @@ def telemetry_topic(device_id: str, prefix: str = DEFAULT_PREFIX) -> str:
     return device_topic(device_id, Channel.TELEMETRY, prefix)
 
 
-def fleet_topic(channel: Channel, prefix: str = DEFAULT_PREFIX, share_group: str | None = None) -> str:
+def fleet_topic(
+    channel: Channel, prefix: str = DEFAULT_PREFIX, share_group: str | None = None
+) -> str:
     """Wildcard subscription for one channel of every device.
 
     ``share_group`` makes it an MQTT 5 shared subscription, so several

@@ -1,0 +1,45 @@
+"""The public surface of edgefleet.controller: exactly what `__all__` lists."""
+
+from __future__ import annotations
+
+import __future__
+from types import ModuleType
+
+import edgefleet.controller as controller
+
+
+def _public_names(module: ModuleType) -> set[str]:
+    return {
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_")
+        and not isinstance(value, ModuleType)
+        and not isinstance(value, type(__future__.annotations))
+    }
+
+
+def _ruff_order(name: str) -> tuple[int, str]:
+    return (0 if name.isupper() else 1 if name[0].isupper() else 2), name
+
+
+def test_all_is_sorted_and_unique() -> None:
+    names = list(controller.__all__)
+    assert len(names) == len(set(names))
+    assert names == sorted(names, key=_ruff_order)
+
+
+def test_every_name_in_all_exists() -> None:
+    assert [n for n in controller.__all__ if not hasattr(controller, n)] == []
+
+
+def test_every_public_name_is_in_all() -> None:
+    assert _public_names(controller) - set(controller.__all__) == set()
+
+
+def test_importing_the_controller_does_not_load_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, edgefleet.controller._cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
