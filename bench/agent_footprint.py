@@ -22,6 +22,7 @@ def main() -> None:
     fleet = LocalFleet()
     try:
         model = write_digits_model(fleet.workdir / "digits.onnx", seed=1)
+        model_bytes = model.stat().st_size
         agent = fleet.agent("bench-1", telemetry_interval_s=10.0)
         fleet.start(agent)
         manifest = fleet.operator.deploy("bench-1", model)
@@ -54,7 +55,7 @@ def main() -> None:
         fleet.close()
 
     mb = [r / 1e6 for r in rss]
-    print(f"agent footprint, {args.runs} runs, model: digits MLP ({model.stat().st_size} bytes)")
+    print(f"agent footprint, {args.runs} runs, model: digits MLP ({model_bytes} bytes)")
     print(f"{'metric':<28}{'median':>10}{'min':>10}{'max':>10}{'budget':>10}")
     print(
         f"{'start -> online (s)':<28}{statistics.median(online_s):>10.3f}"

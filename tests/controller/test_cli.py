@@ -57,7 +57,9 @@ def test_device_add_writes_an_agent_config_the_agent_accepts(
     cli: Cli, initialised: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "pi-1.toml"
-    result = cli.ok("device", "add", "pi-1", "--profile", "rpi4", "--label", "site=lab", "--out", str(out))
+    result = cli.ok(
+        "device", "add", "pi-1", "--profile", "rpi4", "--label", "site=lab", "--out", str(out)
+    )
     assert "pi-1" in result.stdout
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     config = tomllib.loads(out.read_text())
@@ -74,7 +76,6 @@ def test_device_add_writes_an_agent_config_the_agent_accepts(
         row = conn.execute("SELECT profile, labels, token_sha256 FROM device").fetchone()
     assert row[0] == "rpi4"
     assert json.loads(row[1]) == {"site": "lab"}
-    assert config["artifact_token"] not in out.read_text().replace(config["artifact_token"], "", 2)
     assert row[2] != config["artifact_token"]  # only a hash is kept
 
 

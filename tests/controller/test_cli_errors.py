@@ -98,7 +98,9 @@ CASES: list[tuple[str, Callable[[Path, Path], list[str]], int, str]] = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("argv", "code", "words"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("argv", "code", "words"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 def test_bad_input_is_refused_and_changes_nothing(
     cli: Cli,
     populated: Path,
@@ -155,9 +157,7 @@ def test_an_unreachable_database_is_a_clean_failure(
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_the_installed_script_exits_with_the_same_codes(
-    initialised: Path, tmp_path: Path
-) -> None:
+def test_the_installed_script_exits_with_the_same_codes(initialised: Path, tmp_path: Path) -> None:
     import os
     import subprocess
     import sys

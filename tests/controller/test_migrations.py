@@ -9,8 +9,13 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import SQLModel
 
-from edgefleet.controller import SCHEMA_VERSION, create_engine, current_version, upgrade
-from edgefleet.controller import _models  # noqa: F401 - registers the tables in SQLModel.metadata
+from edgefleet.controller import (
+    SCHEMA_VERSION,
+    _models,  # noqa: F401 - registers the tables in SQLModel.metadata
+    create_engine,
+    current_version,
+    upgrade,
+)
 from edgefleet.controller._migrations import MIGRATIONS
 from edgefleet.shared.errors import ConfigError
 
@@ -131,3 +136,29 @@ def test_sqlite_pragmas(tmp_path) -> None:  # type: ignore[no-untyped-def]
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000
     engine.dispose()
+
+
+def test_commands_starting_at_once_migrate_once(database_url: str) -> None:
+    import threading
+
+    errors: list[BaseException] = []
+    applied: list[list[int]] = []
+    barrier = threading.Barrier(4)
+
+    def run() -> None:
+        engine = create_engine(database_url)
+        try:
+            barrier.wait()
+            applied.append(upgrade(engine))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            engine.dispose()
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(v for versions in applied for v in versions) == list(range(1, SCHEMA_VERSION + 1))

@@ -1,8 +1,8 @@
 """The public surface of edgefleet.controller: exactly what `__all__` lists."""
 
 from __future__ import annotations
-
 import __future__
+
 from types import ModuleType
 
 import edgefleet.controller as controller

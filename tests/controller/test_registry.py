@@ -94,7 +94,9 @@ def test_removing_a_device_removes_its_history(home: Home, model_file: Path) -> 
         variant = session.exec(select(Variant)).one()
         for name in ("pi-1", "pi-2"):
             device = session.exec(select(Device).where(Device.name == name)).one()
-            session.add(Deployment(deployment_id="dep-1", device_id=device.id, variant_id=variant.id))
+            session.add(
+                Deployment(deployment_id="dep-1", device_id=device.id, variant_id=variant.id)
+            )
             session.add(Event(device_id=device.id, deployment_id="dep-1", state="downloading"))
             session.add(Telemetry(device_id=device.id, requests=5, p95_ms=3.2))
     remove_device(home, "pi-1")
@@ -114,7 +116,7 @@ def test_add_model_and_read_it_back(home: Home, model_file: Path) -> None:
 
 def test_duplicate_version_is_refused(home: Home, model_file: Path, model_file_v2: Path) -> None:
     add_model(home, model_file, name="digits", version="1.0.0")
-    with pytest.raises(AlreadyExists, match="digits:1.0.0"):
+    with pytest.raises(AlreadyExists, match=r"digits:1\.0\.0"):
         add_model(home, model_file_v2, name="digits", version="1.0.0")
     assert _count(home, ModelVersion) == 1
     add_model(home, model_file_v2, name="digits", version="1.0.1")

@@ -54,7 +54,9 @@ def test_concurrent_writers_of_the_same_bytes(tmp_path: Path) -> None:
     store = ArtifactStore(tmp_path / "a")
     data = os.urandom(1 << 20)
     results = []
-    threads = [threading.Thread(target=lambda: results.append(store.put_bytes(data))) for _ in range(8)]
+    threads = [
+        threading.Thread(target=lambda: results.append(store.put_bytes(data))) for _ in range(8)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -99,7 +101,8 @@ def test_home_profiles_replace_builtins(tmp_path: Path) -> None:
         ('name = "other"\narch = "arm64"\ncores = 1\nram_mb = 1\n[budgets]\nmax_size_bytes = 1\n'
          "max_latency_ms = 1\nmax_accuracy_drop = 0\n", "name the file"),
         ('arch = "arm64"\ncores = 1\nram_mb = 1\n[budgets]\nmax_size_bytes = 1\n'
-         'max_latency_ms = 1\nmax_accuracy_drop = 0\n[compression]\npasses = ["magic"]\n', "passes"),
+         'max_latency_ms = 1\nmax_accuracy_drop = 0\n[compression]\npasses = ["magic"]\n',
+         "passes"),
     ],
 )  # fmt: skip
 def test_bad_profile_files_are_reported_with_their_path(

@@ -196,11 +196,11 @@ class Agent:
         if isinstance(command, PingCommand):
             self._publish_status()
         elif isinstance(command, DeployCommand | RollbackCommand | BenchmarkCommand):
-            self._handle_signed(command.signed)
+            self._handle_signed(command.signed, message.ack)
         else:
             self._report_rejection("", "bad_message", f"agents take no {command.kind!r} messages")
 
-    def _handle_signed(self, blob: SignedBlob) -> None:
+    def _handle_signed(self, blob: SignedBlob, ack: Callable[[], None]) -> None:
         try:
             doc = shared.parse_signed_document(shared.verify(blob, self.keyring))
         except MessageError as exc:
@@ -232,6 +232,7 @@ class Agent:
             self.state.current = record
             self.state.remember(doc_id)
             self.store.save(self.state)
+        ack()  # persisted: from here on the agent, not the broker, keeps the command
         log.info("accepted %s %s (sequence %d)", doc.kind, doc_id, doc.sequence)
         self._report(record)
         self._run_lifecycle(record)

@@ -93,7 +93,8 @@ class DeploymentRecord(BaseModel):
     error: str | None = None
     timings_ms: dict[str, float] = Field(default_factory=dict)
     details: dict[str, float | int | str | None] = Field(default_factory=dict)
-    resumed: bool = False
+    # set in memory when a record is picked up again after a restart; never persisted
+    resumed: bool = Field(default=False, exclude=True)
 
     def fail(self, code: str, message: str) -> Outcome:
         self.error_code, self.error = code, message

@@ -209,10 +209,13 @@ class MqttLink:
         generation = self._generation
         mid, qos = msg.mid, msg.qos
 
+        acked = threading.Event()
+
         def ack() -> None:
             # An ack for a packet from an earlier connection would name the wrong
             # packet; the broker redelivers that one and we deduplicate it.
-            if qos > 0 and generation == self._generation:
+            if qos > 0 and not acked.is_set() and generation == self._generation:
+                acked.set()
                 client.ack(mid, qos)
 
         try:

@@ -6,7 +6,14 @@ Everything the CLI does is available here as a function taking an opened
 
 from ._catalog import add_model, get_model_version, list_models, parse_model_ref
 from ._db import create_engine, session_scope
-from ._devices import EnrolledDevice, add_device, get_device, list_devices, parse_labels, remove_device
+from ._devices import (
+    EnrolledDevice,
+    add_device,
+    get_device,
+    list_devices,
+    parse_labels,
+    remove_device,
+)
 from ._home import Home, InitReport, available_profiles, init_home, open_home
 from ._migrations import LATEST as SCHEMA_VERSION
 from ._migrations import current_version, upgrade

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from edgefleet.shared import IOSignature, SmokeTest
 from edgefleet.shared.errors import AlreadyExists, ConfigError, NotFound
@@ -40,9 +40,7 @@ def check_name_and_version(name: str, version: str) -> None:
     if not _NAME.fullmatch(name):
         raise ConfigError(f"invalid model name {name!r}: use letters, digits, '.', '_' or '-'")
     if not _VERSION.fullmatch(version):
-        raise ConfigError(
-            f"invalid version {version!r}: use letters, digits, '.', '+', '_' or '-'"
-        )
+        raise ConfigError(f"invalid version {version!r}: use letters, digits, '.', '+', '_' or '-'")
 
 
 def add_model(
@@ -105,7 +103,7 @@ def list_models(home: Home, *, name: str | None = None) -> list[ModelVersionPubl
         query = (
             select(Model, ModelVersion)
             .join(ModelVersion, ModelVersion.model_id == Model.id)  # type: ignore[arg-type]
-            .order_by(Model.name, ModelVersion.created_at, ModelVersion.id)
+            .order_by(col(Model.name), col(ModelVersion.created_at), col(ModelVersion.id))
         )
         if name is not None:
             query = query.where(Model.name == name)
@@ -130,7 +128,7 @@ def _public(session: Session, model: Model, row: ModelVersion) -> ModelVersionPu
         select(Variant, Artifact)
         .join(Artifact, Artifact.sha256 == Variant.artifact_sha256)  # type: ignore[arg-type]
         .where(Variant.model_version_id == row.id)
-        .order_by(Variant.id)
+        .order_by(col(Variant.id))
     ).all()
     return ModelVersionPublic(
         name=model.name,

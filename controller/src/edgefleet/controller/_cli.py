@@ -116,7 +116,7 @@ def _table(*headers: str, **kw: Any) -> Table:
 
 @app.command()
 def init(ctx: typer.Context) -> None:
-    """Create the home folder, config, Ed25519 signing key and registry (or bring them up to date)."""
+    """Create the home folder, config, Ed25519 signing key and registry, or update them."""
     report = init_home(_settings(ctx))
     out = _console()
     for path in report.created:
@@ -281,17 +281,24 @@ def model_show(
         _print_json(version)
         return
     out = _console()
-    out.print(f"[bold]{version.ref}[/]  added {_when(version.created_at)} from {version.source_name}")
+    out.print(
+        f"[bold]{version.ref}[/]  added {_when(version.created_at)} from {version.source_name}"
+    )
     io = _table("", "tensor", "dtype", "shape", title="signature", title_justify="left")
     for kind in ("inputs", "outputs"):
         for spec in getattr(version.io, kind):
             io.add_row(kind[:-1], spec.name, spec.dtype, _shape(spec.shape))
     out.print(io)
     smoke = ", ".join(f"{k} {_shape(t.shape)}" for k, t in version.smoke_test.inputs.items())
-    out.print(f"smoke test: {smoke} (rtol {version.smoke_test.rtol}, atol {version.smoke_test.atol})")
+    out.print(
+        f"smoke test: {smoke} (rtol {version.smoke_test.rtol}, atol {version.smoke_test.atol})"
+    )
     out.print("variants:")
     for v in version.variants:  # lines, not a table: the digest must stay copyable
-        out.print(f"  {v.name:<10} {v.profile or 'any':<10} {_size(v.size):>9}  sha256:{v.sha256}", soft_wrap=True)
+        out.print(
+            f"  {v.name:<10} {v.profile or 'any':<10} {_size(v.size):>9}  sha256:{v.sha256}",
+            soft_wrap=True,
+        )
 
 
 # -- profile ------------------------------------------------------------------

@@ -29,10 +29,13 @@ def create_engine(url: str, **kwargs: Any) -> Engine:
         parsed = make_url(url)
     except ArgumentError as exc:
         raise ConfigError(f"database_url {url!r} is not a SQLAlchemy URL") from exc
-    if parsed.drivername == "postgresql" and not importlib.util.find_spec("psycopg"):
-        # SQLAlchemy 2.1 defaults to psycopg 3; use psycopg2 when that is what is installed.
-        if importlib.util.find_spec("psycopg2"):
-            parsed = parsed.set(drivername="postgresql+psycopg2")
+    # SQLAlchemy 2.1 defaults to psycopg 3; use psycopg2 when that is what is installed.
+    if (
+        parsed.drivername == "postgresql"
+        and not importlib.util.find_spec("psycopg")
+        and importlib.util.find_spec("psycopg2")
+    ):
+        parsed = parsed.set(drivername="postgresql+psycopg2")
     is_sqlite = parsed.get_backend_name() == "sqlite"
     if is_sqlite and parsed.database and parsed.database != ":memory:":
         from pathlib import Path
@@ -52,11 +55,11 @@ def _tune_sqlite(engine: Engine, *, in_memory: bool) -> None:
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves, below
         cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")  # first: the next pragmas may wait
         if not in_memory:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")  # durable across crashes in WAL mode
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cur.close()
 
     @event.listens_for(engine, "begin")

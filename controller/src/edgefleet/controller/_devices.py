@@ -39,7 +39,8 @@ def parse_labels(items: Iterable[str]) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not _LABEL_KEY.fullmatch(key) or not value:
             raise ConfigError(
-                f"malformed label {item!r}: use key=value (key: letters, digits, '.', '_', '/', '-')"
+                f"malformed label {item!r}: use key=value "
+                "(key: letters, digits, '.', '_', '/', '-')"
             )
         labels[key] = value
     return labels
@@ -169,9 +170,7 @@ def list_devices(
         devices = session.exec(query).all()
         # labels are JSON; filtering in Python keeps one code path for SQLite and PostgreSQL
         wanted = (labels or {}).items()
-        return [
-            DevicePublic.of(d) for d in devices if wanted <= (d.labels or {}).items()
-        ]
+        return [DevicePublic.of(d) for d in devices if wanted <= (d.labels or {}).items()]
 
 
 def get_device(home: Home, name: str) -> DevicePublic:

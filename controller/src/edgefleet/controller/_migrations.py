@@ -207,7 +207,9 @@ def current_version(engine: Engine) -> int:
         with engine.connect() as conn:
             return _read_version(conn)
     except SQLAlchemyError as exc:
-        raise RegistryError(f"cannot open the database {_where(engine)}: {describe_error(exc)}") from exc
+        raise RegistryError(
+            f"cannot open the database {_where(engine)}: {describe_error(exc)}"
+        ) from exc
 
 
 def _read_version(conn: sa.Connection) -> int:

@@ -30,7 +30,7 @@ def as_utc(value: datetime | None) -> datetime | None:
 
 
 def _when(**kw: Any) -> Any:
-    return Field(sa_type=sa.DateTime(timezone=True), **kw)  # type: ignore[call-overload]
+    return Field(sa_type=sa.DateTime(timezone=True), **kw)
 
 
 def _json(nullable: bool = False) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,9 +49,7 @@ def inspect_model(path: Path, sample: Path | None = None) -> InspectedModel:
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own unrelated classes; translate them all
-        raise ModelLoadError(
-            f"ONNX Runtime cannot load {path.name}: {_first_line(exc)}"
-        ) from exc
+        raise ModelLoadError(f"ONNX Runtime cannot load {path.name}: {_first_line(exc)}") from exc
     io = IOSignature(
         inputs=[_spec(a) for a in session.get_inputs()],
         outputs=[_spec(a) for a in session.get_outputs()],
@@ -86,12 +85,14 @@ def _refuse_external_data(path: Path) -> None:
         )
 
 
-def _spec(arg: object) -> TensorSpec:
+def _spec(arg: Any) -> TensorSpec:  # onnxruntime.NodeArg
     kind = getattr(arg, "type", "")
     if kind not in _DTYPES:
-        raise ModelLoadError(f"input/output {arg.name!r} has type {kind}; only tensors are supported")  # type: ignore[attr-defined]
-    shape = [d if isinstance(d, int) or d is None else str(d) for d in arg.shape]  # type: ignore[attr-defined]
-    return TensorSpec(name=arg.name, dtype=_DTYPES[kind], shape=shape)  # type: ignore[attr-defined]
+        raise ModelLoadError(
+            f"input/output {arg.name!r} has type {kind}; only tensors are supported"
+        )
+    shape = [d if isinstance(d, int) or d is None else str(d) for d in arg.shape]
+    return TensorSpec(name=arg.name, dtype=_DTYPES[kind], shape=shape)
 
 
 def generated_sample(io: IOSignature, rows: int = SAMPLE_ROWS) -> dict[str, np.ndarray]:

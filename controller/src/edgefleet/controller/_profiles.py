@@ -17,9 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from edgefleet.shared import RuntimeSettings
 from edgefleet.shared.errors import ConfigError, NotFound
 
-CompressionPass = Literal[
-    "prune", "distill", "graph_opt", "int8_dynamic", "int8_static", "fp16"
-]
+CompressionPass = Literal["prune", "distill", "graph_opt", "int8_dynamic", "int8_static", "fp16"]
 
 
 class Budgets(BaseModel):

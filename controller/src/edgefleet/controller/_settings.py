@@ -109,7 +109,9 @@ def load_settings(home: Path | None = None, env: Mapping[str, str] | None = None
 def _checked(settings: Settings) -> Settings:
     broker = urlsplit(settings.broker_url)
     if broker.scheme not in ("mqtt", "mqtts") or not broker.hostname:
-        raise ConfigError(f"broker_url must look like mqtt://host:port, got {settings.broker_url!r}")
+        raise ConfigError(
+            f"broker_url must look like mqtt://host:port, got {settings.broker_url!r}"
+        )
     art = urlsplit(settings.artifact_url)
     if art.scheme not in ("http", "https") or not art.hostname:
         raise ConfigError(
