@@ -58,10 +58,10 @@ def test_deploy_serves_and_swap_drops_no_request(tmp_path, make_agent, operator,
         if sum(results.values()) >= 100:
             break
         stop.wait(0.05)
+    mark = observer.mark()
     m2 = operator.deploy("dev-1", v2, version="2.0.0")
     observer.wait_event(m2.deployment_id, "committed")
     # a little more traffic on v2, then stop
-    mark = observer.mark()
     target = sum(results.values()) + 100
     for _ in range(200):
         if sum(results.values()) >= target:
