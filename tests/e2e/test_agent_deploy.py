@@ -151,3 +151,21 @@ def test_telemetry_reports_requests_and_latency(tmp_path, make_agent, operator, 
     assert sum(stats.latency_counts) == stats.requests
     assert stats.p95_ms is not None and stats.p95_ms > 0
     assert first.system.rss_bytes and first.system.rss_bytes > 0
+
+
+def test_benchmark_command_measures_without_swapping(tmp_path, make_agent, operator, observer):
+    v1 = write_digits_model(tmp_path / "v1.onnx", seed=1)
+    candidate = write_digits_model(tmp_path / "candidate.onnx", seed=7, hidden=64)
+    agent = make_agent("dev-bench")
+    m1 = operator.deploy("dev-bench", v1)
+    observer.wait_event(m1.deployment_id, "committed")
+
+    bench_id, payload = operator.benchmark_payload("dev-bench", candidate, runs=30)
+    operator.send("dev-bench", payload)
+    result = observer.wait_event(bench_id, "benchmarked")
+    assert result.details["runs"] == 30
+    assert 0 < result.details["p50_ms"] <= result.details["p95_ms"]
+    # measured, not served, and not kept on disk
+    assert httpx.get(f"{agent.url}/v1/model").json()["deployment_id"] == m1.deployment_id
+    models = sorted(p.name for p in (agent.state_dir / "models").iterdir())
+    assert models == [f"{m1.artifact.sha256}.onnx"]

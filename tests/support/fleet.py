@@ -26,6 +26,8 @@ from paho.mqtt.properties import Properties
 from edgefleet import shared
 from edgefleet.shared import (
     ArtifactRef,
+    BenchmarkCommand,
+    BenchmarkOrder,
     DeployCommand,
     IOSignature,
     Manifest,
@@ -132,6 +134,25 @@ class Operator:
         )
         blob = shared.sign(shared.encode_document(order), self.key)
         return order.deployment_id, shared.encode(RollbackCommand(signed=blob))
+
+    def benchmark_payload(
+        self, device_id: str, model_path: Path, runs: int = 20
+    ) -> tuple[str, bytes]:
+        now = datetime.now(UTC)
+        order = BenchmarkOrder(
+            benchmark_id=f"bench-{uuid.uuid4().hex[:10]}",
+            device_id=device_id,
+            issued_at=now,
+            expires_at=now + timedelta(hours=1),
+            key_id=self.key_id,
+            model=ModelRef(name="digits", version="candidate", variant="int8"),
+            artifact=self.publish_artifact(model_path),
+            io=DIGITS_IO,
+            sample=smoke_sample(model_path, n=1).inputs,
+            runs=runs,
+        )
+        blob = shared.sign(shared.encode_document(order), self.key)
+        return order.benchmark_id, shared.encode(BenchmarkCommand(signed=blob))
 
     def send(self, device_id: str, payload: bytes) -> None:
         info = self.client.publish(shared.command_topic(device_id), payload, qos=1)

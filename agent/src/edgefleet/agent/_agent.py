@@ -35,7 +35,7 @@ from edgefleet.shared.errors import (
 
 from ._config import AgentConfig
 from ._download import download
-from ._lifecycle import START, DeploymentRecord, Outcome, State, drive
+from ._lifecycle import START, TERMINAL, DeploymentRecord, Outcome, State, drive
 from ._mqtt import BrokerSettings, Inbound, MqttLink, Outbound
 from ._runtime import LoadedModel, benchmark, check_signature, load_model, smoke_test
 from ._serving import InferenceServer, ModelSlot
@@ -164,12 +164,7 @@ class Agent:
 
     def _work(self) -> None:
         current = self.state.current
-        if current is not None and current.state not in (
-            State.COMMITTED,
-            State.FAILED,
-            State.ROLLED_BACK,
-            State.IDLE,
-        ):
+        if current is not None and current.state not in TERMINAL:
             log.warning(
                 "resuming %s %s in state %s", current.kind, current.deployment_id, current.state
             )
