@@ -168,6 +168,8 @@ def _bytes(obj: Any) -> bytes:
         pytest.param(_bytes({"kind": "ping"}), "unsupported schema None", id="no-schema"),
         pytest.param(_bytes({**PING, "schema": 2}), "unsupported schema 2", id="schema-2"),
         pytest.param(_bytes({**PING, "schema": "1"}), "unsupported schema '1'", id="schema-str"),
+        pytest.param(_bytes({**PING, "schema": True}), "unsupported schema True", id="schema-bool"),
+        pytest.param(_bytes({**PING, "schema": 1.0}), "unsupported schema 1.0", id="schema-float"),
         pytest.param(_bytes({**PING, "kind": "reboot"}), "reboot", id="unknown-kind"),
         pytest.param(_bytes({"schema": 1}), "kind", id="no-kind"),
         pytest.param(

@@ -162,7 +162,9 @@ def decode(payload: bytes) -> Message:
         raise MessageError("message is not JSON") from exc
     if not isinstance(raw, dict):
         raise MessageError("message is not a JSON object")
-    if raw.get("schema") != SCHEMA_VERSION:
+    schema = raw.get("schema")
+    # type() as well: in Python, true and 1.0 both compare equal to 1
+    if type(schema) is not int or schema != SCHEMA_VERSION:
         raise MessageError(f"unsupported schema {raw.get('schema')!r}; expected {SCHEMA_VERSION}")
     try:
         return _MESSAGE.validate_python(raw)
