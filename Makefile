@@ -18,7 +18,7 @@ $(VENV)/.setup-done: $(PY) shared/pyproject.toml agent/pyproject.toml controller
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; \
 	  elif command -v sudo >/dev/null 2>&1; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; \
 	  else echo "mosquitto is missing and I cannot install it: apt-get install mosquitto"; exit 1; fi; }
-	$(PIP) install --quiet -e shared -e agent -e controller -r requirements-dev.txt
+	$(PIP) install --quiet -e shared -e agent -e "controller[compress]" -r requirements-dev.txt
 	touch $@
 
 demo: setup
