@@ -9,7 +9,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgefleet.shared import is_sha256
+from edgefleet.shared import is_sha256, sha256_file
 from edgefleet.shared.errors import ArtifactError, ChecksumMismatch, ConfigError
 
 _CHUNK = 1 << 20
@@ -97,11 +97,7 @@ class ArtifactStore:
         path = self.path_of(sha256)
         if not path.is_file():
             raise ArtifactError(f"artifact {sha256[:12]} is missing from {self.root}")
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while chunk := fh.read(_CHUNK):
-                digest.update(chunk)
-        if digest.hexdigest() != sha256:
+        if sha256_file(path) != sha256:
             raise ChecksumMismatch(f"artifact {path} does not hash to its name")
 
 
