@@ -15,7 +15,12 @@ from tests.support.models import digits, write_digits_model
 def test_deploy_serves_and_swap_drops_no_request(tmp_path, make_agent, operator, observer):
     v1 = write_digits_model(tmp_path / "v1.onnx", seed=1)
     v2 = write_digits_model(tmp_path / "v2.onnx", seed=2)
-    agent = make_agent("dev-1")
+    agent = make_agent(
+        "dev-1",
+        artifact_token="tok-SECRET-1",
+        broker_username="dev-1",
+        broker_password="pw-SECRET-2",
+    )
     agent.wait_serving()
 
     m1 = operator.deploy("dev-1", v1, version="1.0.0")
@@ -83,6 +88,11 @@ def test_deploy_serves_and_swap_drops_no_request(tmp_path, make_agent, operator,
     # events came in lifecycle order
     states = [e.state for e in observer.events("dev-1", m2.deployment_id)]
     assert states == ["downloading", "verifying", "loading", "testing", "switching", "committed"]
+    # one log line per event, and no secrets in the log
+    log = agent.log_text()
+    for state in states:
+        assert f"event {state} deployment={m2.deployment_id}" in log
+    assert "SECRET" not in log
 
 
 def test_signed_rollback_switches_back_and_is_applied_once(
