@@ -100,7 +100,7 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Agen
     missing = sorted(
         f.name
         for f in fields(AgentConfig)
-        if f.default is f.default_factory and f.name not in values  # type: ignore[misc]
+        if f.default is f.default_factory and f.name not in values
     )
     if missing:
         raise ConfigError(f"missing setting(s): {', '.join(missing)}")

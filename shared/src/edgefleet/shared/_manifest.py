@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import re
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
@@ -195,6 +195,6 @@ def check_document(
 
 
 def _first_error(exc: ValidationError) -> str:
-    err: dict[str, Any] = exc.errors()[0]
-    where = ".".join(str(p) for p in err.get("loc", ())) or "(root)"
-    return f"{where}: {err.get('msg', 'invalid')}"
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "(root)"
+    return f"{where}: {err['msg']}"

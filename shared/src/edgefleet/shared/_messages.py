@@ -17,7 +17,7 @@ from ._manifest import ModelRef, _first_error
 from ._signing import SignedBlob
 from .errors import MessageError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 # Manifests carry a smoke-test sample inline; anything past this is garbage.
 MAX_MESSAGE_BYTES = 1 << 20
 
