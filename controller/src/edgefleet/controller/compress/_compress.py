@@ -1,0 +1,371 @@
+"""``compress``: one fp32 model in, the profile's allowed passes run, every candidate
+measured against the reference in one run, the best inside the budget chosen and reported."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgefleet.shared.errors import ConfigError, ModelError
+
+from .._profiles import Budgets, DeviceProfile
+from . import _metrics
+from ._data import EvalData, load_eval_data, split_eval_data
+from ._measure import file_size, open_session, run_outputs, time_side_by_side
+from ._onnx_passes import (
+    CALIBRATION_METHODS,
+    CalibrationMethodName,
+    Candidate,
+    PassFailed,
+    convert_fp16,
+    graph_optimize,
+    quantize_int8_dynamic,
+    quantize_int8_static,
+)
+from ._select import Measured, Objective, breaches, check_objective, choose
+
+if TYPE_CHECKING:
+    import torch
+
+Progress = Callable[[str, int, int], None]
+TORCH_PASSES = ("prune", "distill")
+REFERENCE = "fp32"
+# ISA features meaning the CPU has VNNI int8 dot products; without them, x86 int8 needs
+# reduce-range to avoid saturating the u8s8 kernels
+VNNI_FEATURES = frozenset({"avx-vnni", "avx512-vnni", "avx512vnni", "vnni", "amx"})
+
+
+@dataclass(frozen=True)
+class PassOptions:
+    """Knobs of the passes; the defaults suit small vision models."""
+
+    prune_ratio: float = 0.5
+    prune_epochs: int = 20
+    distill_epochs: int = 30
+    distill_temperature: float = 4.0
+    distill_alpha: float = 0.7
+    graph_opt_level: str = "basic"
+    calibration_methods: tuple[CalibrationMethodName, ...] = CALIBRATION_METHODS
+    per_channel: tuple[bool, ...] = (False, True)
+    reduce_range: bool | None = None  # None: decided by the profile's ISA features
+
+
+@dataclass
+class CompressionReport:
+    profile: str
+    metric: str
+    objective: str
+    seed: int
+    budgets: dict[str, Any]
+    intra_op_threads: int
+    latency_runs: int
+    latency_batch: int
+    calibration_rows: int
+    evaluation_rows: int
+    reference: Measured
+    chosen: Measured
+    candidates: list[Measured]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile,
+            "metric": self.metric,
+            "objective": self.objective,
+            "seed": self.seed,
+            "budgets": self.budgets,
+            "intra_op_threads": self.intra_op_threads,
+            "latency_runs": self.latency_runs,
+            "latency_batch": self.latency_batch,
+            "calibration_rows": self.calibration_rows,
+            "evaluation_rows": self.evaluation_rows,
+            "reference": self.reference.to_dict(),
+            "chosen": self.chosen.to_dict(),
+            "candidates": [c.to_dict() for c in self.candidates],
+            "skipped": self.skipped,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def needs_reduce_range(profile: DeviceProfile) -> bool:
+    features = {f.lower() for f in profile.isa_features}
+    return profile.arch == "x86_64" and not (features & VNNI_FEATURES)
+
+
+def compress(
+    model: Path,
+    data: Path,
+    profile: DeviceProfile,
+    out_dir: Path,
+    *,
+    metric: str = "top1",
+    max_drop: float | None = None,
+    objective: str = "latency",
+    torch_model: torch.nn.Module | None = None,
+    student: torch.nn.Module | None = None,
+    options: PassOptions | None = None,
+    seed: int = 0,
+    calibration_fraction: float = 0.5,
+    latency_runs: int = 100,
+    latency_batch: int = 1,
+    progress: Progress | None = None,
+) -> CompressionReport:
+    """Run the passes ``profile`` allows on ``model`` (and on ``torch_model`` for pruning and
+    distillation), measure every candidate against the fp32 reference on the held-out part
+    of ``data``, and choose the best inside the budget. Raises ``NoCandidateFits`` when
+    nothing fits, ``ConfigError`` for a profile allowing nothing or bad settings."""
+    allowed = list(profile.compression.passes)
+    if not allowed:
+        raise ConfigError(f"profile {profile.name!r} allows no compression passes")
+    goal: Objective = check_objective(objective)
+    budgets = profile.budgets
+    if max_drop is not None:
+        if not 0.0 <= max_drop <= 1.0:
+            raise ConfigError(f"max drop must be in [0, 1], not {max_drop}")
+        budgets = budgets.model_copy(update={"max_accuracy_drop": max_drop})
+    if latency_runs < 1 or latency_batch < 1:
+        raise ConfigError("latency runs and batch must be at least 1")
+    options = options or PassOptions()
+    notify = progress or (lambda _stage, _done, _total: None)
+
+    evaluation_data = load_eval_data(data, model)
+    metric_name = _metrics.check_metric(metric, evaluation_data.labels is not None)
+    calibration, held_out = split_eval_data(evaluation_data, calibration_fraction, seed)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reference = Candidate(REFERENCE, out_dir / f"{REFERENCE}.onnx", {"steps": []})
+    if model.resolve() != reference.path.resolve():
+        shutil.copyfile(model, reference.path)
+
+    skipped: list[dict[str, str]] = []
+    bases = [reference]
+    bases += _torch_candidates(
+        allowed, torch_model, student, calibration, out_dir, options, seed, notify, skipped
+    )
+    candidates = list(bases)
+    reduce_range = (
+        needs_reduce_range(profile) if options.reduce_range is None else options.reduce_range
+    )
+    jobs = _onnx_jobs(allowed, bases, calibration, out_dir, options, reduce_range)
+    for done, (label, job) in enumerate(jobs, start=1):
+        try:
+            candidates.append(job())
+        except PassFailed as exc:
+            skipped.append({"candidate": label, "why": exc.message})
+        notify("onnx passes", done, len(jobs))
+
+    measured = _measure_all(
+        candidates,
+        held_out,
+        metric_name,
+        threads=profile.runtime.intra_op_threads,
+        inter_threads=profile.runtime.inter_op_threads,
+        runs=latency_runs,
+        batch=latency_batch,
+        seed=seed,
+        notify=notify,
+        skipped=skipped,
+    )
+    measured = [_with_breaches(m, budgets) for m in measured]
+    chosen = choose(measured, budgets, goal)
+    return CompressionReport(
+        profile=profile.name,
+        metric=metric_name,
+        objective=goal,
+        seed=seed,
+        budgets=budgets.model_dump(),
+        intra_op_threads=profile.runtime.intra_op_threads,
+        latency_runs=latency_runs,
+        latency_batch=latency_batch,
+        calibration_rows=len(calibration),
+        evaluation_rows=len(held_out),
+        reference=next(m for m in measured if m.name == REFERENCE),
+        chosen=chosen,
+        candidates=measured,
+        skipped=skipped,
+    )
+
+
+def _torch_candidates(
+    allowed: list[str],
+    torch_model: torch.nn.Module | None,
+    student: torch.nn.Module | None,
+    train: EvalData,
+    out_dir: Path,
+    options: PassOptions,
+    seed: int,
+    notify: Progress,
+    skipped: list[dict[str, str]],
+) -> list[Candidate]:
+    wanted = [p for p in TORCH_PASSES if p in allowed]
+    if not wanted:
+        return []
+    if torch_model is None:
+        skipped += [{"candidate": p, "why": "needs the PyTorch model"} for p in wanted]
+        return []
+    from . import _torch_passes as tp
+
+    found: list[Candidate] = []
+    example = train.inputs[:1]
+    try:
+        if "prune" in wanted:
+            pruned = tp.prune_channels(
+                torch_model,
+                train,
+                ratio=options.prune_ratio,
+                epochs=options.prune_epochs,
+                seed=seed,
+                progress=lambda d, t: notify("prune: fine-tune", d, t),
+            )
+            cand = tp.export_onnx(
+                pruned, example, out_dir / "pruned.onnx", input_name=train.input_name, name="pruned"
+            )
+            recipe = {
+                "pass": "prune",
+                "library": "torch-pruning",
+                "importance": "magnitude-l1",
+                "ratio": options.prune_ratio,
+                "fine_tune_epochs": options.prune_epochs,
+                "parameters": [tp.count_parameters(torch_model), tp.count_parameters(pruned)],
+                "seed": seed,
+            }
+            found.append(Candidate(cand.name, cand.path, {"steps": [recipe]}))
+        if "distill" in wanted:
+            # without a given architecture the student is the pruned network, untrained
+            base = student
+            student_kind = "given"
+            if base is None:
+                base = tp.prune_channels(torch_model, train, ratio=options.prune_ratio, epochs=0)
+                student_kind = f"pruned-{options.prune_ratio}"
+            distilled = tp.distill(
+                torch_model,
+                base,
+                train,
+                temperature=options.distill_temperature,
+                alpha=options.distill_alpha,
+                epochs=options.distill_epochs,
+                seed=seed,
+                progress=lambda d, t: notify("distill", d, t),
+            )
+            cand = tp.export_onnx(
+                distilled,
+                example,
+                out_dir / "distilled.onnx",
+                input_name=train.input_name,
+                name="distilled",
+            )
+            recipe = {
+                "pass": "distill",
+                "student": student_kind,
+                "temperature": options.distill_temperature,
+                "alpha": options.distill_alpha if train.labels is not None else 1.0,
+                "hard_labels": train.labels is not None,
+                "epochs": options.distill_epochs,
+                "parameters": [tp.count_parameters(torch_model), tp.count_parameters(distilled)],
+                "seed": seed,
+            }
+            found.append(Candidate(cand.name, cand.path, {"steps": [recipe]}))
+    except PassFailed as exc:
+        skipped.append({"candidate": "torch passes", "why": exc.message})
+    return found
+
+
+def _onnx_jobs(
+    allowed: list[str],
+    bases: list[Candidate],
+    calibration: EvalData,
+    out_dir: Path,
+    options: PassOptions,
+    reduce_range: bool,
+) -> list[tuple[str, Callable[[], Candidate]]]:
+    jobs: list[tuple[str, Callable[[], Candidate]]] = []
+    for base in bases:
+        if "graph_opt" in allowed:
+            level = options.graph_opt_level
+            jobs.append((f"{base.name} graph_opt", partial(graph_optimize, base, out_dir, level)))
+        if "int8_dynamic" in allowed:
+            job = partial(quantize_int8_dynamic, base, out_dir, reduce_range=reduce_range)
+            jobs.append((f"{base.name} int8_dynamic", job))
+        if "int8_static" in allowed:
+            for method in options.calibration_methods:
+                for per_channel in options.per_channel:
+                    job = partial(
+                        quantize_int8_static,
+                        base,
+                        out_dir,
+                        calibration,
+                        method=method,
+                        per_channel=per_channel,
+                        reduce_range=reduce_range,
+                    )
+                    label = f"{base.name} int8_static {method} per_channel={per_channel}"
+                    jobs.append((label, job))
+        if "fp16" in allowed:
+            jobs.append((f"{base.name} fp16", partial(convert_fp16, base, out_dir)))
+    return jobs
+
+
+def _measure_all(
+    candidates: list[Candidate],
+    held_out: EvalData,
+    metric: _metrics.MetricName,
+    *,
+    threads: int,
+    inter_threads: int,
+    runs: int,
+    batch: int,
+    seed: int,
+    notify: Progress,
+    skipped: list[dict[str, str]],
+) -> list[Measured]:
+    reference_session = open_session(candidates[0].path, threads, inter_threads)
+    reference_out = run_outputs(reference_session, held_out)
+    reference_score = _metrics.score(metric, reference_out, reference_out, held_out.labels)
+    scores: dict[str, tuple[float, float]] = {}
+    usable: list[Candidate] = []
+    for done, cand in enumerate(candidates, start=1):
+        try:
+            out = run_outputs(open_session(cand.path, threads, inter_threads), held_out)
+        except ModelError as exc:
+            if cand is candidates[0]:
+                raise
+            skipped.append({"candidate": cand.name, "why": exc.message})
+            continue
+        value = _metrics.score(metric, out, reference_out, held_out.labels)
+        scores[cand.name] = (value, _metrics.drop(metric, reference_score, value))
+        usable.append(cand)
+        notify("evaluate", done, len(candidates))
+    timings = time_side_by_side(
+        {c.name: c.path for c in usable},
+        held_out.inputs[:batch],
+        held_out.input_name,
+        intra_op_threads=threads,
+        inter_op_threads=inter_threads,
+        runs=runs,
+        seed=seed,
+        progress=lambda d, t: notify("latency", d, t),
+    )
+    return [
+        Measured(
+            name=c.name,
+            recipe=c.recipe,
+            size_bytes=file_size(c.path),
+            latency_ms_p50=timings[c.name].latency_ms_p50,
+            latency_ms_p95=timings[c.name].latency_ms_p95,
+            metric=scores[c.name][0],
+            drop=scores[c.name][1],
+            path=c.path,
+        )
+        for c in usable
+    ]
+
+
+def _with_breaches(m: Measured, budgets: Budgets) -> Measured:
+    return replace(m, breaches=breaches(m, budgets))

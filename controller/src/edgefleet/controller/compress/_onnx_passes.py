@@ -1,0 +1,215 @@
+"""Compression passes on an ONNX file: portable graph optimisation, int8 dynamic and static
+(QDQ with calibration) quantisation, and fp16. Each writes one new file and says how."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from edgefleet.shared.errors import ConfigError, ModelError
+
+from ._data import EvalData
+
+CalibrationMethodName = Literal["minmax", "entropy", "percentile"]
+CALIBRATION_METHODS: tuple[CalibrationMethodName, ...] = ("minmax", "entropy", "percentile")
+CALIBRATION_BATCH = 32
+
+
+class PassFailed(ModelError):
+    """A compression pass could not produce a model from this input."""
+
+    code = "compression_pass_failed"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One compressed model on disk and the recipe that made it from the fp32 reference."""
+
+    name: str
+    path: Path
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+
+def graph_optimize(
+    source: Candidate, out_dir: Path, level: Literal["basic", "extended"] = "basic"
+) -> Candidate:
+    """ONNX Runtime's graph rewrites saved to a file. Only ``basic`` (constant folding,
+    redundant-node removal) and ``extended`` (fusions) are offered: the ``all`` level adds
+    layout changes tied to the CPU that ran them, which the target device may not share."""
+    import onnxruntime as ort
+
+    levels = {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    }
+    if level not in levels:
+        raise ConfigError(f"graph optimisation level must be basic or extended, not {level!r}")
+    out = out_dir / f"{source.name}.opt-{level}.onnx"
+    options = ort.SessionOptions()
+    options.graph_optimization_level = levels[level]
+    options.optimized_model_filepath = str(out)
+    options.log_severity_level = 3
+    try:
+        ort.InferenceSession(
+            str(source.path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # onnxruntime's own exception classes; translated here
+        raise PassFailed(f"graph optimisation of {source.name} failed: {_first_line(exc)}") from exc
+    return _derived(source, out, {"pass": "graph_opt", "level": level})
+
+
+def quantize_int8_dynamic(
+    source: Candidate, out_dir: Path, *, per_channel: bool = False, reduce_range: bool = False
+) -> Candidate:
+    """Weights to int8 ahead of time, activations quantised at run time. Weights are stored
+    unsigned: ONNX Runtime's CPU ``ConvInteger`` has no signed-weight kernel."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    tag = f"int8dyn{'-pc' if per_channel else ''}{'-rr' if reduce_range else ''}"
+    prepared = out_dir / f"{source.name}.{tag}.pre.onnx"
+    out = out_dir / f"{source.name}.{tag}.onnx"
+    try:
+        quant_pre_process(str(source.path), str(prepared), skip_symbolic_shape=True)
+        quantize_dynamic(
+            prepared,
+            out,
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+            weight_type=QuantType.QUInt8,
+        )
+    except Exception as exc:  # the quantiser raises assorted built-in and onnx errors
+        raise PassFailed(f"dynamic int8 of {source.name} failed: {_first_line(exc)}") from exc
+    finally:
+        prepared.unlink(missing_ok=True)
+    recipe = {
+        "pass": "int8_dynamic",
+        "weight_type": "uint8",
+        "per_channel": per_channel,
+        "reduce_range": reduce_range,
+    }
+    return _derived(source, out, recipe)
+
+
+class _CalibrationReader:
+    """Feeds the calibration split to ONNX Runtime's calibrator in small batches."""
+
+    def __init__(self, data: EvalData, batch: int = CALIBRATION_BATCH) -> None:
+        self._data = data
+        self._batch = min(batch, len(data))
+        self._it: Iterator[dict[str, np.ndarray]] | None = None
+
+    @property
+    def rows(self) -> int:
+        """Rows actually fed: whole batches only, as the histogram calibrators stack them."""
+        return len(self._data) // self._batch * self._batch
+
+    def _batches(self) -> Iterator[dict[str, np.ndarray]]:
+        for start in range(0, self.rows, self._batch):
+            yield {self._data.input_name: self._data.inputs[start : start + self._batch]}
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._it is None:
+            self._it = self._batches()
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = None
+
+
+def quantize_int8_static(
+    source: Candidate,
+    out_dir: Path,
+    calibration: EvalData,
+    *,
+    method: CalibrationMethodName = "minmax",
+    per_channel: bool = False,
+    reduce_range: bool = False,
+) -> Candidate:
+    """Weights and activations to int8 in QDQ form, activation ranges from ``calibration``
+    (never the evaluation split). ``reduce_range`` uses 7-bit weights, which avoids
+    saturation in the u8s8 kernels of x86 CPUs without VNNI."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
+    if method not in methods:
+        raise ConfigError(
+            f"unknown calibration method {method!r} (known: {', '.join(CALIBRATION_METHODS)})"
+        )
+    tag = f"int8qdq-{method}{'-pc' if per_channel else ''}{'-rr' if reduce_range else ''}"
+    prepared = out_dir / f"{source.name}.{tag}.pre.onnx"
+    out = out_dir / f"{source.name}.{tag}.onnx"
+
+    class Reader(_CalibrationReader, CalibrationDataReader):
+        pass
+
+    reader = Reader(calibration)
+    try:
+        # shape inference and folding first, as ONNX Runtime's quantisation guide asks
+        quant_pre_process(str(source.path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            prepared,
+            out,
+            reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=methods[method],
+        )
+    except Exception as exc:  # the quantiser raises assorted built-in and onnx errors
+        raise PassFailed(f"static int8 of {source.name} failed: {_first_line(exc)}") from exc
+    finally:
+        prepared.unlink(missing_ok=True)
+    recipe = {
+        "pass": "int8_static",
+        "format": "qdq",
+        "calibration": method,
+        "calibration_rows": reader.rows,
+        "activation_type": "int8",
+        "weight_type": "int8",
+        "per_channel": per_channel,
+        "reduce_range": reduce_range,
+    }
+    return _derived(source, out, recipe)
+
+
+def convert_fp16(source: Candidate, out_dir: Path) -> Candidate:
+    """Weights and arithmetic in float16, inputs and outputs left float32 so callers and
+    evaluation data do not change. Pays off on GPUs; most CPUs compute fp16 slowly."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    out = out_dir / f"{source.name}.fp16.onnx"
+    try:
+        model = convert_float_to_float16(onnx.load(str(source.path)), keep_io_types=True)
+        onnx.save(model, str(out))
+    except Exception as exc:  # onnx and the converter raise assorted errors
+        raise PassFailed(f"fp16 conversion of {source.name} failed: {_first_line(exc)}") from exc
+    return _derived(source, out, {"pass": "fp16", "keep_io_types": True})
+
+
+def _derived(source: Candidate, out: Path, step: dict[str, Any]) -> Candidate:
+    steps = [*source.recipe.get("steps", []), step]
+    return Candidate(name=out.stem, path=out, recipe={"steps": steps})
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or exc.__class__.__name__
+    return text.splitlines()[0][:300]
