@@ -28,6 +28,7 @@ def test_the_expected_commands_exist() -> None:
         "device add", "device list", "device show", "device remove",
         "model add", "model list", "model show",
         "profile list", "profile show",
+        "deploy", "status", "events", "serve",
     }  # fmt: skip
     assert expected <= names
 

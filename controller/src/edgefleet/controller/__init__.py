@@ -6,6 +6,15 @@ Everything the CLI does is available here as a function taking an opened
 
 from ._catalog import add_model, get_model_version, list_models, parse_model_ref
 from ._db import create_engine, session_scope
+from ._deployments import (
+    DeploymentPublic,
+    DeviceStatus,
+    EventPublic,
+    deploy,
+    deployment_progress,
+    fleet_status,
+    list_events,
+)
 from ._devices import (
     EnrolledDevice,
     add_device,
@@ -44,13 +53,16 @@ __all__ = [
     "Artifact",
     "ArtifactStore",
     "Deployment",
+    "DeploymentPublic",
     "DeploymentState",
     "Device",
     "DeviceCreate",
     "DeviceProfile",
     "DevicePublic",
+    "DeviceStatus",
     "EnrolledDevice",
     "Event",
+    "EventPublic",
     "Home",
     "InitReport",
     "Model",
@@ -67,10 +79,14 @@ __all__ = [
     "available_profiles",
     "create_engine",
     "current_version",
+    "deploy",
+    "deployment_progress",
+    "fleet_status",
     "get_device",
     "get_model_version",
     "init_home",
     "list_devices",
+    "list_events",
     "list_models",
     "load_profiles",
     "load_settings",

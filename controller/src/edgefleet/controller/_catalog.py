@@ -56,7 +56,7 @@ def add_model(
     inspected = inspect_model(path, sample)
     stored = home.store.put_file(path)
     try:
-        with home.session() as session:
+        with home.session(write=True) as session:
             _refuse_duplicate(session, name, version)
             model = session.exec(select(Model).where(Model.name == name)).first()
             if model is None:

@@ -21,9 +21,9 @@ from typer.core import TyperGroup
 
 from edgefleet.shared.errors import ConfigError, EdgefleetError, ModelError, NotFound
 
-from . import _catalog, _devices
+from . import _catalog, _deployments, _devices
 from ._home import Home, available_profiles, init_home, open_home
-from ._models import DeviceCreate, DevicePublic, ModelVersionPublic
+from ._models import DeploymentState, DeviceCreate, DevicePublic, ModelVersionPublic
 from ._settings import Settings, load_settings
 
 EXIT_FAILURE = 1
@@ -299,6 +299,160 @@ def model_show(
             f"  {v.name:<10} {v.profile or 'any':<10} {_size(v.size):>9}  sha256:{v.sha256}",
             soft_wrap=True,
         )
+
+
+# -- deploy, status, events ----------------------------------------------------
+
+
+@app.command()
+def deploy(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION of the model, e.g. digits:1.0.0.")],
+    device: Annotated[
+        list[str] | None,
+        typer.Option("--device", "-d", help="A target device; repeat for more."),
+    ] = None,
+    profile: Annotated[
+        str | None, typer.Option("--profile", "-p", help="Every device of this profile.")
+    ] = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option("--label", "-l", help="Every device with this key=value label; repeatable."),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Follow progress until every target is done.")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option(help="With --wait: give up after this many seconds.", min=0)
+    ] = 600.0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Record a deployment of a model version to devices; `edgefleet serve` sends it.
+
+    With --wait the exit code is 0 only if every target committed.
+    """
+    labels = _devices.parse_labels(label or []) or None
+    with _home(ctx) as home:
+        rows = _deployments.deploy(
+            home, ref, devices=device or None, profile=profile, labels=labels
+        )
+        if wait:
+            rows = _wait_for(home, rows[0].deployment_id, timeout, quiet=as_json)
+    if as_json:
+        _print_json(rows)
+    else:
+        typer.echo(f"deployment {rows[0].deployment_id}: {len(rows)} device(s)")
+        for row in rows:
+            error = f"  {row.error_code}: {row.error_message}" if row.error_code else ""
+            typer.echo(f"  {row.device:<24} {row.profile:<10} {row.model:<28} {row.state}{error}")
+    if wait and any(r.state != DeploymentState.COMMITTED.value for r in rows):
+        if not as_json:
+            typer.echo("error: not every target committed", err=True)
+        raise typer.Exit(EXIT_FAILURE)
+
+
+def _wait_for(
+    home: Home, deployment_id: str, timeout: float, *, quiet: bool
+) -> list[_deployments.DeploymentPublic]:
+    """Poll the registry (the daemon writes progress there) until every row is finished."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    last: dict[str, str] = {}
+    while True:
+        rows = _deployments.deployment_progress(home, deployment_id)
+        for r in rows:
+            if not quiet and last.get(r.device) != r.state:
+                typer.echo(f"{r.device}: {r.state}", err=True)
+            last[r.device] = r.state
+        if all(r.state in _deployments.FINISHED for r in rows) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.5)
+
+
+@app.command()
+def status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Show every device: online, model, deployment state, last p95 latency, last seen."""
+    with _home(ctx) as home:
+        rows = _deployments.fleet_status(home)
+    if as_json:
+        _print_json(rows)
+        return
+    table = _table("device", "online", "profile", "model", "state", "p95", "last seen")
+    for r in rows:
+        table.add_row(
+            r.device, _yes_no(r.online), r.profile, r.model or "-", r.state or "-",
+            f"{r.p95_ms:.2f} ms" if r.p95_ms is not None else "-", _when(r.last_seen),
+        )  # fmt: skip
+    _console().print(table)
+
+
+@app.command()
+def events(
+    ctx: typer.Context,
+    device: Annotated[str | None, typer.Option("--device", "-d", help="Only this device.")] = None,
+    limit: Annotated[int, typer.Option(help="How many of the newest events.", min=1)] = 200,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new events until Ctrl-C.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Show deployment events reported by the devices, oldest first."""
+    with _home(ctx) as home:
+        rows = _deployments.list_events(home, device=device, limit=limit)
+        if as_json and not follow:
+            _print_json(rows)
+            return
+        if not follow:
+            table = _table("at", "device", "deployment", "state", "error", "message")
+            for e in rows:
+                table.add_row(
+                    _when(e.at), e.device, e.deployment_id or "-", e.state,
+                    e.error_code or "-", e.message,
+                )  # fmt: skip
+            _console().print(table)
+            return
+        import time
+
+        last = 0
+        try:
+            while True:
+                for e in rows:
+                    if as_json:  # one object a line, for scripts
+                        typer.echo(json.dumps(e.model_dump(mode="json")))
+                    else:
+                        error = f" {e.error_code}: {e.message}" if e.error_code else ""
+                        typer.echo(
+                            f"{_when(e.at)}  {e.device:<20} {e.deployment_id or '-':<28} "
+                            f"{e.state}{error}"
+                        )
+                    last = max(last, e.id)
+                time.sleep(0.5)
+                rows = _deployments.list_events(home, device=device, limit=1000, after=last)
+        except KeyboardInterrupt:
+            return
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run the daemon: MQTT ingest, dispatch of pending deployments, artifact server."""
+    import logging
+    import signal
+    import threading
+
+    from ._daemon import Daemon
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    with _home(ctx) as home:
+        Daemon(home).run(stop)
 
 
 # -- profile ------------------------------------------------------------------

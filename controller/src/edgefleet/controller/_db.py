@@ -78,10 +78,16 @@ def write_lock(conn: sa.Connection) -> None:
 
 
 @contextmanager
-def session_scope(engine: Engine) -> Iterator[Session]:
+def session_scope(engine: Engine, *, write: bool = False) -> Iterator[Session]:
     """A session that commits on success, rolls back on error, and turns SQLAlchemy's
-    operational trouble into :class:`RegistryError`."""
-    session = Session(engine, expire_on_commit=False)
+    operational trouble into :class:`RegistryError`.
+
+    ``write=True`` takes SQLite's write lock when the transaction begins: a transaction
+    that reads and then writes while another process commits would otherwise fail at
+    once with "database is locked" instead of waiting on the busy timeout.
+    """
+    bind = engine.execution_options(sqlite_begin="IMMEDIATE") if write else engine
+    session = Session(bind, expire_on_commit=False)
     try:
         yield session
         session.commit()

@@ -73,7 +73,7 @@ def add_device(
     if out is not None and out.exists():
         raise ConfigError(f"{out} already exists; remove it or choose another --out")
     token = secrets.token_urlsafe(32)
-    with home.session() as session:
+    with home.session(write=True) as session:
         if session.exec(select(Device).where(Device.name == new.name)).first():
             raise AlreadyExists(f"device {new.name!r} already exists")
         _record_profile(session, profile)
@@ -180,7 +180,7 @@ def get_device(home: Home, name: str) -> DevicePublic:
 
 def remove_device(home: Home, name: str) -> DevicePublic:
     """Forget a device, its deployments, events and telemetry. Its credentials stop working."""
-    with home.session() as session:
+    with home.session(write=True) as session:
         device = _find(session, name)
         public = DevicePublic.of(device)
         session.delete(device)

@@ -39,8 +39,8 @@ class Home:
     _profiles: dict[str, DeviceProfile] | None = field(default=None, repr=False)
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        with session_scope(self.engine) as session:
+    def session(self, *, write: bool = False) -> Iterator[Session]:
+        with session_scope(self.engine, write=write) as session:
             yield session
 
     def profiles(self) -> dict[str, DeviceProfile]:

@@ -1,0 +1,143 @@
+"""What devices say, written into the registry: status, deployment events and telemetry.
+
+Handlers take typed messages (decoded by ``edgefleet.shared.decode``), never raw
+payloads, and are idempotent: QoS 1 delivers some messages twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from sqlmodel import Session, select
+
+from edgefleet.shared import EventMessage, StatusMessage, TelemetryMessage
+
+from ._models import Deployment, DeploymentState, Device, Event, Telemetry
+
+log = logging.getLogger("edgefleet.controller.ingest")
+
+Inbound = StatusMessage | EventMessage | TelemetryMessage
+
+# The agent's event states, and what each means for the controller's row.
+_TERMINAL = {
+    DeploymentState.COMMITTED.value,
+    DeploymentState.FAILED.value,
+    DeploymentState.ROLLED_BACK.value,
+    DeploymentState.SUPERSEDED.value,
+}
+_EVENT_TO_STATE = {
+    "committed": DeploymentState.COMMITTED,
+    "failed": DeploymentState.FAILED,
+    "rejected": DeploymentState.FAILED,
+    "rolled_back": DeploymentState.ROLLED_BACK,
+}
+
+
+def ingest(session: Session, device_name: str, message: Inbound) -> bool:
+    """Write one message from device ``device_name``; False if the device is unknown."""
+    if getattr(message, "device_id", device_name) != device_name:
+        log.warning("message on %s's topic claims device %s; dropped", device_name, message)
+        return False
+    device = session.exec(select(Device).where(Device.name == device_name)).first()
+    if device is None:
+        log.info("message from unknown device %s dropped", device_name)
+        return False
+    now = datetime.now(UTC)
+    if isinstance(message, StatusMessage):
+        _status(device, message, now)
+    elif isinstance(message, EventMessage):
+        _event(session, device, message, now)
+    else:
+        _telemetry(session, device, message, now)
+    session.add(device)
+    return True
+
+
+def ingest_many(session: Session, batch: Iterable[tuple[str, Inbound]]) -> int:
+    """Write a batch in one transaction (the caller's); returns how many were kept."""
+    return sum(ingest(session, name, message) for name, message in batch)
+
+
+def _status(device: Device, msg: StatusMessage, now: datetime) -> None:
+    # The broker retains only the newest status, so whatever arrives is the current one.
+    device.online = msg.online
+    if msg.online:
+        device.last_seen = now
+    if msg.agent_version:
+        device.agent_version = msg.agent_version
+    device.last_sequence = max(device.last_sequence, msg.last_sequence)
+
+
+def _event(session: Session, device: Device, msg: EventMessage, now: datetime) -> None:
+    duplicate = session.exec(
+        select(Event.id).where(
+            Event.device_id == device.id,
+            Event.deployment_id == msg.deployment_id,
+            Event.state == msg.state,
+            Event.at == msg.sent_at,
+        )
+    ).first()
+    if duplicate is not None:
+        return
+    details: dict[str, object] = dict(msg.details)
+    details.update({f"{k}_ms": v for k, v in msg.timings_ms.items() if f"{k}_ms" not in details})
+    session.add(
+        Event(
+            device_id=device.id,  # type: ignore[arg-type]
+            deployment_id=msg.deployment_id,
+            state=msg.state,
+            ok=msg.ok,
+            error_code=msg.error_code,
+            message=msg.message,
+            details=details or None,
+            at=msg.sent_at,
+            received_at=now,
+        )
+    )
+    device.last_seen = now
+    row = session.exec(
+        select(Deployment).where(
+            Deployment.deployment_id == msg.deployment_id, Deployment.device_id == device.id
+        )
+    ).first()
+    if row is None or row.state in _TERMINAL:
+        return  # not ours (a rollback order, a test) or already settled: a late duplicate
+    target = _EVENT_TO_STATE.get(msg.state, DeploymentState.IN_PROGRESS)
+    row.state = target.value
+    if not msg.ok:
+        row.error_code = msg.error_code
+        row.error_message = msg.message
+    row.updated_at = now
+    session.add(row)
+
+
+def _telemetry(session: Session, device: Device, msg: TelemetryMessage, now: datetime) -> None:
+    device.last_seen = now
+    system = msg.system
+    common = dict(
+        device_id=device.id,
+        at=msg.sent_at,
+        interval_s=msg.interval_s,
+        cpu_percent=system.cpu_percent,
+        memory_used_bytes=system.memory_used_bytes,
+        temperature_c=system.temperature_c,
+        disk_free_bytes=system.disk_free_bytes,
+    )
+    if not msg.models:
+        session.add(Telemetry(**common))  # type: ignore[arg-type]
+    for stats in msg.models:
+        session.add(
+            Telemetry(
+                **common,  # type: ignore[arg-type]
+                model=str(stats.model),
+                deployment_id=stats.deployment_id,
+                requests=stats.requests,
+                errors=stats.errors,
+                latency_counts=list(stats.latency_counts),
+                p50_ms=stats.p50_ms,
+                p95_ms=stats.p95_ms,
+                p99_ms=stats.p99_ms,
+            )
+        )

@@ -1,0 +1,281 @@
+"""The daemon's parts without a broker: dispatch (signing, sequences), ingest, artifact server."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlmodel import select
+
+from edgefleet import shared
+from edgefleet.controller import (
+    Artifact,
+    Deployment,
+    Device,
+    Event,
+    Home,
+    Telemetry,
+    fleet_status,
+    remove_device,
+)
+from edgefleet.controller import deploy as record_deployment
+from edgefleet.controller._artifact_server import ArtifactServer, registry_token_check
+from edgefleet.controller._catalog import add_model
+from edgefleet.controller._devices import add_device
+from edgefleet.controller._dispatch import dispatch_pending
+from edgefleet.controller._ingest import ingest_many
+from edgefleet.controller._metrics import Metrics
+from edgefleet.controller._models import DeviceCreate
+from edgefleet.shared import (
+    LatencyHistogram,
+    ModelRef,
+    ModelStats,
+    StatusMessage,
+    TelemetryMessage,
+)
+
+
+@pytest.fixture
+def fleet(home: Home, model_file: Path, tmp_path: Path) -> dict[str, str]:
+    tokens = {}
+    for name, profile in (("pi-1", "rpi4"), ("box-1", "x86-edge")):
+        enrolled = add_device(home, DeviceCreate(name=name, profile=profile))
+        tokens[name] = tomllib.loads(enrolled.agent_config)["artifact_token"]
+    add_model(home, model_file, name="digits", version="1.0.0")
+    return tokens
+
+
+def _hello(home: Home, *names: str) -> None:
+    """The devices' birth messages, as the daemon would write them."""
+    with home.session() as s:
+        ingest_many(s, [(n, StatusMessage(device_id=n, online=True)) for n in names])
+
+
+def _rows(home: Home) -> list[tuple[str, str, int | None]]:
+    with home.session() as s:
+        rows = s.exec(
+            select(Device.name, Deployment.state, Deployment.sequence).join(
+                Device, Device.id == Deployment.device_id
+            )
+        ).all()
+        return sorted(rows, key=repr)
+
+
+def test_dispatch_signs_one_manifest_per_device_with_rising_sequences(
+    home: Home, fleet: dict[str, str]
+) -> None:
+    sent: list[tuple[str, bytes]] = []
+    _hello(home, "pi-1", "box-1")
+    record_deployment(home, "digits:1.0.0", profile="rpi4")
+    first = dispatch_pending(home, lambda t, p: sent.append((t, p)))
+    assert [(d.device, d.sequence) for d in first] == [("pi-1", 1)]
+    assert _rows(home) == [("pi-1", "sent", 1)]
+    assert dispatch_pending(home, lambda t, p: sent.append((t, p))) == []  # sent only once
+
+    topic, payload = sent[0]
+    assert topic == shared.command_topic("pi-1")
+    command = shared.decode(payload)
+    keyring = shared.trusted_keyring([home.signing_key().public_key()])
+    manifest = shared.parse_signed_document(shared.verify(command.signed, keyring))
+    assert manifest.device_id == "pi-1"
+    assert manifest.sequence == 1
+    assert manifest.model == ModelRef(name="digits", version="1.0.0", variant="fp32")
+    assert (
+        manifest.artifact.url == f"sha256/{manifest.artifact.sha256[:2]}/{manifest.artifact.sha256}"
+    )
+    assert manifest.artifact.sha256 in home.store
+    assert manifest.runtime == home.profile("rpi4").runtime
+    assert manifest.io.inputs[0].name == "input"
+    hours = (manifest.expires_at - manifest.issued_at).total_seconds() / 3600
+    assert hours == pytest.approx(24)
+
+    record_deployment(home, "digits:1.0.0", devices=["pi-1", "box-1"])
+    second = dispatch_pending(home, lambda t, p: sent.append((t, p)))
+    assert sorted((d.device, d.sequence) for d in second) == [("box-1", 1), ("pi-1", 2)]
+
+
+def test_a_device_reporting_a_higher_sequence_raises_the_next_one(
+    home: Home, fleet: dict[str, str]
+) -> None:
+    with home.session() as s:
+        ingest_many(s, [("pi-1", StatusMessage(device_id="pi-1", online=True, last_sequence=7))])
+    record_deployment(home, "digits:1.0.0", devices=["pi-1"])
+    (sent,) = dispatch_pending(home, lambda t, p: None)
+    assert sent.sequence == 8
+
+
+def test_a_device_never_heard_from_waits_until_it_connects(
+    home: Home, fleet: dict[str, str]
+) -> None:
+    record_deployment(home, "digits:1.0.0", devices=["pi-1", "box-1"])
+    assert dispatch_pending(home, lambda t, p: None) == []
+    _hello(home, "box-1")
+    assert [d.device for d in dispatch_pending(home, lambda t, p: None)] == ["box-1"]
+    with home.session() as s:  # offline now, but its session at the broker keeps commands
+        ingest_many(s, [("pi-1", StatusMessage(device_id="pi-1", online=True))])
+        ingest_many(s, [("pi-1", StatusMessage(device_id="pi-1", online=False))])
+    assert [d.device for d in dispatch_pending(home, lambda t, p: None)] == ["pi-1"]
+
+
+def test_ingest_writes_status_events_and_telemetry_idempotently(
+    home: Home, fleet: dict[str, str]
+) -> None:
+    _hello(home, "pi-1")
+    (row, *_) = record_deployment(home, "digits:1.0.0", devices=["pi-1"])
+    dispatch_pending(home, lambda t, p: None)
+    dep = row.deployment_id
+    hist = LatencyHistogram()
+    for ms in (1.0, 2.0, 3.0):
+        hist.record(ms)
+    loading = shared.EventMessage(device_id="pi-1", deployment_id=dep, state="loading")
+    committed = shared.EventMessage(device_id="pi-1", deployment_id=dep, state="committed")
+    late_failure = shared.EventMessage(
+        device_id="pi-1", deployment_id=dep, state="failed", ok=False, error_code="x"
+    )
+    telemetry = TelemetryMessage(
+        device_id="pi-1",
+        interval_s=1.0,
+        models=[
+            ModelStats(
+                model=ModelRef(name="digits", version="1.0.0"),
+                deployment_id=dep,
+                requests=3,
+                latency_counts=hist.counts,
+                p95_ms=2.9,
+            )
+        ],
+    )
+    batch = [
+        ("pi-1", StatusMessage(device_id="pi-1", online=True, agent_version="0.1.0")),
+        ("pi-1", loading),
+        ("pi-1", committed),
+        ("pi-1", committed),  # a QoS 1 duplicate
+        ("pi-1", late_failure),  # after commit: recorded, but the row stays committed
+        ("pi-1", telemetry),
+        ("ghost", StatusMessage(device_id="ghost", online=True)),
+    ]
+    with home.session() as s:
+        assert ingest_many(s, batch) == 6
+    assert _rows(home) == [("pi-1", "committed", 1)]
+    with home.session() as s:
+        states = [e.state for e in s.exec(select(Event).order_by(Event.id)).all()]
+        assert states == ["loading", "committed", "failed"]
+        (tel,) = s.exec(select(Telemetry)).all()
+        assert (tel.requests, tel.p95_ms, tel.model) == (3, 2.9, "digits:1.0.0/fp32")
+    status = {d.device: d for d in fleet_status(home)}
+    assert status["pi-1"].online and status["pi-1"].model == "digits:1.0.0"
+    assert status["pi-1"].p95_ms == 2.9
+    assert not status["box-1"].online
+
+    with home.session() as s:  # the last will
+        ingest_many(s, [("pi-1", StatusMessage(device_id="pi-1", online=False))])
+    assert not {d.device: d for d in fleet_status(home)}["pi-1"].online
+
+
+def test_failed_and_rejected_events_mark_the_row_failed(home: Home, fleet: dict[str, str]) -> None:
+    _hello(home, "pi-1")
+    (row, *_) = record_deployment(home, "digits:1.0.0", devices=["pi-1"])
+    dispatch_pending(home, lambda t, p: None)
+    rejected = shared.EventMessage(
+        device_id="pi-1",
+        deployment_id=row.deployment_id,
+        state="rejected",
+        ok=False,
+        error_code="replayed_sequence",
+        message="old",
+    )
+    with home.session() as s:
+        ingest_many(s, [("pi-1", rejected)])
+    with home.session() as s:
+        (dep,) = s.exec(select(Deployment)).all()
+        assert (dep.state, dep.error_code) == ("failed", "replayed_sequence")
+
+
+# -- the artifact server ------------------------------------------------------------
+
+
+@pytest.fixture
+def server(home: Home, fleet: dict[str, str]) -> Iterator[ArtifactServer]:
+    srv = ArtifactServer(home.store, registry_token_check(home.engine), port=0).start()
+    yield srv
+    srv.stop()
+
+
+def _artifact(home: Home) -> tuple[str, bytes]:
+    with home.session() as s:
+        (art,) = s.exec(select(Artifact)).all()
+    return art.path, home.store.path_of(art.sha256).read_bytes()
+
+
+def test_artifact_server_needs_a_device_token_and_serves_ranges(
+    home: Home, fleet: dict[str, str], server: ArtifactServer
+) -> None:
+    path, data = _artifact(home)
+    base = f"http://127.0.0.1:{server.port}"
+    assert httpx.get(f"{base}/healthz").status_code == 200
+    url = f"{base}/artifacts/{path}"
+    assert httpx.get(url).status_code == 401
+    assert httpx.get(url, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    auth = {"Authorization": f"Bearer {fleet['pi-1']}"}
+    whole = httpx.get(url, headers=auth)
+    assert whole.status_code == 200 and whole.content == data
+    assert whole.headers["Accept-Ranges"] == "bytes"
+    part = httpx.get(url, headers={**auth, "Range": "bytes=100-"})
+    assert part.status_code == 206
+    assert part.content == data[100:]
+    assert part.headers["Content-Range"] == f"bytes 100-{len(data) - 1}/{len(data)}"
+    mid = httpx.get(url, headers={**auth, "Range": "bytes=10-19"})
+    assert mid.content == data[10:20]
+    tail = httpx.get(url, headers={**auth, "Range": "bytes=-5"})
+    assert tail.content == data[-5:]
+    bad = httpx.get(url, headers={**auth, "Range": f"bytes={len(data)}-"})
+    assert bad.status_code == 416
+    head = httpx.head(url, headers=auth)
+    assert head.status_code == 200 and int(head.headers["Content-Length"]) == len(data)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/artifacts/../config.toml",
+        "/artifacts/sha256/00/" + "ab" * 32,  # prefix does not match the digest
+        "/artifacts/sha256/ab/" + "ab" * 32,  # well-formed, not stored
+        "/artifacts/tmp/x",
+        "/registry.db",
+        "/keys/controller.key",
+    ],
+)
+def test_artifact_server_serves_only_stored_content_addressed_paths(
+    home: Home, fleet: dict[str, str], server: ArtifactServer, path: str
+) -> None:
+    auth = {"Authorization": f"Bearer {fleet['box-1']}"}
+    r = httpx.get(f"http://127.0.0.1:{server.port}{path}", headers=auth)
+    assert r.status_code == 404
+
+
+def test_removed_device_token_stops_working(
+    home: Home, fleet: dict[str, str], server: ArtifactServer
+) -> None:
+    path, _ = _artifact(home)
+    url = f"http://127.0.0.1:{server.port}/artifacts/{path}"
+    auth = {"Authorization": f"Bearer {fleet['box-1']}"}
+    assert httpx.get(url, headers=auth).status_code == 200
+    remove_device(home, "box-1")
+    assert httpx.get(url, headers=auth).status_code == 401
+
+
+def test_metrics_render_counters_and_fleet_gauges(home: Home, fleet: dict[str, str]) -> None:
+    metrics = Metrics()
+    metrics.inc("edgefleet_messages_ingested_total", kind="status")
+    metrics.inc("edgefleet_messages_ingested_total", 2, kind="status")
+    _hello(home, "pi-1")
+    record_deployment(home, "digits:1.0.0", devices=["pi-1", "box-1"])
+    text = metrics.render(home.engine)
+    assert 'edgefleet_messages_ingested_total{kind="status"} 3' in text
+    assert "edgefleet_deployments_dispatched_total 0" in text
+    assert 'edgefleet_devices{online="true"} 1' in text
+    assert 'edgefleet_devices{online="false"} 1' in text
+    assert 'edgefleet_deployment_rows{state="pending"} 2' in text

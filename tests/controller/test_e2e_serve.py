@@ -1,0 +1,297 @@
+"""End to end: `edgefleet serve` as a subprocess, a private Mosquitto, real agent subprocesses.
+
+A deploy to a profile reaches exactly the devices of that profile; a device that
+is offline at deploy time gets the model when it returns; a daemon stopped with
+SIGTERM mid-deployment carries on when started again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.support.broker import Broker, free_port, mosquitto_binary, wait_port
+from tests.support.fleet import infer_digits
+from tests.support.models import digits, write_digits_model
+
+pytestmark = pytest.mark.timeout(180)
+
+try:
+    mosquitto_binary()
+except RuntimeError:  # pragma: no cover - set up by `make setup`
+    pytest.skip("mosquitto is not installed", allow_module_level=True)
+
+
+class Proc:
+    """A subprocess with its output in a log file."""
+
+    def __init__(self, args: list[str], log: Path, env: dict[str, str]) -> None:
+        self.log = log
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(args, stdout=self._fh, stderr=subprocess.STDOUT, env=env)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._fh.close()
+        return self.proc.returncode
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} after {timeout}s")
+
+
+class Fleet:
+    """A temporary edgefleet home, its broker, its daemon and its agents."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.broker = Broker(tmp / "broker").start()
+        self.http_port = free_port()
+        self.home = tmp / "home"
+        self.env = {
+            **os.environ,
+            "EDGEFLEET_HOME": str(self.home),
+            "EDGEFLEET_BROKER_URL": self.broker.url,
+            "EDGEFLEET_ARTIFACT_URL": f"http://127.0.0.1:{self.http_port}/artifacts/",
+        }
+        self.env.pop("EDGEFLEET_DATABASE_URL", None)
+        self.daemon: Proc | None = None
+        self.agents: dict[str, dict[str, Any]] = {}
+        self.procs: list[Proc] = []
+
+    # -- the operator's commands --------------------------------------------------------
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "edgefleet.controller", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def ok(self, *args: str) -> str:
+        result = self.run(*args)
+        assert result.returncode == 0, f"edgefleet {' '.join(args)}: {result.stderr}"
+        return result.stdout
+
+    def setup(self, devices: dict[str, str], model_seed: int = 0) -> None:
+        self.ok("init")
+        config = self.home / "config.toml"
+        config.write_text(
+            re.sub(r"(?m)^http_port = .*$", f"http_port = {self.http_port}", config.read_text())
+        )
+        model = write_digits_model(self.tmp / "digits.onnx", seed=model_seed)
+        self.ok("model", "add", str(model), "--name", "digits", "--version", "1.0.0")
+        for name, profile in devices.items():
+            out = self.tmp / name / "agent.toml"
+            self.ok(
+                "device", "add", name, "--profile", profile, "--out", str(out),
+                "--state-dir", str(self.tmp / name / "state"),
+            )  # fmt: skip
+            self.agents[name] = {"config": out, "port": free_port(), "proc": None}
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        return {d["device"]: d for d in json.loads(self.ok("status", "--json"))}
+
+    def events(self, device: str) -> list[str]:
+        return [e["state"] for e in json.loads(self.ok("events", "--device", device, "--json"))]
+
+    # -- processes ---------------------------------------------------------------------
+
+    def start_daemon(self) -> Proc:
+        self.daemon = Proc(
+            [sys.executable, "-m", "edgefleet.controller", "serve"],
+            self.tmp / "serve.log",
+            self.env,
+        )
+        self.procs.append(self.daemon)
+        wait_port(self.http_port, timeout=20)
+        return self.daemon
+
+    def start_agent(self, name: str, **extra_env: str) -> Proc:
+        agent = self.agents[name]
+        env = {
+            **os.environ,
+            **extra_env,
+            "EDGEFLEET_AGENT_INFERENCE_PORT": str(agent["port"]),
+            "EDGEFLEET_AGENT_TELEMETRY_INTERVAL_S": "1",
+            "EDGEFLEET_AGENT_RECONNECT_MIN_S": "0.2",
+            "EDGEFLEET_AGENT_RECONNECT_MAX_S": "2",
+        }
+        cmd = [sys.executable, "-m", "edgefleet.agent", "run", "--config", str(agent["config"])]
+        agent["proc"] = Proc(cmd, self.tmp / name / "agent.log", env)
+        self.procs.append(agent["proc"])
+        wait_port(agent["port"], timeout=20)
+        return agent["proc"]
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.agents[name]['port']}"
+
+    def wait_online(self, *names: str, online: bool = True, timeout: float = 30) -> None:
+        wait_until(
+            lambda: all(self.status()[n]["online"] is online for n in names),
+            timeout,
+            f"{names} not online={online}",
+        )
+
+    def wait_state(self, name: str, state: str, timeout: float = 60) -> dict[str, Any]:
+        try:
+            return wait_until(
+                lambda: (s := self.status())[name]["state"] == state and s, timeout, state
+            )
+        except TimeoutError:
+            logs = "\n".join(f"--- {p.log}\n{p.text()[-3000:]}" for p in self.procs)
+            pytest.fail(f"{name} never reached {state}: {self.status()}\n{logs}")
+
+    def close(self) -> None:
+        for p in reversed(self.procs):
+            p.stop()
+        self.broker.stop()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    f = Fleet(tmp_path)
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+def _model_of(fleet: Fleet, name: str) -> dict[str, Any] | None:
+    r = httpx.get(f"{fleet.url(name)}/v1/model")
+    return r.json() if r.status_code == 200 else None
+
+
+def test_deploy_to_a_profile_reaches_exactly_its_devices(fleet: Fleet) -> None:
+    fleet.setup({"pi-1": "rpi4", "box-1": "x86-edge"})
+    fleet.start_daemon()
+    assert httpx.get(f"http://127.0.0.1:{fleet.http_port}/healthz").status_code == 200
+    fleet.start_agent("pi-1")
+    fleet.start_agent("box-1")
+    fleet.wait_online("pi-1", "box-1")
+
+    follower = Proc(
+        [sys.executable, "-m", "edgefleet.controller", "events", "--follow", "--json"],
+        fleet.tmp / "follow.log",
+        fleet.env,
+    )
+    fleet.procs.append(follower)
+    deployed = json.loads(
+        fleet.ok(
+            "deploy", "digits:1.0.0", "--profile", "rpi4", "--wait", "--timeout", "60", "--json"
+        )
+    )
+    assert [(r["device"], r["state"]) for r in deployed] == [("pi-1", "committed")]
+
+    meta = _model_of(fleet, "pi-1")
+    assert meta is not None and (meta["name"], meta["version"]) == ("digits", "1.0.0")
+    x, y = digits()
+    probs = np.asarray(infer_digits(fleet.url("pi-1"), x[:200])["outputs"]["probs"])
+    assert (probs.argmax(axis=1) == y[:200]).mean() > 0.8
+    assert _model_of(fleet, "box-1") is None  # serving nothing
+
+    # the device reports its latency; the registry keeps it
+    after = wait_until(
+        lambda: (s := fleet.status())["pi-1"]["p95_ms"] is not None and s, 20, "no p95 from pi-1"
+    )
+    assert after["pi-1"]["model"] == "digits:1.0.0"
+    assert after["pi-1"]["p95_ms"] > 0
+    assert after["box-1"]["model"] is None and after["box-1"]["state"] is None
+    assert after["box-1"]["online"] is True
+    assert fleet.events("pi-1") == [
+        "downloading", "verifying", "loading", "testing", "switching", "committed",
+    ]  # fmt: skip
+    assert fleet.events("box-1") == []
+
+    wait_until(lambda: '"committed"' in follower.text(), 10, "events --follow saw no commit")
+    follower.stop()
+    followed = [json.loads(line) for line in follower.text().splitlines() if line.startswith("{")]
+    assert [e["state"] for e in followed] == fleet.events("pi-1")
+
+    metrics = httpx.get(f"http://127.0.0.1:{fleet.http_port}/metrics").text
+    assert "edgefleet_deployments_dispatched_total 1" in metrics
+    assert 'edgefleet_messages_ingested_total{kind="event"} 6' in metrics
+    assert 'edgefleet_artifact_requests_total{status="200"} 1' in metrics
+    assert 'edgefleet_devices{online="true"} 2' in metrics
+    assert 'edgefleet_deployment_rows{state="committed"} 1' in metrics
+
+    assert fleet.daemon is not None
+    assert fleet.daemon.stop() == 0, fleet.daemon.text()[-2000:]
+    assert "stopped" in fleet.daemon.text()
+
+
+def test_a_device_offline_at_deploy_time_gets_the_model_when_it_returns(fleet: Fleet) -> None:
+    fleet.setup({"pi-1": "rpi4", "pi-2": "rpi4"})
+    fleet.start_daemon()
+    fleet.start_agent("pi-1")
+    fleet.start_agent("pi-2")
+    fleet.wait_online("pi-1", "pi-2")
+    fleet.agents["pi-2"]["proc"].stop()
+    fleet.wait_online("pi-2", online=False)
+
+    fleet.ok("deploy", "digits:1.0.0", "--profile", "rpi4")
+    fleet.wait_state("pi-1", "committed")
+    assert fleet.status()["pi-2"]["state"] == "sent"  # queued at the broker for pi-2
+
+    fleet.start_agent("pi-2")
+    fleet.wait_state("pi-2", "committed")
+    meta = _model_of(fleet, "pi-2")
+    assert meta is not None and meta["version"] == "1.0.0"
+
+
+def test_the_daemon_stopped_mid_deployment_carries_on(fleet: Fleet) -> None:
+    fleet.setup({"pi-1": "rpi4", "box-1": "x86-edge"})
+    daemon = fleet.start_daemon()
+    # pi-1 dawdles after its download, so the daemon goes away in the middle
+    fleet.start_agent("pi-1", EDGEFLEET_AGENT_PAUSE_IN="loading:4")
+    fleet.wait_online("pi-1")
+
+    fleet.ok("deploy", "digits:1.0.0", "--device", "pi-1")
+    wait_until(lambda: "loading" in fleet.events("pi-1"), 30, "pi-1 never started loading")
+    assert daemon.stop() == 0, daemon.text()[-2000:]
+    assert fleet.status()["pi-1"]["state"] == "in_progress"
+
+    # while the daemon is away: pi-1 finishes, box-1 appears, a deployment is recorded
+    fleet.start_agent("box-1")
+    fleet.ok("deploy", "digits:1.0.0", "--device", "box-1")
+    time.sleep(5)
+    assert fleet.status()["box-1"]["state"] == "pending"
+
+    fleet.start_daemon()
+    fleet.wait_state("pi-1", "committed")
+    fleet.wait_state("box-1", "committed")
+    # nothing pi-1 said while the daemon was down was lost
+    assert fleet.events("pi-1") == [
+        "downloading", "verifying", "loading", "testing", "switching", "committed",
+    ]  # fmt: skip
+    assert _model_of(fleet, "box-1") is not None
