@@ -13,11 +13,21 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from tests.support.artifacts import ArtifactServer  # noqa: E402
-from tests.support.broker import Broker  # noqa: E402
+from tests.support.broker import Broker, free_port, wait_port  # noqa: E402
 from tests.support.fleet import AgentProcess, Observer, Operator  # noqa: E402
 from tests.support.models import digits, write_digits_model  # noqa: E402
 
-__all__ = ["LocalFleet", "digits", "rss_bytes", "write_digits_model"]
+__all__ = [
+    "REPO",
+    "Broker",
+    "LocalFleet",
+    "Observer",
+    "digits",
+    "free_port",
+    "rss_bytes",
+    "wait_port",
+    "write_digits_model",
+]
 
 
 class LocalFleet:

@@ -1,80 +1,143 @@
-"""A rollout on this machine, end to end: a private Mosquitto, an artifact server and three
-agents with different profiles; deploy v1, then v2; show what runs where and how fast;
-classify real digits through one agent's inference endpoint.
+"""A rollout on this machine with the real controller, end to end.
 
-Until the controller lands, the operator's side is played by the shared protocol package
-(the same code the tests use). Run: make demo
+In a temporary EDGEFLEET_HOME: train two small CNNs on scikit-learn's digits with torch
+and export them to ONNX; start a private Mosquitto; `edgefleet init`, `model add` both
+versions, `device add` three devices (rpi4, rpi5, x86-edge); start `edgefleet serve` and
+three agents; `edgefleet deploy` v1 then v2 with --wait; print `edgefleet status`;
+classify held-out digits through one agent's inference endpoint; shut everything down.
+Run: make demo
 """
 
 from __future__ import annotations
 
 import sys
 import time
+import warnings
+from pathlib import Path
 
 import httpx
 import numpy as np
 
-from _fleet import LocalFleet, digits, write_digits_model
+from _controller import ControllerFleet, wait_until
+from _fleet import REPO
+
+sys.path.insert(0, str(REPO / "tests" / "controller" / "compress"))
+from digits_cnn import TRAIN_ROWS, digits_images, train_cnn
 
 DEVICES = {"kitchen-pi": "rpi4", "garage-pi": "rpi5", "edge-box": "x86-edge"}
+VERSIONS = {  # v2 is wider and trained longer
+    "1.0.0": {"seed": 1, "epochs": 2, "width": 8, "hidden": 32},
+    "2.0.0": {"seed": 2, "epochs": 6, "width": 16, "hidden": 64},
+}
 
 
 def step(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def rollout(fleet: LocalFleet, model, version: str) -> None:
-    manifests = {d: fleet.operator.deploy(d, model, version=version) for d in DEVICES}
-    for device, m in manifests.items():
-        event = fleet.observer.wait_event(m.deployment_id, "committed", timeout=60)
-        print(
-            f"  {device:<11} committed {version}  on-device p50 {event.details['p50_ms']:.3f} ms"
-            f"  p95 {event.details['p95_ms']:.3f} ms"
+def export_digits(path: Path, **train: int) -> Path:
+    """Train a digits CNN and write it as ONNX: input `input` [batch,1,8,8], output `probs`."""
+    import torch
+
+    torch.set_num_threads(4)
+    model = torch.nn.Sequential(train_cnn(**train), torch.nn.Softmax(dim=1)).eval()
+    example = torch.from_numpy(digits_images()[0][:1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            input_names=["input"],
+            output_names=["probs"],
+            dynamic_axes={"input": {0: "batch"}, "probs": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
         )
+    return path
 
 
 def main() -> int:
-    step("training two digit classifiers (scikit-learn digits) and exporting them to ONNX")
-    fleet = LocalFleet()
+    t_start = time.monotonic()
+    fleet = ControllerFleet()
     try:
-        v1 = write_digits_model(fleet.workdir / "digits-1.onnx", seed=1, hidden=16)
-        v2 = write_digits_model(fleet.workdir / "digits-2.onnx", seed=2, hidden=48)
-        step(f"starting Mosquitto on 127.0.0.1:{fleet.broker.port} and three agents")
-        agents = {
-            d: fleet.agent(d, profile=p, telemetry_interval_s=2.0) for d, p in DEVICES.items()
-        }
-        for a in agents.values():
-            fleet.start(a)
-            a.wait_serving()
-            print(f"  {a.device_id:<11} online, inference on {a.url}")
-        step("deploying digits 1.0.0 (signed manifests over MQTT)")
-        rollout(fleet, v1, "1.0.0")
-        step("deploying digits 2.0.0 while the devices keep serving")
-        rollout(fleet, v2, "2.0.0")
-        time.sleep(2.5)  # one telemetry interval
-        step("fleet status")
-        print(f"  {'device':<11} {'profile':<9} {'online':<7} {'model':<20} {'previous':<20}")
-        for device, profile in DEVICES.items():
-            s = fleet.observer.status(device)
-            print(
-                f"  {device:<11} {profile:<9} {s.online!s:<7} {s.active.model!s:<20} "
-                f"{str(s.previous.model) if s.previous else '-':<20}"
-            )
-        step("classifying 297 held-out digits through kitchen-pi's inference endpoint")
-        x, y = digits()
+        work = fleet.workdir
+        step("training two digit CNNs with torch (scikit-learn digits) and exporting to ONNX")
+        x, y = digits_images()
+        np.savez(work / "sample.npz", input=x[:8])
+        models = {}
+        for version, train in VERSIONS.items():
+            t0 = time.monotonic()
+            models[version] = export_digits(work / f"digits-{version}.onnx", **train)
+            print(f"  digits {version}: {train}  ({time.monotonic() - t0:.1f} s)")
+
+        step(f"edgefleet init in {fleet.home} (private Mosquitto on {fleet.broker.url})")
+        fleet.init()
+        for version, path in models.items():
+            fleet.ok("model", "add", str(path), "--name", "digits", "--version", version,
+                     "--sample", str(work / "sample.npz"))  # fmt: skip
+        print(fleet.ok("model", "list"), end="")
+        for name, profile in DEVICES.items():
+            fleet.add_device(name, profile, "fleet=demo")
+        print(fleet.ok("device", "list"), end="")
+
+        step("starting edgefleet serve and three agents")
+        fleet.start_daemon()
+        for name in DEVICES:
+            fleet.start_agent(name)
+        wait_until(
+            lambda: all(fleet.status()[n]["online"] for n in DEVICES), 30, "agents not online"
+        )
+        print(f"  daemon on 127.0.0.1:{fleet.http_port}; agents online: {', '.join(DEVICES)}")
+
+        for version in VERSIONS:
+            step(f"edgefleet deploy digits:{version} --label fleet=demo --wait")
+            t0 = time.monotonic()
+            result = fleet.cli("deploy", f"digits:{version}", "--label", "fleet=demo",
+                               "--wait", "--timeout", "60")  # fmt: skip
+            print(result.stdout, end="")
+            if result.returncode != 0:
+                print(result.stderr, file=sys.stderr)
+                raise RuntimeError(f"deploy of digits:{version} failed")
+            print(f"  all three committed in {time.monotonic() - t0:.1f} s")
+
+        step("sending 50 one-digit requests to each agent; each reports its own latency")
+        with httpx.Client(timeout=10) as client:
+            for name in DEVICES:
+                for row in x[TRAIN_ROWS : TRAIN_ROWS + 50]:
+                    client.post(
+                        f"{fleet.url(name)}/v1/infer", json={"inputs": {"input": [row.tolist()]}}
+                    ).raise_for_status()
+        step("edgefleet status (p95: the inference latency each device measured)")
+        wait_until(
+            lambda: all(
+                str(s["model"]).startswith("digits:2.0.0") and s["p95_ms"] is not None
+                for n, s in fleet.status().items()
+            ),
+            20,
+            "devices reported no latency for digits:2.0.0",
+        )
+        print(fleet.ok("status"), end="")
+
+        held_out = len(x) - TRAIN_ROWS
+        step(f"classifying {held_out} held-out digits through kitchen-pi's inference endpoint")
         r = httpx.post(
-            f"{agents['kitchen-pi'].url}/v1/infer",
-            json={"inputs": {"input": x[1500:].tolist()}},
+            f"{fleet.url('kitchen-pi')}/v1/infer",
+            json={"inputs": {"input": x[TRAIN_ROWS:].tolist()}},
             timeout=30,
         )
         r.raise_for_status()
         probs = np.asarray(r.json()["outputs"]["probs"])
-        accuracy = float((probs.argmax(axis=1) == y[1500:]).mean())
-        print(f"  served by {r.headers['X-Edgefleet-Model']}: accuracy {accuracy:.1%}")
-        step("shutting down")
+        accuracy = float((probs.argmax(axis=1) == y[TRAIN_ROWS:]).mean())
+        print(f"  served by {r.headers.get('X-Edgefleet-Model', '?')}: accuracy {accuracy:.1%}")
+    except BaseException:
+        print("\ndemo failed; last lines of each process log:", file=sys.stderr)
+        print(fleet.logs(), file=sys.stderr)
+        raise
     finally:
+        step("shutting down (SIGTERM to agents and daemon, then the broker)")
         fleet.close()
-    print("done")
+    print(f"done in {time.monotonic() - t_start:.0f} s")
     return 0
 
 

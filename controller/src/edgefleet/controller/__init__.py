@@ -5,6 +5,7 @@ Everything the CLI does is available here as a function taking an opened
 """
 
 from ._catalog import add_model, get_model_version, list_models, parse_model_ref
+from ._compression import CompressionResult, compress_model_version, load_torch_model
 from ._db import create_engine, session_scope
 from ._deployments import (
     DeploymentPublic,
@@ -52,6 +53,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Artifact",
     "ArtifactStore",
+    "CompressionResult",
     "Deployment",
     "DeploymentPublic",
     "DeploymentState",
@@ -77,6 +79,7 @@ __all__ = [
     "add_device",
     "add_model",
     "available_profiles",
+    "compress_model_version",
     "create_engine",
     "current_version",
     "deploy",
@@ -90,6 +93,7 @@ __all__ = [
     "list_models",
     "load_profiles",
     "load_settings",
+    "load_torch_model",
     "open_home",
     "parse_labels",
     "parse_model_ref",

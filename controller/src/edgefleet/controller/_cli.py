@@ -455,6 +455,119 @@ def serve(
         Daemon(home).run(stop)
 
 
+# -- compress -----------------------------------------------------------------
+
+
+@app.command()
+def compress(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION of the model, e.g. digits:1.0.0.")],
+    profile: Annotated[
+        str, typer.Option("--profile", "-p", help="The device profile to compress for.")
+    ],
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data",
+            help="An .npz with 'inputs' (and 'labels' for top1); part calibrates, "
+            "the rest evaluates.",
+        ),
+    ],
+    metric: Annotated[
+        str, typer.Option(help="How outputs are compared with fp32: top1, mse or cosine.")
+    ] = "top1",
+    max_drop: Annotated[
+        float | None,
+        typer.Option(help="The largest metric drop allowed; the profile's budget by default."),
+    ] = None,
+    torch_source: Annotated[
+        str | None,
+        typer.Option(
+            "--torch",
+            help="The PyTorch model, for pruning and distillation: a TorchScript file "
+            "or module:function returning an nn.Module.",
+        ),
+    ] = None,
+    torch_state: Annotated[
+        Path | None,
+        typer.Option("--torch-state", help="A state-dict file for the module:function model."),
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Also write the full report here as JSON.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the data split and training.")] = 0,
+    latency_runs: Annotated[
+        int, typer.Option(help="Timed runs per candidate for the latency figures.", min=1)
+    ] = 100,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the report as JSON instead of a table.")
+    ] = False,
+) -> None:
+    """Compress a model version for a profile, choosing the variant by measurement.
+
+    Every pass the profile allows makes candidates; each is measured against fp32 (metric on
+    held-out data, size, latency side by side). The best inside the profile's budget, by its
+    objective, is recorded as the version's variant for that profile, and `deploy` sends it
+    to that profile's devices. Exits 1, listing the closest candidates, when none fits.
+    """
+    from ._compression import compress_model_version
+
+    with _home(ctx) as home, _progress_bars() as progress:
+        result = compress_model_version(
+            home, ref, profile, data, metric=metric, max_drop=max_drop,
+            torch_source=torch_source, torch_state=torch_state, report_path=report,
+            seed=seed, latency_runs=latency_runs, progress=progress,
+        )  # fmt: skip
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    out = _console()
+    out.print(_candidates_table(result.report))
+    chosen = result.report.chosen
+    out.print(
+        f"recorded {result.ref}/{result.variant.name} for {profile}: {chosen.name}, "
+        f"{_size(result.variant.size)}, sha256 {result.variant.sha256[:12]}"
+    )
+
+
+@contextmanager
+def _progress_bars() -> Iterator[Any]:
+    """A progress callback drawing one rich bar per stage on stderr."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    bars = Progress(
+        TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(),
+        console=Console(stderr=True), transient=False,
+    )  # fmt: skip
+    tasks: dict[str, Any] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bars.add_task(stage, total=total)
+        bars.update(tasks[stage], completed=done, total=total)
+
+    with bars:
+        yield update
+
+
+def _candidates_table(report: Any) -> Table:  # compress.CompressionReport
+    reference = report.reference
+    table = Table(title=f"{report.profile}: objective {report.objective}", title_justify="left")
+    table.add_column("candidate", no_wrap=True)
+    for header in ("smaller", f"{report.metric} Δ", "p50 ms", "p95 ms"):
+        table.add_column(header, justify="right", no_wrap=True)
+    table.add_column("budget", overflow="fold")
+    for c in report.candidates:
+        chosen = c.name == report.chosen.name
+        status = "[bold green]chosen[/]" if chosen else "; ".join(b.text for b in c.breaches)
+        table.add_row(
+            c.name, f"{reference.size_bytes / c.size_bytes:.2f}x",
+            f"{c.metric - reference.metric:+.4f}", f"{c.latency_ms_p50:.3f}",
+            f"{c.latency_ms_p95:.3f}", status or "fits",
+        )  # fmt: skip
+    return table
+
+
 # -- profile ------------------------------------------------------------------
 
 

@@ -32,6 +32,8 @@ class Compression(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     passes: list[CompressionPass] = Field(default_factory=list)
+    # what `edgefleet compress` optimises among the candidates inside the budgets
+    objective: Literal["latency", "size"] = "latency"
 
 
 class DeviceProfile(BaseModel):

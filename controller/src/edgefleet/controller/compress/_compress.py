@@ -107,7 +107,7 @@ def compress(
     *,
     metric: str = "top1",
     max_drop: float | None = None,
-    objective: str = "latency",
+    objective: str | None = None,
     torch_model: torch.nn.Module | None = None,
     student: torch.nn.Module | None = None,
     options: PassOptions | None = None,
@@ -119,12 +119,13 @@ def compress(
 ) -> CompressionReport:
     """Run the passes ``profile`` allows on ``model`` (and on ``torch_model`` for pruning and
     distillation), measure every candidate against the fp32 reference on the held-out part
-    of ``data``, and choose the best inside the budget. Raises ``NoCandidateFits`` when
+    of ``data``, and choose the best inside the budget by ``objective`` (the profile's own
+    by default). Raises ``NoCandidateFits`` when
     nothing fits, ``ConfigError`` for a profile allowing nothing or bad settings."""
     allowed = list(profile.compression.passes)
     if not allowed:
         raise ConfigError(f"profile {profile.name!r} allows no compression passes")
-    goal: Objective = check_objective(objective)
+    goal: Objective = check_objective(objective or profile.compression.objective)
     budgets = profile.budgets
     if max_drop is not None:
         if not 0.0 <= max_drop <= 1.0:

@@ -1,0 +1,163 @@
+"""The real controller on this machine, for the demo and the rollout benchmark: a private
+Mosquitto, a temporary EDGEFLEET_HOME, `edgefleet serve` and agent subprocesses, each
+stopped with SIGTERM (then killed if it hangs) when the fleet closes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from _fleet import Broker, free_port, wait_port
+
+
+class Proc:
+    """A subprocess with its output in a log file."""
+
+    def __init__(self, args: list[str], log: Path, env: dict[str, str]) -> None:
+        self.log = log
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(args, stdout=self._fh, stderr=subprocess.STDOUT, env=env)
+
+    def signal_stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        self.signal_stop()
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._fh.close()
+        return self.proc.returncode
+
+    def tail(self, chars: int = 2000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(every)
+    raise TimeoutError(f"{what} after {timeout}s")
+
+
+class ControllerFleet:
+    """A temporary edgefleet home with its broker, daemon and agents."""
+
+    def __init__(self, workdir: Path | None = None) -> None:
+        self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="edgefleet-")
+        self.workdir = workdir or Path(self._tmp.name)  # type: ignore[union-attr]
+        self.broker = Broker(self.workdir / "broker").start()
+        self.http_port = free_port()
+        self.home = self.workdir / "home"
+        self.env = {
+            **os.environ,
+            "EDGEFLEET_HOME": str(self.home),
+            "EDGEFLEET_BROKER_URL": self.broker.url,
+            "EDGEFLEET_ARTIFACT_URL": f"http://127.0.0.1:{self.http_port}/artifacts/",
+            "COLUMNS": os.environ.get("COLUMNS", "120"),  # rich tables unwrapped in a pipe
+        }
+        self.env.pop("EDGEFLEET_DATABASE_URL", None)
+        self.daemon: Proc | None = None
+        self.agents: dict[str, dict[str, Any]] = {}
+        self.procs: list[Proc] = []
+
+    # -- the operator's commands -------------------------------------------------------
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "edgefleet.controller", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def ok(self, *args: str, timeout: float = 120) -> str:
+        result = self.cli(*args, timeout=timeout)
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"edgefleet {' '.join(args)} exited {result.returncode}:\n"
+                f"{result.stdout}{result.stderr}"
+            )
+        return result.stdout
+
+    def init(self) -> None:
+        self.ok("init")
+        config = self.home / "config.toml"
+        config.write_text(
+            re.sub(r"(?m)^http_port = .*$", f"http_port = {self.http_port}", config.read_text())
+        )
+
+    def add_device(self, name: str, profile: str, *labels: str) -> Path:
+        out = self.workdir / "devices" / name / "agent.toml"
+        args = ["device", "add", name, "--profile", profile, "--out", str(out)]
+        for label in labels:
+            args += ["--label", label]
+        args += ["--state-dir", str(self.workdir / "devices" / name / "state")]
+        self.ok(*args)
+        self.agents[name] = {"config": out, "port": free_port(), "proc": None}
+        return out
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        return {d["device"]: d for d in json.loads(self.ok("status", "--json"))}
+
+    # -- processes ---------------------------------------------------------------------
+
+    def start_daemon(self) -> Proc:
+        self.daemon = Proc(
+            [sys.executable, "-m", "edgefleet.controller", "serve"],
+            self.workdir / "serve.log",
+            self.env,
+        )
+        self.procs.append(self.daemon)
+        wait_port(self.http_port, timeout=30)
+        return self.daemon
+
+    def start_agent(self, name: str, telemetry_interval_s: float = 1.0, wait: bool = True) -> Proc:
+        agent = self.agents[name]
+        env = {
+            **os.environ,
+            "EDGEFLEET_AGENT_INFERENCE_PORT": str(agent["port"]),
+            "EDGEFLEET_AGENT_TELEMETRY_INTERVAL_S": str(telemetry_interval_s),
+            "EDGEFLEET_AGENT_RECONNECT_MIN_S": "0.2",
+            "EDGEFLEET_AGENT_RECONNECT_MAX_S": "2",
+        }
+        cmd = [sys.executable, "-m", "edgefleet.agent", "run", "--config", str(agent["config"])]
+        agent["proc"] = Proc(cmd, self.workdir / "devices" / name / "agent.log", env)
+        self.procs.append(agent["proc"])
+        if wait:
+            wait_port(agent["port"], timeout=60)
+        return agent["proc"]
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.agents[name]['port']}"
+
+    def logs(self, chars: int = 1500) -> str:
+        return "\n".join(f"--- {p.log}\n{p.tail(chars)}" for p in self.procs)
+
+    def close(self) -> None:
+        # SIGTERM everything first so the agents stop in parallel, then wait for each
+        for p in reversed(self.procs):
+            p.signal_stop()
+        for p in reversed(self.procs):
+            p.stop()
+        self.procs.clear()
+        self.broker.stop()
+        if self._tmp:
+            self._tmp.cleanup()

@@ -1,0 +1,183 @@
+"""The controller under load, with the real `edgefleet serve`, Mosquitto and agent processes.
+
+1. Rollout: the seconds from `edgefleet deploy` (no --wait) until every agent's retained
+   status says it serves the new version, for 1, 10 and 50 agents (one subprocess each,
+   started and online before the clock starts); the median of a few runs.
+2. Telemetry ingest: N TelemetryMessage payloads published by one paho client as fast as
+   it can (QoS 1) for registered devices while `serve` runs, timed until the registry's
+   telemetry table (SQLite) holds all N.
+
+Budgets: 50 agents serving <= 15 s after deploy; ingest >= 2,000 messages/s.
+Run: .venv/bin/python bench/controller_rollout.py [--sizes 1,10,50] [--runs 3] [--messages N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import statistics
+import sys
+import time
+import uuid
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from _controller import ControllerFleet, wait_until
+from _fleet import Observer, write_digits_model
+from edgefleet import shared
+from edgefleet.shared import ModelRef
+from edgefleet.shared._histogram import N_BUCKETS
+from edgefleet.shared._messages import ModelStats, SystemStats, TelemetryMessage
+
+ROLLOUT_BUDGET_S = 15.0
+INGEST_BUDGET = 2000.0
+
+
+def serving(observer: Observer, devices: list[str], version: str) -> bool:
+    for d in devices:
+        s = observer.status(d)
+        if s is None or not s.online or s.active is None or s.active.model.version != version:
+            return False
+    return True
+
+
+def rollout(size: int, runs: int) -> list[float]:
+    fleet = ControllerFleet()
+    observer = None
+    try:
+        fleet.init()
+        for v in range(1, runs + 1):
+            path = write_digits_model(fleet.workdir / f"digits-{v}.onnx", seed=v)
+            fleet.ok("model", "add", str(path), "--name", "digits", "--version", f"{v}.0.0")
+        devices = [f"dev-{i:03d}" for i in range(size)]
+        for d in devices:
+            fleet.add_device(d, "rpi4", "bench=rollout")
+        fleet.start_daemon()
+        observer = Observer(fleet.broker.url)
+        for d in devices:
+            fleet.start_agent(d, telemetry_interval_s=5.0, wait=False)
+        wait_until(
+            lambda: all((s := observer.status(d)) is not None and s.online for d in devices),
+            120,
+            f"{size} agents not online",
+        )
+        times = []
+        for v in range(1, runs + 1):
+            version = f"{v}.0.0"
+            t0 = time.monotonic()
+            fleet.ok("deploy", f"digits:{version}", "--label", "bench=rollout")
+            wait_until(
+                lambda version=version: serving(observer, devices, version),
+                120,
+                f"{size} agents not serving {version}",
+                every=0.02,
+            )
+            times.append(time.monotonic() - t0)
+        return times
+    except BaseException:
+        print(fleet.logs(800)[-6000:], file=sys.stderr)
+        raise
+    finally:
+        if observer:
+            observer.client.loop_stop()
+            observer.client.disconnect()
+        fleet.close()
+
+
+def ingest(messages: int, n_devices: int = 20) -> tuple[float, float, float]:
+    """Returns (publish seconds, seconds until all rows are in the registry, messages/s)."""
+    fleet = ControllerFleet()
+    try:
+        fleet.init()
+        devices = [f"tel-{i:03d}" for i in range(n_devices)]
+        for d in devices:
+            fleet.add_device(d, "rpi4")
+        fleet.start_daemon()
+        time.sleep(1.0)  # the daemon subscribes
+        db = sqlite3.connect(fleet.home / "registry.db", timeout=30)
+
+        def count() -> int:
+            return int(db.execute("SELECT count(*) FROM telemetry").fetchone()[0])
+
+        base = count()
+        stats = ModelStats(
+            model=ModelRef(name="digits", version="1.0.0"),
+            deployment_id="dep-bench",
+            requests=100,
+            latency_counts=[1] * N_BUCKETS,
+            p50_ms=0.2,
+            p95_ms=0.4,
+            p99_ms=0.6,
+        )
+        payloads = [
+            (
+                shared.telemetry_topic(d),
+                shared.encode(
+                    TelemetryMessage(
+                        device_id=d,
+                        interval_s=10.0,
+                        models=[stats],
+                        system=SystemStats(cpu_percent=12.5, memory_used_bytes=1 << 28),
+                    )
+                ),
+            )
+            for d in devices
+        ]
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{uuid.uuid4().hex[:6]}")
+        client.max_inflight_messages_set(1000)
+        client.max_queued_messages_set(0)
+        client.connect("127.0.0.1", fleet.broker.port)
+        client.loop_start()
+        t0 = time.monotonic()
+        infos = [client.publish(*payloads[i % n_devices], qos=1) for i in range(messages)]
+        for info in infos:
+            info.wait_for_publish(timeout=60)
+        published = time.monotonic() - t0
+        wait_until(lambda: count() - base >= messages, 120, "telemetry rows missing", 0.05)
+        stored = time.monotonic() - t0
+        client.loop_stop()
+        client.disconnect()
+        db.close()
+        return published, stored, messages / stored
+    except BaseException:
+        print(fleet.logs(800)[-6000:], file=sys.stderr)
+        raise
+    finally:
+        fleet.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1,10,50")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--messages", type=int, default=20000)
+    args = parser.parse_args()
+
+    print("rollout: `edgefleet deploy` to every agent serving the new version")
+    print(f"{'agents':>6}  {'runs':>4}  {'median s':>8}  {'min s':>6}  {'max s':>6}  budget")
+    ok = True
+    for size in (int(s) for s in args.sizes.split(",")):
+        times = rollout(size, args.runs)
+        median = statistics.median(times)
+        verdict = "-"
+        if size == 50:
+            verdict = "ok" if median <= ROLLOUT_BUDGET_S else f"OVER {ROLLOUT_BUDGET_S:.0f} s"
+            ok = ok and median <= ROLLOUT_BUDGET_S
+        print(
+            f"{size:>6}  {len(times):>4}  {median:>8.2f}  {min(times):>6.2f}  {max(times):>6.2f}"
+            f"  {verdict}",
+            flush=True,
+        )
+
+    print("\ntelemetry ingest into the registry (SQLite, WAL), QoS 1 from one paho client")
+    published, stored, rate = ingest(args.messages)
+    verdict = "ok" if rate >= INGEST_BUDGET else f"UNDER {INGEST_BUDGET:.0f}/s"
+    print(f"{'messages':>8}  {'published s':>11}  {'all stored s':>12}  {'msg/s':>7}  budget")
+    print(f"{args.messages:>8}  {published:>11.2f}  {stored:>12.2f}  {rate:>7.0f}  {verdict}")
+    ok = ok and rate >= INGEST_BUDGET
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
