@@ -34,6 +34,8 @@ lint: setup
 bench: setup
 	$(PY) bench/agent_footprint.py
 	$(PY) bench/agent_swap.py
+	$(PY) bench/controller_rollout.py
+	$(PY) bench/compress_profiles.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

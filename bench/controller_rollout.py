@@ -3,9 +3,10 @@
 1. Rollout: the seconds from `edgefleet deploy` (no --wait) until every agent's retained
    status says it serves the new version, for 1, 10 and 50 agents (one subprocess each,
    started and online before the clock starts); the median of a few runs.
-2. Telemetry ingest: N TelemetryMessage payloads published by one paho client as fast as
-   it can (QoS 1) for registered devices while `serve` runs, timed until the registry's
-   telemetry table (SQLite) holds all N.
+2. Telemetry ingest: N TelemetryMessage payloads published by one paho client (QoS 1) as
+   fast as the daemon keeps up (at most BACKLOG messages ahead of the registry, since
+   Mosquitto drops what exceeds its queue), for registered devices while `serve` runs,
+   timed until the registry's telemetry table (SQLite) holds all N; the median of runs.
 
 Budgets: 50 agents serving <= 15 s after deploy; ingest >= 2,000 messages/s.
 Run: .venv/bin/python bench/controller_rollout.py [--sizes 1,10,50] [--runs 3] [--messages N]
@@ -32,6 +33,8 @@ from edgefleet.shared._messages import ModelStats, SystemStats, TelemetryMessage
 
 ROLLOUT_BUDGET_S = 15.0
 INGEST_BUDGET = 2000.0
+WINDOW = 500  # messages published between backlog checks
+BACKLOG = 4000  # published but not yet in the registry; the bench broker queues 10,000
 
 
 def serving(observer: Observer, devices: list[str], version: str) -> bool:
@@ -130,11 +133,19 @@ def ingest(messages: int, n_devices: int = 20) -> tuple[float, float, float]:
         client.connect("127.0.0.1", fleet.broker.port)
         client.loop_start()
         t0 = time.monotonic()
-        infos = [client.publish(*payloads[i % n_devices], qos=1) for i in range(messages)]
+        infos = []
+        for start in range(0, messages, WINDOW):
+            # keep the backlog under the broker's queue limit (a fleet sends at a steady
+            # rate; a burst beyond max_queued_messages is dropped by Mosquitto, not queued)
+            wait_until(
+                lambda start=start: start - (count() - base) <= BACKLOG, 120, "stalled", 0.01
+            )
+            for i in range(start, min(start + WINDOW, messages)):
+                infos.append(client.publish(*payloads[i % n_devices], qos=1))
         for info in infos:
             info.wait_for_publish(timeout=60)
         published = time.monotonic() - t0
-        wait_until(lambda: count() - base >= messages, 120, "telemetry rows missing", 0.05)
+        wait_until(lambda: count() - base >= messages, 120, "telemetry rows missing", 0.01)
         stored = time.monotonic() - t0
         client.loop_stop()
         client.disconnect()
@@ -171,11 +182,16 @@ def main() -> int:
         )
 
     print("\ntelemetry ingest into the registry (SQLite, WAL), QoS 1 from one paho client")
-    published, stored, rate = ingest(args.messages)
-    verdict = "ok" if rate >= INGEST_BUDGET else f"UNDER {INGEST_BUDGET:.0f}/s"
-    print(f"{'messages':>8}  {'published s':>11}  {'all stored s':>12}  {'msg/s':>7}  budget")
-    print(f"{args.messages:>8}  {published:>11.2f}  {stored:>12.2f}  {rate:>7.0f}  {verdict}")
-    ok = ok and rate >= INGEST_BUDGET
+    print(f"{'run':>3}  {'messages':>8}  {'published s':>11}  {'all stored s':>12}  {'msg/s':>7}")
+    rates = []
+    for run in range(1, args.runs + 1):
+        published, stored, rate = ingest(args.messages)
+        rates.append(rate)
+        print(f"{run:>3}  {args.messages:>8}  {published:>11.2f}  {stored:>12.2f}  {rate:>7.0f}")
+    median = statistics.median(rates)
+    verdict = "ok" if median >= INGEST_BUDGET else f"UNDER {INGEST_BUDGET:.0f}/s"
+    print(f"median {median:.0f} messages/s  budget {INGEST_BUDGET:.0f}/s: {verdict}")
+    ok = ok and median >= INGEST_BUDGET
     return 0 if ok else 1
 
 
