@@ -36,6 +36,7 @@ from edgefleet.shared import (
     StatusMessage,
     TelemetryMessage,
 )
+from edgefleet.shared._histogram import N_BUCKETS
 
 
 @pytest.fixture
@@ -118,6 +119,39 @@ def test_a_device_never_heard_from_waits_until_it_connects(
         ingest_many(s, [("pi-1", StatusMessage(device_id="pi-1", online=True))])
         ingest_many(s, [("pi-1", StatusMessage(device_id="pi-1", online=False))])
     assert [d.device for d in dispatch_pending(home, lambda t, p: None)] == ["pi-1"]
+
+
+def test_ingest_batch_of_telemetry_from_many_devices(home: Home, fleet: dict[str, str]) -> None:
+    """One batch mixing devices, a model-less interval, a spoofed id and an unknown device:
+    each kept message becomes its rows and every device's last_seen moves."""
+    stats = ModelStats(
+        model=ModelRef(name="digits", version="1.0.0"),
+        deployment_id="dep-a",
+        requests=5,
+        latency_counts=[0] * N_BUCKETS,
+        p95_ms=1.5,
+    )
+    batch = [
+        ("pi-1", TelemetryMessage(device_id="pi-1", interval_s=1.0, models=[stats, stats])),
+        ("box-1", TelemetryMessage(device_id="box-1", interval_s=1.0)),  # nothing serving
+        ("box-1", TelemetryMessage(device_id="pi-1", interval_s=1.0)),  # claims another id
+        ("ghost", TelemetryMessage(device_id="ghost", interval_s=1.0)),
+    ]
+    with home.session(write=True) as s:
+        assert ingest_many(s, batch) == 2
+    with home.session() as s:
+        rows = s.exec(
+            select(Device.name, Telemetry.model, Telemetry.requests)
+            .join(Device, Device.id == Telemetry.device_id)  # type: ignore[arg-type]
+            .order_by(Telemetry.id)
+        ).all()
+        assert [tuple(r) for r in rows] == [
+            ("pi-1", "digits:1.0.0/fp32", 5),
+            ("pi-1", "digits:1.0.0/fp32", 5),
+            ("box-1", None, 0),
+        ]
+        seen = s.exec(select(Device.name, Device.last_seen)).all()
+        assert all(when is not None for _, when in seen)
 
 
 def test_ingest_writes_status_events_and_telemetry_idempotently(

@@ -499,6 +499,24 @@ def compress(
     latency_runs: Annotated[
         int, typer.Option(help="Timed runs per candidate for the latency figures.", min=1)
     ] = 100,
+    measure_on: Annotated[
+        str | None,
+        typer.Option(
+            "--measure-on",
+            metavar="DEVICE",
+            help="Take latency from this device (online, of the profile) instead of this "
+            "machine: it benchmarks every candidate, served by `edgefleet serve`.",
+        ),
+    ] = None,
+    measure_timeout: Annotated[
+        float,
+        typer.Option(
+            "--measure-timeout",
+            metavar="S",
+            help="Seconds to wait for the device's result on each candidate.",
+            min=0.1,
+        ),
+    ] = 120.0,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the report as JSON instead of a table.")
     ] = False,
@@ -509,6 +527,7 @@ def compress(
     held-out data, size, latency side by side). The best inside the profile's budget, by its
     objective, is recorded as the version's variant for that profile, and `deploy` sends it
     to that profile's devices. Exits 1, listing the closest candidates, when none fits.
+    With --measure-on, the latency that decides is measured on that device.
     """
     from ._compression import compress_model_version
 
@@ -516,7 +535,8 @@ def compress(
         result = compress_model_version(
             home, ref, profile, data, metric=metric, max_drop=max_drop,
             torch_source=torch_source, torch_state=torch_state, report_path=report,
-            seed=seed, latency_runs=latency_runs, progress=progress,
+            seed=seed, latency_runs=latency_runs, progress=progress, measure_on=measure_on,
+            measure_timeout_s=measure_timeout,
         )  # fmt: skip
     if as_json:
         _print_json(result.to_dict())
@@ -552,9 +572,14 @@ def _progress_bars() -> Iterator[Any]:
 
 def _candidates_table(report: Any) -> Table:  # compress.CompressionReport
     reference = report.reference
-    table = Table(title=f"{report.profile}: objective {report.objective}", title_justify="left")
+    title = f"{report.profile}: objective {report.objective}"
+    where = ""
+    if report.measured_on:
+        title += f", latency measured on {report.measured_on}"
+        where = f"{report.measured_on} "
+    table = Table(title=title, title_justify="left")
     table.add_column("candidate", no_wrap=True)
-    for header in ("smaller", f"{report.metric} Δ", "p50 ms", "p95 ms"):
+    for header in ("smaller", f"{report.metric} Δ", f"{where}p50 ms", f"{where}p95 ms"):
         table.add_column(header, justify="right", no_wrap=True)
     table.add_column("budget", overflow="fold")
     for c in report.candidates:
@@ -565,6 +590,8 @@ def _candidates_table(report: Any) -> Table:  # compress.CompressionReport
             f"{c.metric - reference.metric:+.4f}", f"{c.latency_ms_p50:.3f}",
             f"{c.latency_ms_p95:.3f}", status or "fits",
         )  # fmt: skip
+    for item in report.skipped:
+        table.add_row(item["candidate"], "", "", "", "", f"skipped: {item['why']}")
     return table
 
 

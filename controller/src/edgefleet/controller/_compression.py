@@ -1,5 +1,6 @@
 """Compressing a registered model version for one device profile: the library's ``compress``
 run on the stored fp32 artifact, and the chosen candidate recorded as that profile's variant.
+With a device to measure on, latency comes from that device (``_remote_measure``).
 
 torch is imported only when ``--torch`` gives a PyTorch source."""
 
@@ -16,17 +17,22 @@ from typing import TYPE_CHECKING, Any
 
 from sqlmodel import select
 
+from edgefleet.shared import SmokeTest
 from edgefleet.shared.errors import ConfigError, NotFound
 
 from ._catalog import ORIGINAL_VARIANT, parse_model_ref
 from ._devices import _record_profile
 from ._home import Home
 from ._models import Artifact, Model, ModelVersion, Variant, VariantPublic, utcnow
+from ._profiles import DeviceProfile
+from ._store import StoredArtifact
 from .compress import CompressionReport, PassOptions, compress
 from .compress._compress import Progress
 
 if TYPE_CHECKING:
     import torch
+
+    from ._remote_measure import DeviceBenchmarks
 
 
 @dataclass(frozen=True)
@@ -63,12 +69,19 @@ def compress_model_version(
     latency_runs: int = 100,
     options: PassOptions | None = None,
     progress: Progress | None = None,
+    measure_on: str | None = None,
+    measure_timeout_s: float = 120.0,
 ) -> CompressionResult:
     """Compress model version ``ref`` for profile ``profile_name`` and record the chosen
     candidate as the version's variant for that profile, replacing an older one.
 
+    With ``measure_on``, that device (online, of this profile) benchmarks every candidate and
+    its latency decides; the candidates are served to it from the artifact store by
+    ``edgefleet serve``, and those not chosen are removed afterwards.
+
     Nothing is written to the registry unless a candidate fits: bad input raises
-    ``ConfigError``/``ModelError``/``NotFound``, no fit raises ``NoCandidateFits``."""
+    ``ConfigError``/``ModelError``/``NotFound``, no fit raises ``NoCandidateFits``; a device
+    that cannot be reached raises ``BrokerError``/``DeviceOffline``/``BenchmarkFailed``."""
     name, version = parse_model_ref(ref)
     profile = home.profile(profile_name)
     if profile.name == ORIGINAL_VARIANT:
@@ -83,29 +96,62 @@ def compress_model_version(
     if torch_source is None and torch_state is not None:
         raise ConfigError("--torch-state needs --torch")
     torch_model = load_torch_model(torch_source, torch_state) if torch_source else None
+    from ._remote_measure import device_benchmarks  # paho, only when a device measures
 
-    # ONNX Runtime's calibrators print to stdout, which belongs to the report (--json)
-    with (
-        tempfile.TemporaryDirectory(prefix="edgefleet-compress-") as tmp,
-        contextlib.redirect_stdout(sys.stderr),
-    ):
-        report = compress(
-            source,
-            data_path,
-            profile,
-            Path(tmp),
-            metric=metric,
-            max_drop=max_drop,
-            torch_model=torch_model,
-            options=options,
-            seed=seed,
-            latency_runs=latency_runs,
-            progress=progress,
+    on_device: contextlib.AbstractContextManager[DeviceBenchmarks | None] = (
+        contextlib.nullcontext()
+        if measure_on is None
+        else device_benchmarks(
+            home, measure_on, profile, model=name, version=version,
+            smoke_test=_smoke_test(home, name, version), runs=latency_runs,
+            timeout_s=measure_timeout_s, progress=progress,
         )
-        chosen_path = report.chosen.path
-        assert chosen_path is not None  # compress always measures files
-        stored = home.store.put_file(chosen_path)
+    )  # fmt: skip
+    recorded: str | None = None
+    with on_device as bench:
+        try:
+            # ONNX Runtime's calibrators print to stdout, which belongs to the report (--json)
+            with (
+                tempfile.TemporaryDirectory(prefix="edgefleet-compress-") as tmp,
+                contextlib.redirect_stdout(sys.stderr),
+            ):
+                report = compress(
+                    source,
+                    data_path,
+                    profile,
+                    Path(tmp),
+                    metric=metric,
+                    max_drop=max_drop,
+                    torch_model=torch_model,
+                    options=options,
+                    seed=seed,
+                    latency_runs=latency_runs,
+                    progress=progress,
+                    measure=bench,
+                    measured_on=measure_on or "device",
+                )
+                chosen_path = report.chosen.path
+                assert chosen_path is not None  # compress always measures files
+                stored = home.store.put_file(chosen_path)
+            public = _record_variant(home, name, version, profile, report, stored)
+            recorded = stored.sha256
+        finally:
+            if bench is not None:
+                bench.discard(keep=recorded)
+    result = CompressionResult(ref=f"{name}:{version}", report=report, variant=public)
+    if report_path is not None:
+        _write_report(report_path, result)
+    return result
 
+
+def _record_variant(
+    home: Home,
+    name: str,
+    version: str,
+    profile: DeviceProfile,
+    report: CompressionReport,
+    stored: StoredArtifact,
+) -> VariantPublic:
     metrics = _variant_metrics(report)
     with home.session(write=True) as session:
         row = _find_version(session, name, version)
@@ -129,17 +175,13 @@ def compress_model_version(
         variant.created_at = utcnow()
         session.add(variant)
         session.flush()
-        public = VariantPublic(
+        return VariantPublic(
             name=variant.name,
             sha256=stored.sha256,
             size=stored.size,
             profile=profile.name,
             metrics=metrics,
         )
-    result = CompressionResult(ref=f"{name}:{version}", report=report, variant=public)
-    if report_path is not None:
-        _write_report(report_path, result)
-    return result
 
 
 def load_torch_model(source: str, state: Path | None = None) -> torch.nn.Module:
@@ -198,6 +240,11 @@ def _original_artifact(home: Home, name: str, version: str) -> str:
     return sha
 
 
+def _smoke_test(home: Home, name: str, version: str) -> SmokeTest:
+    with home.session() as session:
+        return SmokeTest.model_validate(_find_version(session, name, version).smoke_test)
+
+
 def _find_version(session: Any, name: str, version: str) -> ModelVersion:
     row = session.exec(
         select(ModelVersion)
@@ -230,6 +277,7 @@ def _variant_metrics(report: CompressionReport) -> dict[str, Any]:
         "budgets": report.budgets,
         "intra_op_threads": report.intra_op_threads,
         "seed": report.seed,
+        **({"measured_on": report.measured_on} if report.measured_on else {}),
     }
 
 

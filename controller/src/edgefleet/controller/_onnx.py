@@ -41,19 +41,11 @@ class InspectedModel:
 def inspect_model(path: Path, sample: Path | None = None) -> InspectedModel:
     """Load ``path`` with ONNX Runtime, read its signature, and compute the reference
     output on a sample (from ``sample``'s first array, or generated from the signature)."""
-    import onnxruntime as ort
-
     if not path.is_file():
         raise ConfigError(f"model file {path} does not exist")
     _refuse_external_data(path)
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own unrelated classes; translate them all
-        raise ModelLoadError(f"ONNX Runtime cannot load {path.name}: {_first_line(exc)}") from exc
-    io = IOSignature(
-        inputs=[_spec(a) for a in session.get_inputs()],
-        outputs=[_spec(a) for a in session.get_outputs()],
-    )
+    session = _session(path)
+    io = _signature(session)
     inputs = load_sample(sample, io) if sample is not None else generated_sample(io)
     try:
         outputs = session.run(None, inputs)
@@ -68,6 +60,27 @@ def inspect_model(path: Path, sample: Path | None = None) -> InspectedModel:
         },
     )
     return InspectedModel(io=io, smoke_test=smoke)
+
+
+def read_signature(path: Path) -> IOSignature:
+    """The inputs and outputs of the model in ``path``, as ONNX Runtime reads them."""
+    return _signature(_session(path))
+
+
+def _session(path: Path) -> Any:  # onnxruntime.InferenceSession
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own unrelated classes; translate them all
+        raise ModelLoadError(f"ONNX Runtime cannot load {path.name}: {_first_line(exc)}") from exc
+
+
+def _signature(session: Any) -> IOSignature:
+    return IOSignature(
+        inputs=[_spec(a) for a in session.get_inputs()],
+        outputs=[_spec(a) for a in session.get_outputs()],
+    )
 
 
 def _refuse_external_data(path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     import torch
 
 Progress = Callable[[str, int, int], None]
+# Latency measured somewhere else (a device): every candidate in, the reference first; out,
+# each one's (p50 ms, p95 ms) there, or why it could not be measured there
+Measure = Callable[[list[Candidate]], Mapping[str, tuple[float, float] | str]]
 TORCH_PASSES = ("prune", "distill")
 REFERENCE = "fp32"
 # ISA features meaning the CPU has VNNI int8 dot products; without them, x86 int8 needs
@@ -71,8 +74,10 @@ class CompressionReport:
     chosen: Measured
     candidates: list[Measured]
     skipped: list[dict[str, str]] = field(default_factory=list)
+    measured_on: str | None = None  # where the latency that decided was measured, if not here
 
     def to_dict(self) -> dict[str, Any]:
+        where = {} if self.measured_on is None else {"measured_on": self.measured_on}
         return {
             "profile": self.profile,
             "metric": self.metric,
@@ -82,6 +87,7 @@ class CompressionReport:
             "intra_op_threads": self.intra_op_threads,
             "latency_runs": self.latency_runs,
             "latency_batch": self.latency_batch,
+            **where,
             "calibration_rows": self.calibration_rows,
             "evaluation_rows": self.evaluation_rows,
             "reference": self.reference.to_dict(),
@@ -116,12 +122,16 @@ def compress(
     latency_runs: int = 100,
     latency_batch: int = 1,
     progress: Progress | None = None,
+    measure: Measure | None = None,
+    measured_on: str = "device",
 ) -> CompressionReport:
     """Run the passes ``profile`` allows on ``model`` (and on ``torch_model`` for pruning and
     distillation), measure every candidate against the fp32 reference on the held-out part
     of ``data``, and choose the best inside the budget by ``objective`` (the profile's own
-    by default). Raises ``NoCandidateFits`` when
-    nothing fits, ``ConfigError`` for a profile allowing nothing or bad settings."""
+    by default). With ``measure``, latency budgets and the choice rest on the figures it
+    returns (from ``measured_on``); a candidate it could not measure is skipped. Raises
+    ``NoCandidateFits`` when nothing fits, ``ConfigError`` for a profile allowing nothing or
+    bad settings."""
     allowed = list(profile.compression.passes)
     if not allowed:
         raise ConfigError(f"profile {profile.name!r} allows no compression passes")
@@ -174,6 +184,8 @@ def compress(
         notify=notify,
         skipped=skipped,
     )
+    if measure is not None:
+        measured = _remeasured(measure, measured, measured_on, skipped)
     measured = [_with_breaches(m, budgets) for m in measured]
     chosen = choose(measured, budgets, goal)
     return CompressionReport(
@@ -191,6 +203,7 @@ def compress(
         chosen=chosen,
         candidates=measured,
         skipped=skipped,
+        measured_on=measured_on if measure is not None else None,
     )
 
 
@@ -366,6 +379,33 @@ def _measure_all(
         )
         for c in usable
     ]
+
+
+def _remeasured(
+    measure: Measure, measured: list[Measured], where: str, skipped: list[dict[str, str]]
+) -> list[Measured]:
+    """``measured`` with ``measure``'s latency, keeping this machine's as ``local_*``."""
+    found = measure([Candidate(m.name, m.path, m.recipe) for m in measured if m.path])
+    kept: list[Measured] = []
+    for m in measured:
+        figures = found.get(m.name, "not measured")
+        if isinstance(figures, str):
+            if m.name == REFERENCE:
+                raise ModelError(
+                    f"the {REFERENCE} reference was not measured on {where}: {figures}"
+                )
+            skipped.append({"candidate": m.name, "why": f"on {where}: {figures}"})
+            continue
+        kept.append(
+            replace(
+                m,
+                latency_ms_p50=figures[0],
+                latency_ms_p95=figures[1],
+                local_latency_ms_p50=m.latency_ms_p50,
+                local_latency_ms_p95=m.latency_ms_p95,
+            )
+        )
+    return kept
 
 
 def _with_breaches(m: Measured, budgets: Budgets) -> Measured:

@@ -36,11 +36,16 @@ class Measured:
     drop: float  # how much worse than the reference; 0 is as good
     path: Path | None = None
     breaches: tuple[Breach, ...] = field(default=())
+    # this machine's figures, kept when the latency above was measured elsewhere (a device)
+    local_latency_ms_p50: float | None = None
+    local_latency_ms_p95: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["path"] = None if self.path is None else str(self.path)
         data["breaches"] = [b.text for b in self.breaches]
+        if self.local_latency_ms_p50 is None:
+            del data["local_latency_ms_p50"], data["local_latency_ms_p95"]
         return data
 
 
