@@ -7,6 +7,8 @@ and pass it on.
 from __future__ import annotations
 
 import importlib.util
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -57,7 +59,7 @@ def _tune_sqlite(engine: Engine, *, in_memory: bool) -> None:
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")  # first: the next pragmas may wait
         if not in_memory:
-            cur.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(cur)
             cur.execute("PRAGMA synchronous=NORMAL")  # durable across crashes in WAL mode
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
@@ -68,6 +70,24 @@ def _tune_sqlite(engine: Engine, *, in_memory: bool) -> None:
         # timeout instead of one failing when it upgrades a read lock.
         mode = conn.get_execution_options().get("sqlite_begin", "")
         conn.exec_driver_sql(f"BEGIN {mode}".strip())
+
+
+def _enable_wal(cur: Any) -> None:
+    """Switch to WAL once (the mode is stored in the file). The switch needs an exclusive
+    lock and SQLite answers "database is locked" at once, without the busy handler, when
+    several connections open a new file together; so retry within the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
 
 def write_lock(conn: sa.Connection) -> None:
