@@ -147,3 +147,22 @@ def test_reduce_range_follows_the_isa() -> None:
     assert needs_reduce_range(profiles["rpi4"]) is False  # not x86
     no_vnni = profiles["x86-edge"].model_copy(update={"isa_features": ["avx2", "fma"]})
     assert needs_reduce_range(no_vnni) is True
+
+
+def test_local_latency_never_uses_more_threads_than_the_host_has(
+    digits: Digits, tmp_path: Path
+) -> None:
+    import os
+
+    from edgefleet.controller.compress._compress import local_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert local_threads(0) == 0  # ONNX Runtime's own choice, as on the device
+    assert local_threads(1) == 1
+    assert local_threads(cores + 62) == cores
+    profile = make_profile(["int8_dynamic"])
+    profile = profile.model_copy(
+        update={"runtime": profile.runtime.model_copy(update={"intra_op_threads": cores + 62})}
+    )
+    report = compress(digits.onnx, digits.eval_npz, profile, tmp_path, latency_runs=3)
+    assert report.intra_op_threads == cores
