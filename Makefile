@@ -30,6 +30,7 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check shared agent controller tests bench
 	$(VENV)/bin/ruff format --check shared agent controller tests bench
+	$(VENV)/bin/mypy shared/src agent/src controller/src
 
 bench: setup
 	$(PY) bench/agent_footprint.py

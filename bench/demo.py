@@ -2,7 +2,8 @@
 
 In a temporary EDGEFLEET_HOME: train two small CNNs on scikit-learn's digits with torch
 and export them to ONNX; start a private Mosquitto; `edgefleet init`, `model add` both
-versions, `device add` three devices (rpi4, rpi5, x86-edge); start `edgefleet serve` and
+versions, `compress` v2 for the x86-edge profile, `device add` three devices (rpi4, rpi5,
+x86-edge); start `edgefleet serve` and
 three agents; `edgefleet deploy` v1 then v2 with --wait; print `edgefleet status`;
 classify held-out digits through one agent's inference endpoint; shut everything down.
 Run: make demo
@@ -77,6 +78,11 @@ def main() -> int:
             fleet.ok("model", "add", str(path), "--name", "digits", "--version", version,
                      "--sample", str(work / "sample.npz"))  # fmt: skip
         print(fleet.ok("model", "list"), end="")
+        step("edgefleet compress digits:2.0.0 --profile x86-edge (each candidate vs fp32)")
+        np.savez(work / "eval.npz", inputs=x[TRAIN_ROWS:], labels=y[TRAIN_ROWS:])
+        eval_npz = str(work / "eval.npz")
+        print(fleet.ok("compress", "digits:2.0.0", "--profile", "x86-edge", "--data", eval_npz,
+                       "--latency-runs", "50"), end="")  # fmt: skip
         for name, profile in DEVICES.items():
             fleet.add_device(name, profile, "fleet=demo")
         print(fleet.ok("device", "list"), end="")
@@ -120,16 +126,18 @@ def main() -> int:
         print(fleet.ok("status"), end="")
 
         held_out = len(x) - TRAIN_ROWS
-        step(f"classifying {held_out} held-out digits through kitchen-pi's inference endpoint")
-        r = httpx.post(
-            f"{fleet.url('kitchen-pi')}/v1/infer",
-            json={"inputs": {"input": x[TRAIN_ROWS:].tolist()}},
-            timeout=30,
-        )
-        r.raise_for_status()
-        probs = np.asarray(r.json()["outputs"]["probs"])
-        accuracy = float((probs.argmax(axis=1) == y[TRAIN_ROWS:]).mean())
-        print(f"  served by {r.headers.get('X-Edgefleet-Model', '?')}: accuracy {accuracy:.1%}")
+        for name in ("kitchen-pi", "edge-box"):
+            step(f"classifying {held_out} held-out digits through {name}'s inference endpoint")
+            r = httpx.post(
+                f"{fleet.url(name)}/v1/infer",
+                json={"inputs": {"input": x[TRAIN_ROWS:].tolist()}},
+                timeout=30,
+            )
+            r.raise_for_status()
+            probs = np.asarray(r.json()["outputs"]["probs"])
+            accuracy = float((probs.argmax(axis=1) == y[TRAIN_ROWS:]).mean())
+            model = r.headers.get("X-Edgefleet-Model", "?")
+            print(f"  served by {model}: accuracy {accuracy:.1%}")
     except BaseException:
         print("\ndemo failed; last lines of each process log:", file=sys.stderr)
         print(fleet.logs(), file=sys.stderr)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from edgefleet.shared.errors import ConfigError, ModelError
 
@@ -53,7 +53,7 @@ class PassOptions:
     distill_epochs: int = 30
     distill_temperature: float = 4.0
     distill_alpha: float = 0.7
-    graph_opt_level: str = "basic"
+    graph_opt_level: Literal["basic", "extended"] = "basic"
     calibration_methods: tuple[CalibrationMethodName, ...] = CALIBRATION_METHODS
     per_channel: tuple[bool, ...] = (False, True)
     reduce_range: bool | None = None  # None: decided by the profile's ISA features
@@ -133,7 +133,7 @@ def compress(
     returns (from ``measured_on``); a candidate it could not measure is skipped. Raises
     ``NoCandidateFits`` when nothing fits, ``ConfigError`` for a profile allowing nothing or
     bad settings."""
-    allowed = list(profile.compression.passes)
+    allowed: list[str] = list(profile.compression.passes)
     if not allowed:
         raise ConfigError(f"profile {profile.name!r} allows no compression passes")
     goal: Objective = check_objective(objective or profile.compression.objective)
