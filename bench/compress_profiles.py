@@ -130,7 +130,8 @@ def main() -> None:
         b = profile.budgets
         print(
             f"== {name} (passes {', '.join(profile.compression.passes)}; objective {objective}; "
-            f"{profile.runtime.intra_op_threads} threads; budgets {b.max_size_bytes:,} B, "
+            f"{report.intra_op_threads} threads here (profile "
+            f"{profile.runtime.intra_op_threads}); budgets {b.max_size_bytes:,} B, "
             f"{b.max_latency_ms} ms, drop {b.max_accuracy_drop}; "
             f"{report.calibration_rows} calibration / {report.evaluation_rows} held-out rows; "
             f"{time.monotonic() - t0:.1f} s)"
