@@ -40,15 +40,23 @@ def mosquitto_binary() -> str:
 class Broker:
     """One mosquitto process with persistence, so a restart keeps sessions and queues."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, include_dir: Path | None = None
+    ) -> None:
+        """``include_dir``: a folder of *.conf files (e.g. `edgefleet broker config`'s) that
+        decide who may connect; without it, anyone may."""
         self.workdir = workdir
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
         self.conf = workdir / "mosquitto.conf"
+        # as root, Mosquitto drops to its own user before reading password and ACL files,
+        # which it could not reach inside pytest's private tmp folders
+        access = (
+            f"include_dir {include_dir}\nuser root\n" if include_dir else "allow_anonymous true\n"
+        )
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+            access + f"listener {self.port} 127.0.0.1\n"
             "persistence true\n"
             f"persistence_location {workdir}/\n"
             "autosave_interval 1\n"

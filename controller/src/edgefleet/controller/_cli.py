@@ -56,7 +56,9 @@ model_app = typer.Typer(help="Add, list and show models and their versions.", no
 profile_app = typer.Typer(help="List and show device profiles.", no_args_is_help=True)
 app.add_typer(device_app, name="device")
 app.add_typer(model_app, name="model")
+broker_app = typer.Typer(help="Files for the MQTT broker (Mosquitto).", no_args_is_help=True)
 app.add_typer(profile_app, name="profile")
+app.add_typer(broker_app, name="broker")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -217,6 +219,40 @@ def device_remove(
     with _home(ctx) as home:
         _devices.remove_device(home, name)
     typer.echo(f"removed {name}")
+
+
+# -- broker -------------------------------------------------------------------
+
+
+@broker_app.command("config")
+def broker_config(
+    ctx: typer.Context,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for passwd, acl and edgefleet.conf.")
+    ],
+    as_json: JsonFlag = False,
+) -> None:
+    """Write Mosquitto's password file and ACL: every device may read only its command topic
+    and write only its own status, events and telemetry; the controller (the user in
+    broker_url) may do everything under the topic prefix; nobody else gets in.
+
+    Run again after `device add` or `device remove`, then reload Mosquitto (SIGHUP).
+    """
+    from ._broker_config import write_broker_config
+
+    with _home(ctx) as home:
+        written = write_broker_config(home, out)
+    if as_json:
+        _print_json({k: str(v) for k, v in vars(written).items()})
+        return
+    out_ = _console()
+    who = f"controller {written.controller_user!r} and {written.devices} device(s)"
+    out_.print(f"wrote {written.password_file} ({who}), {written.acl_file}, {written.conf_file}")
+    out_.print(
+        f"use it: `include_dir {written.folder}` in mosquitto.conf (or copy edgefleet.conf "
+        "into /etc/mosquitto/conf.d/); the mosquitto user must be able to read the folder "
+        "and the files (mode 0640, group mosquitto when it exists); reload with SIGHUP"
+    )
 
 
 # -- model --------------------------------------------------------------------

@@ -1,0 +1,139 @@
+"""Mosquitto files that make the broker enforce who may say what.
+
+Signed manifests already keep a device from taking orders from anyone but the
+controller; these files keep a device from speaking for another one (its status,
+events and telemetry) and keep strangers off the broker:
+
+- ``passwd``: Mosquitto's ``password_file``: each device (user name = device id, password =
+  the token in its agent.toml, stored here only as the ``$7$`` hash made at enrolment) and the
+  controller, whose user name and password come from ``broker_url``;
+- ``acl``: the controller reads and writes everything under the topic prefix; a device
+  reads only its command topic and writes only its own status, events and telemetry;
+- ``edgefleet.conf``: the lines that turn both on, for Mosquitto's ``include_dir``.
+
+The files are mode 0640 and, where a ``mosquitto`` group exists and we may, in that group:
+Mosquitto reads them after dropping root.
+
+Regenerate after ``device add`` or ``device remove`` and send Mosquitto SIGHUP to reload.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from sqlmodel import col, select
+
+from edgefleet.shared import Channel
+from edgefleet.shared.errors import ConfigError
+
+from ._devices import mosquitto_password_hash
+from ._home import Home
+from ._models import Device
+
+BROKER_GROUP = "mosquitto"
+DEVICE_WRITES = (Channel.STATUS, Channel.EVENTS, Channel.TELEMETRY)
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    folder: Path
+    password_file: Path
+    acl_file: Path
+    conf_file: Path
+    controller_user: str
+    devices: int
+
+
+def write_broker_config(home: Home, folder: Path) -> BrokerConfig:
+    """Write ``passwd``, ``acl`` and ``edgefleet.conf`` into ``folder`` (created if missing;
+    files mode 0600, replaced atomically)."""
+    user, password = controller_credentials(home.settings.broker_url)
+    with home.session() as session:
+        devices = session.exec(
+            select(Device.name, Device.mqtt_password_hash).order_by(col(Device.name))
+        ).all()
+    if any(name == user for name, _ in devices):
+        raise ConfigError(
+            f"a device is named {user!r} like the controller's broker user; "
+            "give the controller another user name in broker_url"
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {folder}: {exc.strerror or exc}") from exc
+    folder = folder.resolve()
+    prefix = home.settings.topic_prefix
+    lines = [f"{user}:{mosquitto_password_hash(password)}"]
+    lines += [f"{name}:{digest}" for name, digest in devices]
+    acl = [
+        "# edgefleet: written by `edgefleet broker config`; regenerate rather than edit",
+        "# the controller",
+        f"user {user}",
+        f"topic readwrite {prefix}/#",
+        "",
+        "# every device, by its user name (= device id): its own topics only",
+        f"pattern read {prefix}/devices/%u/{Channel.CMD.value}",
+        *(f"pattern write {prefix}/devices/%u/{ch.value}" for ch in DEVICE_WRITES),
+    ]
+    result = BrokerConfig(
+        folder=folder,
+        password_file=folder / "passwd",
+        acl_file=folder / "acl",
+        conf_file=folder / "edgefleet.conf",
+        controller_user=user,
+        devices=len(devices),
+    )
+    conf = [
+        "# edgefleet: clients must log in, and the ACL says what each may do",
+        "per_listener_settings false",
+        "allow_anonymous false",
+        f"password_file {result.password_file}",
+        f"acl_file {result.acl_file}",
+        "# enough room for a fleet's telemetry while the controller is busy",
+        "max_queued_messages 10000",
+    ]
+    _write(result.password_file, "\n".join(lines) + "\n")
+    _write(result.acl_file, "\n".join(acl) + "\n")
+    _write(result.conf_file, "\n".join(conf) + "\n")
+    return result
+
+
+def controller_credentials(broker_url: str) -> tuple[str, str]:
+    parts = urlsplit(broker_url)
+    if not parts.username or not parts.password:
+        raise ConfigError(
+            "broker_url has no user name and password for the controller; set it in "
+            "config.toml (or EDGEFLEET_BROKER_URL) like "
+            "mqtt://edgefleet-controller:<a long random password>@host:1883"
+        )
+    return unquote(parts.username), unquote(parts.password)
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o640)  # whatever the umask: Mosquitto reads it as its own group
+        _give_to_broker_group(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def _give_to_broker_group(path: Path) -> None:
+    """Mosquitto reads these files after dropping to its own user, so hand the group to
+    it when this machine has one and we may (root); otherwise the operator does."""
+    try:
+        gid = grp.getgrnam(BROKER_GROUP).gr_gid
+    except KeyError:
+        return
+    with contextlib.suppress(PermissionError):
+        os.chown(path, -1, gid)

@@ -1,0 +1,167 @@
+"""`edgefleet broker config`: the files it writes, and a real Mosquitto that enforces them
+(a device speaks only for itself, strangers stay out) with a real agent logging in."""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edgefleet import shared
+from tests.support.broker import Broker, free_port
+
+from .conftest import Cli
+
+CONTROLLER = ("edgefleet-controller", "s3cret-controller-pw")
+
+
+@pytest.fixture
+def secured(
+    cli: Cli, initialised: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Broker, dict[str, dict[str, str]]]]:
+    """Two enrolled devices and a Mosquitto running on the generated files."""
+    port = free_port()
+    user, password = CONTROLLER
+    monkeypatch.setenv("EDGEFLEET_BROKER_URL", f"mqtt://{user}:{password}@127.0.0.1:{port}")
+    configs = {}
+    for name in ("pi-1", "pi-2"):
+        out = tmp_path / f"{name}.toml"
+        cli.ok("device", "add", name, "--profile", "rpi4", "--out", str(out),
+               "--state-dir", str(tmp_path / name))  # fmt: skip
+        configs[name] = tomllib.loads(out.read_text())
+    cli.ok("broker", "config", "--out", str(tmp_path / "mosquitto.d"))
+    broker = Broker(tmp_path / "broker", port=port, include_dir=tmp_path / "mosquitto.d").start()
+    yield broker, configs
+    broker.stop()
+
+
+class Client:
+    """A paho client that records its CONNACK and queues what it receives."""
+
+    def __init__(self, port: int, user: str | None, password: str | None) -> None:
+        self.inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self.connack: queue.Queue[bool] = queue.Queue()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        if user is not None:
+            self.client.username_pw_set(user, password)
+        self.client.on_connect = lambda c, u, f, reason, p: self.connack.put(not reason.is_failure)
+        self.client.on_message = lambda c, u, m: self.inbox.put((m.topic, bytes(m.payload)))
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def accepted(self) -> bool:
+        return self.connack.get(timeout=10)
+
+    def subscribe(self, topic: str) -> None:
+        done: queue.Queue[bool] = queue.Queue()
+        self.client.on_subscribe = lambda c, u, mid, reasons, p: done.put(True)
+        self.client.subscribe(topic, qos=1)
+        done.get(timeout=10)
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.client.publish(topic, payload, qos=1).wait_for_publish(timeout=10)
+
+    def received(self, timeout: float) -> list[tuple[str, bytes]]:
+        got = []
+        try:
+            while True:
+                got.append(self.inbox.get(timeout=timeout))
+                timeout = 0.2
+        except queue.Empty:
+            return got
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def test_the_files_name_every_device_and_the_controller(
+    secured: tuple[Broker, dict[str, dict[str, str]]], tmp_path: Path
+) -> None:
+    folder = tmp_path / "mosquitto.d"
+    passwd = (folder / "passwd").read_text().splitlines()
+    assert [line.split(":")[0] for line in passwd] == ["edgefleet-controller", "pi-1", "pi-2"]
+    assert all(line.split(":", 1)[1].startswith("$7$101$") for line in passwd)
+    assert "s3cret" not in (folder / "passwd").read_text()  # hashes only
+    acl = (folder / "acl").read_text()
+    assert "user edgefleet-controller\ntopic readwrite edgefleet/v1/#" in acl
+    assert "pattern read edgefleet/v1/devices/%u/cmd" in acl
+    for path in folder.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o640
+
+
+def test_mosquitto_enforces_who_may_say_what(
+    secured: tuple[Broker, dict[str, dict[str, str]]],
+) -> None:
+    broker, configs = secured
+    pi1, pi2 = configs["pi-1"], configs["pi-2"]
+
+    for user, password in ((None, None), ("pi-1", "wrong"), ("intruder", "x")):
+        stranger = Client(broker.port, user, password)
+        assert stranger.accepted() is False, user
+        stranger.close()
+
+    controller = Client(broker.port, *CONTROLLER)
+    device1 = Client(broker.port, pi1["broker_username"], pi1["broker_password"])
+    assert controller.accepted() and device1.accepted()
+    controller.subscribe("edgefleet/v1/devices/+/status")
+    device1.subscribe(shared.command_topic("pi-1"))
+    device1.subscribe(shared.command_topic("pi-2"))  # granted or not, nothing may arrive
+
+    device1.publish(shared.status_topic("pi-1"), b"pi-1 speaking")
+    device1.publish(shared.status_topic("pi-2"), b"pi-1 pretending to be pi-2")
+    controller.publish(shared.command_topic("pi-1"), b"for pi-1")
+    controller.publish(shared.command_topic("pi-2"), b"for pi-2")
+
+    assert controller.received(2.0) == [(shared.status_topic("pi-1"), b"pi-1 speaking")]
+    assert device1.received(2.0) == [(shared.command_topic("pi-1"), b"for pi-1")]
+    assert pi2["broker_username"] == "pi-2"
+    for c in (controller, device1):
+        c.close()
+
+
+def test_a_real_agent_logs_in_with_its_agent_toml(
+    secured: tuple[Broker, dict[str, dict[str, str]]], tmp_path: Path
+) -> None:
+    broker, _ = secured
+    controller = Client(broker.port, *CONTROLLER)
+    assert controller.accepted()
+    controller.subscribe(shared.status_topic("pi-1"))
+    env = {**os.environ, "EDGEFLEET_AGENT_INFERENCE_PORT": str(free_port())}
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "edgefleet.agent", "run", "--config", str(tmp_path / "pi-1.toml")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        topic, payload = controller.inbox.get(timeout=30)
+        status = shared.decode(payload)
+        assert isinstance(status, shared.StatusMessage)
+        assert (topic, status.device_id, status.online) == (
+            shared.status_topic("pi-1"),
+            "pi-1",
+            True,
+        )
+    finally:
+        agent.terminate()
+        agent.wait(timeout=20)
+        controller.close()
+
+
+def test_without_controller_credentials_nothing_is_written(
+    cli: Cli, initialised: Path, tmp_path: Path
+) -> None:
+    result = cli("broker", "config", "--out", str(tmp_path / "d"))
+    assert result.exit_code == 2
+    assert "broker_url has no user name and password" in result.stderr
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "d").exists()
