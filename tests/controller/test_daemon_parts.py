@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import tomllib
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -25,7 +27,7 @@ from edgefleet.controller import deploy as record_deployment
 from edgefleet.controller._artifact_server import ArtifactServer, registry_token_check
 from edgefleet.controller._catalog import add_model
 from edgefleet.controller._devices import add_device
-from edgefleet.controller._dispatch import dispatch_pending
+from edgefleet.controller._dispatch import dispatch_pending, resend_unconfirmed
 from edgefleet.controller._ingest import ingest_many
 from edgefleet.controller._metrics import Metrics
 from edgefleet.controller._models import DeviceCreate
@@ -37,6 +39,7 @@ from edgefleet.shared import (
     TelemetryMessage,
 )
 from edgefleet.shared._histogram import N_BUCKETS
+from edgefleet.shared.errors import BrokerError
 
 
 @pytest.fixture
@@ -119,6 +122,80 @@ def test_a_device_never_heard_from_waits_until_it_connects(
         ingest_many(s, [("pi-1", StatusMessage(device_id="pi-1", online=True))])
         ingest_many(s, [("pi-1", StatusMessage(device_id="pi-1", online=False))])
     assert [d.device for d in dispatch_pending(home, lambda t, p: None)] == ["pi-1"]
+
+
+def _stored_payloads(home: Home) -> dict[str, bytes | None]:
+    with home.session() as s:
+        rows = s.exec(
+            select(Device.name, Deployment.payload).join(Device, Device.id == Deployment.device_id)
+        ).all()
+        return {name: payload for name, payload in rows}
+
+
+def test_a_command_lost_after_its_row_was_marked_sent_is_resent_byte_for_byte(
+    home: Home, fleet: dict[str, str]
+) -> None:
+    """The daemon dies (here: the publish raises) after committing ``sent``, before the broker
+    has the command: the row keeps the exact bytes, and resending publishes them again."""
+    _hello(home, "pi-1", "box-1")
+    record_deployment(home, "digits:1.0.0", devices=["pi-1", "box-1"])
+    attempted: list[tuple[str, bytes]] = []
+
+    def crash(topic: str, payload: bytes) -> None:
+        attempted.append((topic, payload))
+        raise BrokerError("the broker never took it")
+
+    with pytest.raises(BrokerError):
+        dispatch_pending(home, crash)
+    assert _rows(home) == [("box-1", "sent", 1), ("pi-1", "pending", None)]
+    ((topic, lost),) = attempted
+    assert topic == shared.command_topic("box-1")
+    assert _stored_payloads(home) == {"box-1": lost, "pi-1": None}
+
+    published: list[tuple[str, bytes]] = []
+    for _ in range(2):  # every call resends: each (re)connect of the daemon makes one
+        (again,) = resend_unconfirmed(home, lambda t, p: published.append((t, p)))
+        assert (again.device, again.sequence, again.topic) == ("box-1", 1, topic)
+    assert published == [(topic, lost), (topic, lost)]
+    assert _rows(home) == [("box-1", "sent", 1), ("pi-1", "pending", None)]  # nothing moved
+
+    # the device is signed for and gets exactly what the first attempt would have sent
+    keyring = shared.trusted_keyring([home.signing_key().public_key()])
+    manifest = shared.parse_signed_document(shared.verify(shared.decode(lost).signed, keyring))
+    assert (manifest.device_id, manifest.sequence) == ("box-1", 1)
+
+    # the regular dispatch carries on with the next row
+    (pi,) = dispatch_pending(home, lambda t, p: published.append((t, p)))
+    assert (pi.device, pi.sequence) == ("pi-1", 1)
+    assert _stored_payloads(home)["pi-1"] == published[-1][1]
+
+
+def test_rows_a_device_confirmed_and_expired_ones_are_not_resent(
+    home: Home, fleet: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    _hello(home, "pi-1", "box-1")
+    (row, *_) = record_deployment(home, "digits:1.0.0", devices=["pi-1", "box-1"])
+    dispatch_pending(home, lambda t, p: None)
+    started = shared.EventMessage(
+        device_id="pi-1", deployment_id=row.deployment_id, state="downloading"
+    )
+    with home.session() as s:
+        ingest_many(s, [("pi-1", started)])
+    assert _rows(home) == [("box-1", "sent", 1), ("pi-1", "in_progress", 1)]
+
+    published: list[tuple[str, bytes]] = []
+    resent = resend_unconfirmed(home, lambda t, p: published.append((t, p)))
+    assert [d.device for d in resent] == ["box-1"]
+    assert [t for t, _ in published] == [shared.command_topic("box-1")]
+
+    # past the manifest's expiry (24 h by default): the agent would refuse it, so it is not
+    # sent; the row stays as it is, since the device may yet report on it
+    later = datetime.now(UTC) + timedelta(hours=25)
+    with caplog.at_level(logging.WARNING, logger="edgefleet.controller.dispatch"):
+        assert resend_unconfirmed(home, lambda t, p: published.append((t, p)), now=later) == []
+    assert len(published) == 1
+    assert "expired" in caplog.text and "not resent" in caplog.text
+    assert _rows(home) == [("box-1", "sent", 1), ("pi-1", "in_progress", 1)]
 
 
 def test_ingest_batch_of_telemetry_from_many_devices(home: Home, fleet: dict[str, str]) -> None:

@@ -2,7 +2,8 @@
 
 A deploy to a profile reaches exactly the devices of that profile; a device that
 is offline at deploy time gets the model when it returns; a daemon stopped with
-SIGTERM mid-deployment carries on when started again.
+SIGTERM mid-deployment carries on when started again; a command committed as sent but
+never published (the daemon killed in between) is sent when the daemon starts again.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ import httpx
 import numpy as np
 import pytest
 
+from edgefleet.controller import load_settings, open_home
+from edgefleet.controller._dispatch import dispatch_pending
+from edgefleet.shared.errors import BrokerError
 from tests.support.broker import Broker, free_port, mosquitto_binary, wait_port
 from tests.support.fleet import infer_digits
 from tests.support.models import digits, write_digits_model
@@ -295,3 +299,37 @@ def test_the_daemon_stopped_mid_deployment_carries_on(fleet: Fleet) -> None:
         "downloading", "verifying", "loading", "testing", "switching", "committed",
     ]  # fmt: skip
     assert _model_of(fleet, "box-1") is not None
+
+
+def test_a_command_the_broker_never_took_is_sent_when_the_daemon_starts_again(
+    fleet: Fleet,
+) -> None:
+    fleet.setup({"pi-1": "rpi4"})
+    daemon = fleet.start_daemon()
+    fleet.start_agent("pi-1")
+    fleet.wait_online("pi-1")
+    assert daemon.stop() == 0, daemon.text()[-2000:]
+    fleet.ok("deploy", "digits:1.0.0", "--device", "pi-1")
+
+    # The crash window, in-process: the row is committed as sent, then the publish fails
+    # as it would if `serve` were SIGKILLed before the broker took the message.
+    def killed(topic: str, payload: bytes) -> None:
+        raise BrokerError("the daemon died here")
+
+    home = open_home(load_settings(fleet.home, env=fleet.env))
+    try:
+        with pytest.raises(BrokerError):
+            dispatch_pending(home, killed)
+    finally:
+        home.close()
+    assert fleet.status()["pi-1"]["state"] == "sent"
+
+    daemon = fleet.start_daemon()
+    fleet.wait_state("pi-1", "committed")
+    meta = _model_of(fleet, "pi-1")
+    assert meta is not None and (meta["name"], meta["version"]) == ("digits", "1.0.0")
+    assert fleet.events("pi-1")[-1] == "committed"
+    metrics = httpx.get(f"http://127.0.0.1:{fleet.http_port}/metrics").text
+    assert "edgefleet_deployments_resent_total 1" in metrics
+    assert "edgefleet_deployments_dispatched_total 0" in metrics
+    assert "resent 1 unconfirmed deployment" in daemon.text()

@@ -96,6 +96,43 @@ def test_a_version_1_database_with_data_upgrades_in_place(engine: sa.Engine) -> 
         assert sa.inspect(engine).has_table(table)
 
 
+def test_a_version_2_database_with_a_deployment_upgrades_in_place(engine: sa.Engine) -> None:
+    """Schema 3 adds the stored command; rows sent before it keep everything else."""
+    assert upgrade(engine, target=2) == [1, 2]
+    now = datetime.now(UTC)
+    statements = (
+        "INSERT INTO profile (name, description, arch, cores, ram_mb, spec, source, updated_at)"
+        " VALUES ('rpi4', '', 'arm64', 4, 4096, :spec, '', :now)",
+        "INSERT INTO device (id, name, profile, labels, token_sha256, mqtt_password_hash,"
+        " created_at, last_sequence) VALUES (1, 'pi-1', 'rpi4', :spec, :tok, '$7$x', :now, 1)",
+        "INSERT INTO model (id, name, created_at) VALUES (1, 'digits', :now)",
+        "INSERT INTO model_version (id, model_id, version, io, smoke_test, source_name,"
+        " created_at) VALUES (1, 1, '1.0.0', :spec, :spec, 'd.onnx', :now)",
+        "INSERT INTO artifact (sha256, size, path, format, created_at)"
+        " VALUES (:tok, 10, 'sha256/00/x', 'onnx', :now)",
+        "INSERT INTO variant (id, model_version_id, name, artifact_sha256, metrics, created_at)"
+        " VALUES (1, 1, 'fp32', :tok, :spec, :now)",
+        "INSERT INTO deployment (deployment_id, device_id, variant_id, sequence, state,"
+        " created_at, updated_at) VALUES ('dep-1', 1, 1, 1, 'sent', :now, :now)",
+    )
+    with engine.begin() as conn:
+        for sql in statements:
+            conn.execute(sa.text(sql), {"spec": "{}", "tok": "0" * 64, "now": now})
+
+    assert upgrade(engine) == list(range(3, SCHEMA_VERSION + 1))
+
+    deployment = sa.table(
+        "deployment", sa.column("deployment_id"), sa.column("sequence"), sa.column("state"),
+        sa.column("payload", sa.LargeBinary),
+    )  # fmt: skip
+    with engine.begin() as conn:
+        row = conn.execute(sa.select(deployment)).one()
+        assert tuple(row) == ("dep-1", 1, "sent", None)  # sent before schema 3: nothing stored
+        conn.execute(sa.update(deployment).values(payload=b"\x00{cmd}\xff"))
+        assert conn.execute(sa.select(deployment.c.payload)).scalar() == b"\x00{cmd}\xff"
+        assert conn.execute(sa.text("SELECT name FROM device")).scalar() == "pi-1"
+
+
 def test_a_database_newer_than_the_code_is_refused(engine: sa.Engine) -> None:
     upgrade(engine)
     with engine.begin() as conn:

@@ -2,7 +2,8 @@
 
 Threads: paho's network loop (only queues what arrives), one ingest writer (decodes,
 writes a batch per transaction, then acknowledges), the HTTP server, and the
-caller's thread running the dispatch loop until ``stop`` is set.
+caller's thread running the dispatch loop until ``stop`` is set: after every (re)connect
+it first resends the commands no device has confirmed yet, then sends pending ones.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from edgefleet.shared import Channel, EventMessage, StatusMessage, TelemetryMess
 from edgefleet.shared.errors import BrokerError, EdgefleetError, MessageError
 
 from ._artifact_server import ArtifactServer, registry_token_check
-from ._dispatch import dispatch_pending
+from ._dispatch import dispatch_pending, resend_unconfirmed
 from ._home import Home
 from ._ingest import Inbound, ingest_many
 from ._metrics import Metrics
@@ -54,6 +55,7 @@ class Daemon:
         self.dispatch_interval_s = dispatch_interval_s
         self._inbox: queue.Queue[_Received | None] = queue.Queue()
         self._connected = threading.Event()
+        self._resend_due = threading.Event()  # set on every connect, acted on in run()
         self._writer: threading.Thread | None = None
         self.metrics = Metrics()
         self.http = ArtifactServer(
@@ -88,7 +90,10 @@ class Daemon:
         self._connect()
         try:
             while not stop.is_set():
-                if self._connected.is_set():
+                if self._connected.is_set() and self._resend_due.is_set():
+                    self._resend()
+                # pending rows wait until the unconfirmed ones went out: lower sequences first
+                if self._connected.is_set() and not self._resend_due.is_set():
                     try:
                         sent = dispatch_pending(self.home, self._publish)
                         if sent:
@@ -98,6 +103,19 @@ class Daemon:
                 stop.wait(self.dispatch_interval_s)
         finally:
             self._shutdown()
+
+    def _resend(self) -> None:
+        """Send again what may never have reached the broker (see ``resend_unconfirmed``)."""
+        self._resend_due.clear()  # first: a reconnect while resending asks for another round
+        try:
+            resent = resend_unconfirmed(self.home, self._publish)
+        except EdgefleetError as exc:
+            log.error("resend: %s", exc)
+            self._resend_due.set()
+            return
+        if resent:
+            self.metrics.inc("edgefleet_deployments_resent_total", len(resent))
+            log.info("resent %d unconfirmed deployment(s) after connecting", len(resent))
 
     def _connect(self) -> None:
         parts = urlsplit(self.settings.broker_url)
@@ -142,6 +160,7 @@ class Daemon:
         client.subscribe(
             [(shared.fleet_topic(ch, prefix), 1) for ch in _INGESTED],
         )
+        self._resend_due.set()
         self._connected.set()
         log.info("connected to %s", self.settings.broker_url)
 

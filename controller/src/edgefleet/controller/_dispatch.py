@@ -1,8 +1,11 @@
 """Sending pending deployments: one signed manifest per device, on its command topic.
 
-The sequence number and the ``sent`` state are committed before the manifest is
-published (state before side effect); publishing goes through a callable, so the
-logic runs without a broker in tests.
+The sequence number, the ``sent`` state and the exact command bytes are committed
+before the command is published (state before side effect). A row stays ``sent``
+until the device's first event, so one whose publish never reached the broker (the
+daemon killed, the broker down) is sent again, byte for byte, by
+``resend_unconfirmed`` on the daemon's next connect. Publishing goes through a
+callable, so the logic runs without a broker in tests.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from edgefleet.shared import (
     RuntimeSettings,
     SmokeTest,
 )
-from edgefleet.shared.errors import EdgefleetError, RegistryError
+from edgefleet.shared.errors import EdgefleetError, MessageError, RegistryError
 
 from ._home import Home
 from ._models import (
@@ -121,9 +124,9 @@ def dispatch_pending(home: Home, publish: Publish, *, limit: int = 100) -> list[
             continue
         if prepared is None:
             continue
-        manifest, device_name = prepared
+        manifest, device_name, payload = prepared
         topic = shared.command_topic(device_name, settings.topic_prefix)
-        publish(topic, deploy_payload(manifest, key))
+        publish(topic, payload)
         log.info(
             "sent %s to %s (sequence %d, %s)",
             manifest.deployment_id, device_name, manifest.sequence, manifest.model,
@@ -132,9 +135,69 @@ def dispatch_pending(home: Home, publish: Publish, *, limit: int = 100) -> list[
     return sent
 
 
+def resend_unconfirmed(
+    home: Home, publish: Publish, *, now: datetime | None = None
+) -> list[Dispatched]:
+    """Publish again the stored command of every row still ``sent``, oldest first.
+
+    Such a row may never have reached the broker, and nothing else would ever send it.
+    The same bytes are safe to send twice: the agent ignores a deployment id it knows.
+    A row whose manifest has expired is left alone (logged): the agent would refuse it,
+    and the controller cannot tell one never delivered from one the device is working
+    on and has not reported yet. Rows sent before schema 3 have nothing stored to resend.
+    """
+    now = now or datetime.now(UTC)
+    prefix = home.settings.topic_prefix
+    with home.session() as session:
+        rows = session.exec(
+            select(Deployment.deployment_id, Deployment.sequence, Deployment.payload, Device.name)
+            .join(Device, Device.id == Deployment.device_id)  # type: ignore[arg-type]
+            .where(
+                Deployment.state == DeploymentState.SENT.value,
+                col(Deployment.payload).is_not(None),
+            )
+            .order_by(col(Deployment.id))
+        ).all()
+    resent: list[Dispatched] = []
+    for deployment_id, sequence, payload, device_name in rows:
+        assert payload is not None and sequence is not None  # both set with state sent
+        try:
+            expires_at = _expiry(payload)
+        except MessageError as exc:
+            log.error(
+                "stored command of %s for %s is unusable: %s", deployment_id, device_name, exc
+            )
+            continue
+        if expires_at <= now:
+            log.warning(
+                "%s for %s expired at %s unconfirmed; not resent (deploy again to retry)",
+                deployment_id, device_name, expires_at.isoformat(),
+            )  # fmt: skip
+            continue
+        topic = shared.command_topic(device_name, prefix)
+        publish(topic, payload)
+        log.info(
+            "resent %s to %s (sequence %d): the device has not confirmed it yet",
+            deployment_id, device_name, sequence,
+        )  # fmt: skip
+        resent.append(Dispatched(deployment_id, device_name, sequence, topic))
+    return resent
+
+
+def _expiry(payload: bytes) -> datetime:
+    """When the manifest inside a stored (self-signed, so trusted) command expires."""
+    command = shared.decode(payload)
+    if not isinstance(command, DeployCommand):
+        raise MessageError(f"expected a deploy command, found {command.kind!r}")
+    document = shared.parse_signed_document(command.signed.payload_bytes())
+    if not isinstance(document, Manifest):
+        raise MessageError(f"expected a manifest, found {type(document).__name__}")
+    return document.expires_at
+
+
 def _prepare(
     home: Home, session: Session, row_id: int, key: Ed25519PrivateKey
-) -> tuple[Manifest, str] | None:
+) -> tuple[Manifest, str, bytes] | None:
     found = session.exec(
         select(Deployment, Device, Variant)
         .join(Device, Device.id == Deployment.device_id)  # type: ignore[arg-type]
@@ -164,13 +227,15 @@ def _prepare(
         key=key,
         ttl_s=home.settings.manifest_ttl_s,
     )
+    payload = deploy_payload(manifest, key)
     device.last_sequence = sequence
     row.sequence = sequence
     row.state = DeploymentState.SENT.value
+    row.payload = payload  # committed with the state, so a lost publish can be resent
     row.updated_at = datetime.now(UTC)
     session.add(device)
     session.add(row)
-    return manifest, device.name
+    return manifest, device.name, payload
 
 
 def _runtime(home: Home, session: Session, profile: str) -> RuntimeSettings:

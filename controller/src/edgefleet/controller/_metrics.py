@@ -20,6 +20,9 @@ _HELP = {
     "edgefleet_messages_ingested_total": "Messages from devices written to the registry.",
     "edgefleet_messages_dropped_total": "Messages from devices that could not be decoded.",
     "edgefleet_deployments_dispatched_total": "Signed manifests published to devices.",
+    "edgefleet_deployments_resent_total": (
+        "Stored manifests published again on connecting, not yet confirmed by their device."
+    ),
     "edgefleet_artifact_requests_total": "Artifact server responses, by HTTP status.",
 }
 

@@ -181,6 +181,11 @@ def _v2(conn: sa.Connection) -> None:
         md.tables[name].create(conn)
 
 
+def _v3(conn: sa.Connection) -> None:
+    """The exact command published for a deployment row, so it can be sent again."""
+    _add_column(conn, "deployment", sa.Column("payload", sa.LargeBinary, nullable=True))
+
+
 def _add_column(conn: sa.Connection, table: str, column: sa.Column) -> None:
     ddl = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
     conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {ddl}"))
@@ -189,6 +194,7 @@ def _add_column(conn: sa.Connection, table: str, column: sa.Column) -> None:
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "profiles, devices, models, versions, artifacts, variants", _v1),
     Migration(2, "deployments, events, telemetry, device status", _v2),
+    Migration(3, "the command sent for each deployment row, kept for resending", _v3),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -146,6 +146,8 @@ class Deployment(SQLModel, table=True):
     error_message: str | None = None
     created_at: datetime = _when(default_factory=utcnow)
     updated_at: datetime = _when(default_factory=utcnow)
+    # since schema 3: the exact DeployCommand bytes published, stored with state ``sent``
+    payload: bytes | None = Field(default=None, sa_type=sa.LargeBinary)
 
 
 class Event(SQLModel, table=True):
