@@ -10,6 +10,7 @@ import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -20,7 +21,7 @@ from tests.support.broker import Broker, free_port
 
 from .conftest import Cli
 
-CONTROLLER = ("edgefleet-controller", "s3cret-controller-pw")
+CONTROLLER = ("edgefleet-controller", "s3cret:p@ss/w%rd")  # reserved characters on purpose
 
 
 @pytest.fixture
@@ -30,7 +31,9 @@ def secured(
     """Two enrolled devices and a Mosquitto running on the generated files."""
     port = free_port()
     user, password = CONTROLLER
-    monkeypatch.setenv("EDGEFLEET_BROKER_URL", f"mqtt://{user}:{password}@127.0.0.1:{port}")
+    monkeypatch.setenv(
+        "EDGEFLEET_BROKER_URL", f"mqtt://{user}:{quote(password, safe='')}@127.0.0.1:{port}"
+    )
     configs = {}
     for name in ("pi-1", "pi-2"):
         out = tmp_path / f"{name}.toml"

@@ -141,3 +141,19 @@ def test_config_file_values_and_checks(tmp_path: Path) -> None:
     (tmp_path / "config.toml").write_text('http_port = "80"\n')
     with pytest.raises(ConfigError, match="http_port"):
         load_settings(tmp_path, env={})
+
+
+def test_broker_endpoint_decodes_credentials_and_defaults_ports() -> None:
+    from edgefleet.controller._settings import broker_endpoint
+
+    e = broker_endpoint("mqtt://ctl:s3cret%3Ap%40ss%2Fw%25rd@broker.local:1884")
+    assert (e.host, e.port, e.tls, e.username, e.password) == (
+        "broker.local",
+        1884,
+        False,
+        "ctl",
+        "s3cret:p@ss/w%rd",
+    )
+    e = broker_endpoint("mqtts://broker.local")
+    assert (e.port, e.tls, e.username, e.password) == (8883, True, None, None)
+    assert broker_endpoint("mqtt://h").port == 1883

@@ -24,7 +24,6 @@ import grp
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 from sqlmodel import col, select
 
@@ -34,6 +33,7 @@ from edgefleet.shared.errors import ConfigError
 from ._devices import mosquitto_password_hash
 from ._home import Home
 from ._models import Device
+from ._settings import broker_endpoint
 
 BROKER_GROUP = "mosquitto"
 DEVICE_WRITES = (Channel.STATUS, Channel.EVENTS, Channel.TELEMETRY)
@@ -104,14 +104,14 @@ def write_broker_config(home: Home, folder: Path) -> BrokerConfig:
 
 
 def controller_credentials(broker_url: str) -> tuple[str, str]:
-    parts = urlsplit(broker_url)
-    if not parts.username or not parts.password:
+    broker = broker_endpoint(broker_url)
+    if not broker.username or not broker.password:
         raise ConfigError(
             "broker_url has no user name and password for the controller; set it in "
             "config.toml (or EDGEFLEET_BROKER_URL) like "
             "mqtt://edgefleet-controller:<a long random password>@host:1883"
         )
-    return unquote(parts.username), unquote(parts.password)
+    return broker.username, broker.password
 
 
 def _write(path: Path, text: str) -> None:

@@ -30,6 +30,7 @@ from ._dispatch import dispatch_pending, resend_unconfirmed
 from ._home import Home
 from ._ingest import Inbound, ingest_many
 from ._metrics import Metrics
+from ._settings import broker_endpoint
 
 log = logging.getLogger("edgefleet.controller.daemon")
 
@@ -118,18 +119,17 @@ class Daemon:
             log.info("resent %d unconfirmed deployment(s) after connecting", len(resent))
 
     def _connect(self) -> None:
-        parts = urlsplit(self.settings.broker_url)
-        tls = parts.scheme == "mqtts"
-        if tls:
+        broker = broker_endpoint(self.settings.broker_url)
+        if broker.tls:
             self.client.tls_set()
-        if parts.username:
-            self.client.username_pw_set(parts.username, parts.password)
+        if broker.username:
+            self.client.username_pw_set(broker.username, broker.password)
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = SESSION_EXPIRY_S
         try:
             self.client.connect_async(
-                parts.hostname or "127.0.0.1",
-                parts.port or (8883 if tls else 1883),
+                broker.host,
+                broker.port,
                 keepalive=30,
                 clean_start=False,  # events sent while we were down are kept for us
                 properties=props,

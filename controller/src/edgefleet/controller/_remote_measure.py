@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -40,6 +39,7 @@ from ._home import Home
 from ._models import Artifact
 from ._onnx import read_signature
 from ._profiles import DeviceProfile
+from ._settings import broker_endpoint
 from ._store import ArtifactStore
 from .compress import Candidate
 from .compress._compress import REFERENCE, Progress
@@ -93,16 +93,15 @@ class DeviceLink:
         self.client.on_message = self._guarded(self._on_message)
 
     def open(self) -> None:
-        parts = urlsplit(self.broker_url)
-        tls = parts.scheme == "mqtts"
-        if parts.username:
-            self.client.username_pw_set(parts.username, parts.password)
+        broker = broker_endpoint(self.broker_url)
+        if broker.username:
+            self.client.username_pw_set(broker.username, broker.password)
         try:
-            if tls:
+            if broker.tls:
                 self.client.tls_set()
             self.client.connect(
-                parts.hostname or "127.0.0.1",
-                parts.port or (8883 if tls else 1883),
+                broker.host,
+                broker.port,
                 keepalive=30,
                 clean_start=True,  # nothing to keep: the orders' answers are awaited now or never
             )
