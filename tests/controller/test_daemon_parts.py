@@ -230,6 +230,20 @@ def test_ingest_batch_of_telemetry_from_many_devices(home: Home, fleet: dict[str
         seen = s.exec(select(Device.name, Device.last_seen)).all()
         assert all(when is not None for _, when in seen)
 
+    # QoS 1 redelivers: the same intervals again, in one batch and in the next, add nothing
+    again = batch[:2]
+    with home.session(write=True) as s:
+        assert ingest_many(s, again + again) == 4
+    with home.session(write=True) as s:
+        assert ingest_many(s, again) == 2
+    with home.session() as s:
+        assert len(s.exec(select(Telemetry)).all()) == 3
+    later = TelemetryMessage(device_id="box-1", interval_s=1.0)  # a new interval still counts
+    with home.session(write=True) as s:
+        ingest_many(s, [("box-1", later), ("box-1", later)])
+    with home.session() as s:
+        assert len(s.exec(select(Telemetry)).all()) == 4
+
 
 def test_ingest_writes_status_events_and_telemetry_idempotently(
     home: Home, fleet: dict[str, str]

@@ -53,6 +53,7 @@ def ingest_many(session: Session, batch: Iterable[tuple[str, Inbound]]) -> int:
         d.name: d for d in session.exec(select(Device).where(col(Device.name).in_(names))).all()
     }
     telemetry: list[dict[str, Any]] = []
+    seen = _stored_intervals(session, devices.values(), batch)
     kept = 0
     now = datetime.now(UTC)
     for device_name, message in batch:
@@ -70,11 +71,37 @@ def ingest_many(session: Session, batch: Iterable[tuple[str, Inbound]]) -> int:
             _event(session, device, message, now)
         else:
             device.last_seen = now
+            key = (device.id, _utc(message.sent_at))
+            if key in seen:
+                continue  # a QoS 1 redelivery of an interval already stored
+            seen.add(key)
             telemetry += _telemetry_rows(device, message)
         session.add(device)
     if telemetry:
         session.execute(insert(Telemetry), telemetry)
     return kept
+
+
+def _stored_intervals(
+    session: Session, devices: Iterable[Device], batch: list[tuple[str, Inbound]]
+) -> set[tuple[int | None, datetime]]:
+    """(device id, sent_at) of the batch's telemetry already in the registry: a device stamps
+    each interval once, so the pair names it (one indexed query per batch)."""
+    ids = [d.id for d in devices]
+    stamps = {m.sent_at for _, m in batch if isinstance(m, TelemetryMessage)}
+    if not ids or not stamps:
+        return set()
+    rows = session.exec(
+        select(Telemetry.device_id, Telemetry.at)
+        .where(col(Telemetry.device_id).in_(ids), col(Telemetry.at).in_(stamps))
+        .distinct()
+    ).all()
+    return {(device_id, _utc(at)) for device_id, at in rows}
+
+
+def _utc(when: datetime) -> datetime:
+    """SQLite hands back naive UTC datetimes, PostgreSQL aware ones: compare them as UTC."""
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 def _status(device: Device, msg: StatusMessage, now: datetime) -> None:
