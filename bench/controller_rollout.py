@@ -20,6 +20,7 @@ import statistics
 import sys
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -113,19 +114,22 @@ def ingest(messages: int, n_devices: int = 20) -> tuple[float, float, float]:
             p95_ms=0.4,
             p99_ms=0.6,
         )
+        # every message a new interval (its own sent_at): redeliveries are stored only once
+        start = datetime.now(UTC)
         payloads = [
             (
-                shared.telemetry_topic(d),
+                shared.telemetry_topic(devices[i % n_devices]),
                 shared.encode(
                     TelemetryMessage(
-                        device_id=d,
+                        device_id=devices[i % n_devices],
+                        sent_at=start + timedelta(seconds=10 * (i // n_devices)),
                         interval_s=10.0,
                         models=[stats],
                         system=SystemStats(cpu_percent=12.5, memory_used_bytes=1 << 28),
                     )
                 ),
             )
-            for d in devices
+            for i in range(messages)
         ]
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{uuid.uuid4().hex[:6]}")
         client.max_inflight_messages_set(1000)
@@ -141,7 +145,7 @@ def ingest(messages: int, n_devices: int = 20) -> tuple[float, float, float]:
                 lambda start=start: start - (count() - base) <= BACKLOG, 120, "stalled", 0.01
             )
             for i in range(start, min(start + WINDOW, messages)):
-                infos.append(client.publish(*payloads[i % n_devices], qos=1))
+                infos.append(client.publish(*payloads[i], qos=1))
         for info in infos:
             info.wait_for_publish(timeout=60)
         published = time.monotonic() - t0
