@@ -39,7 +39,10 @@ def secured(
         out = tmp_path / f"{name}.toml"
         cli.ok("device", "add", name, "--profile", "rpi4", "--out", str(out),
                "--state-dir", str(tmp_path / name))  # fmt: skip
-        configs[name] = tomllib.loads(out.read_text())
+        text = out.read_text()
+        # the controller's login stays with the controller
+        assert user not in text and "s3cret" not in text and quote(password, safe="") not in text
+        configs[name] = tomllib.loads(text)
     cli.ok("broker", "config", "--out", str(tmp_path / "mosquitto.d"))
     broker = Broker(tmp_path / "broker", port=port, include_dir=tmp_path / "mosquitto.d").start()
     yield broker, configs

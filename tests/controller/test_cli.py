@@ -23,6 +23,7 @@ def test_init_creates_home_key_config_and_database(cli: Cli, home_dir: Path) -> 
     key = home_dir / "keys" / "controller.key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE((home_dir / "config.toml").stat().st_mode) == 0o600  # may hold a login
     assert "key id" in result.stdout
     config = tomllib.loads((home_dir / "config.toml").read_text())
     assert config["broker_url"].startswith("mqtt://")

@@ -157,3 +157,13 @@ def test_broker_endpoint_decodes_credentials_and_defaults_ports() -> None:
     e = broker_endpoint("mqtts://broker.local")
     assert (e.port, e.tls, e.username, e.password) == (8883, True, None, None)
     assert broker_endpoint("mqtt://h").port == 1883
+
+
+def test_broker_urls_are_redacted_for_logs_and_devices() -> None:
+    from edgefleet.controller._settings import broker_endpoint, redacted
+
+    url = "mqtt://ctl:s3cret@broker.local:1884"
+    assert redacted(url) == "mqtt://ctl:***@broker.local:1884"
+    assert redacted("mqtt://broker.local:1884") == "mqtt://broker.local:1884"
+    assert broker_endpoint(url).public_url == "mqtt://broker.local:1884"
+    assert broker_endpoint("mqtts://h").public_url == "mqtts://h:8883"

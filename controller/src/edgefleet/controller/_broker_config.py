@@ -19,9 +19,6 @@ Regenerate after ``device add`` or ``device remove`` and send Mosquitto SIGHUP t
 
 from __future__ import annotations
 
-import contextlib
-import grp
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +28,7 @@ from edgefleet.shared import Channel
 from edgefleet.shared.errors import ConfigError
 
 from ._devices import mosquitto_password_hash
+from ._files import write_private
 from ._home import Home
 from ._models import Device
 from ._settings import broker_endpoint
@@ -115,25 +113,4 @@ def controller_credentials(broker_url: str) -> tuple[str, str]:
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o640)  # whatever the umask: Mosquitto reads it as its own group
-        _give_to_broker_group(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from exc
-
-
-def _give_to_broker_group(path: Path) -> None:
-    """Mosquitto reads these files after dropping to its own user, so hand the group to
-    it when this machine has one and we may (root); otherwise the operator does."""
-    try:
-        gid = grp.getgrnam(BROKER_GROUP).gr_gid
-    except KeyError:
-        return
-    with contextlib.suppress(PermissionError):
-        os.chown(path, -1, gid)
+    write_private(path, text, mode=0o640, group=BROKER_GROUP)

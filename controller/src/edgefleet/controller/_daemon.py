@@ -30,7 +30,7 @@ from ._dispatch import dispatch_pending, resend_unconfirmed
 from ._home import Home
 from ._ingest import Inbound, ingest_many
 from ._metrics import Metrics
-from ._settings import broker_endpoint
+from ._settings import broker_endpoint, redacted
 
 log = logging.getLogger("edgefleet.controller.daemon")
 
@@ -135,7 +135,7 @@ class Daemon:
                 properties=props,
             )
         except (OSError, ValueError) as exc:
-            raise BrokerError(f"cannot connect to {self.settings.broker_url}: {exc}") from exc
+            raise BrokerError(f"cannot connect to {broker.public_url}: {exc}") from exc
         self.client.loop_start()
 
     def _shutdown(self) -> None:
@@ -162,7 +162,7 @@ class Daemon:
         )
         self._resend_due.set()
         self._connected.set()
-        log.info("connected to %s", self.settings.broker_url)
+        log.info("connected to %s", redacted(self.settings.broker_url))
 
     def _on_disconnect(self, *_: Any) -> None:
         self._connected.clear()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import re
 import secrets
 from collections.abc import Iterable
@@ -16,10 +15,11 @@ from sqlmodel import Session, select
 
 from edgefleet.shared.errors import AlreadyExists, ConfigError, NotFound
 
+from ._files import write_private
 from ._home import Home
 from ._models import Device, DeviceCreate, DevicePublic, Profile, utcnow
 from ._profiles import DeviceProfile
-from ._settings import toml_value
+from ._settings import broker_endpoint, toml_value
 
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
 DEFAULT_STATE_DIR = "/var/lib/edgefleet-agent"
@@ -112,7 +112,7 @@ def agent_config_text(
     values: list[tuple[str, object]] = [
         ("device_id", device_id),
         ("profile", profile),
-        ("broker_url", s.broker_url),
+        ("broker_url", broker_endpoint(s.broker_url).public_url),  # never the controller's login
         ("broker_username", device_id),
         ("broker_password", token),
         ("artifact_base_url", s.artifact_url),
@@ -131,18 +131,7 @@ def agent_config_text(
 
 
 def _write_secret(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    write_private(path, text, mode=0o600)
 
 
 def _record_profile(session: Session, profile: DeviceProfile) -> None:

@@ -22,6 +22,7 @@ from edgefleet.shared import (
 from edgefleet.shared.errors import ConfigError
 
 from ._db import create_engine, describe_url, session_scope
+from ._files import write_private
 from ._migrations import upgrade
 from ._profiles import DeviceProfile, builtin_profiles_dir, get_profile, load_profiles
 from ._settings import Settings, config_text
@@ -91,7 +92,7 @@ def init_home(settings: Settings) -> InitReport:
         if not keys.is_dir():
             keys.mkdir(mode=0o700, parents=True)
         if not settings.config_path.exists():
-            settings.config_path.write_text(config_text(settings))
+            write_private(settings.config_path, config_text(settings))  # may hold broker login
             created.append(str(settings.config_path))
         if not settings.private_key_path.exists():
             _write_private_key(settings.private_key_path, generate_private_key())

@@ -39,7 +39,7 @@ from ._home import Home
 from ._models import Artifact
 from ._onnx import read_signature
 from ._profiles import DeviceProfile
-from ._settings import broker_endpoint
+from ._settings import broker_endpoint, redacted
 from ._store import ArtifactStore
 from .compress import Candidate
 from .compress._compress import REFERENCE, Progress
@@ -107,14 +107,14 @@ class DeviceLink:
             )
         except (OSError, ValueError) as exc:
             raise BrokerError(
-                f"cannot reach the broker at {self.broker_url}: {exc} "
+                f"cannot reach the broker at {broker.public_url}: {exc} "
                 "(set broker_url in config.toml or EDGEFLEET_BROKER_URL)"
             ) from exc
         self.client.loop_start()
         if not self._ready.wait(CONNECT_WAIT_S) or self._refused:
             self.close()
             why = self._refused or f"no answer in {CONNECT_WAIT_S:g} s"
-            raise BrokerError(f"the broker at {self.broker_url} did not let us in: {why}")
+            raise BrokerError(f"the broker at {redacted(self.broker_url)} did not let us in: {why}")
 
     def publish(self, payload: bytes) -> None:
         info = self.client.publish(self.command_topic, payload, qos=1)

@@ -115,6 +115,13 @@ class BrokerEndpoint:
     tls: bool
     username: str | None  # percent-decoded, as a password with reserved characters must be
     password: str | None
+    scheme: str = "mqtt"
+
+    @property
+    def public_url(self) -> str:
+        """The URL without credentials: for devices' configs, logs and messages."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
 
 
 def broker_endpoint(url: str) -> BrokerEndpoint:
@@ -123,21 +130,31 @@ def broker_endpoint(url: str) -> BrokerEndpoint:
     try:
         port = parts.port or (8883 if tls else 1883)
     except ValueError as exc:
-        raise ConfigError(f"broker_url {url!r} has a bad port") from exc
+        raise ConfigError("broker_url has a bad port") from exc
     return BrokerEndpoint(
         host=parts.hostname or "127.0.0.1",
         port=port,
         tls=tls,
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password is not None else None,
+        scheme="mqtts" if tls else "mqtt",
     )
+
+
+def redacted(url: str) -> str:
+    """``url`` fit for a log line or an error message: any password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username}:***@{netloc}").geturl()
 
 
 def _checked(settings: Settings) -> Settings:
     broker = urlsplit(settings.broker_url)
     if broker.scheme not in ("mqtt", "mqtts") or not broker.hostname:
         raise ConfigError(
-            f"broker_url must look like mqtt://host:port, got {settings.broker_url!r}"
+            f"broker_url must look like mqtt://host:port, got {redacted(settings.broker_url)}"
         )
     art = urlsplit(settings.artifact_url)
     if art.scheme not in ("http", "https") or not art.hostname:
