@@ -5,7 +5,7 @@ and export them to ONNX; start a private Mosquitto; `edgefleet init`, `model add
 versions, `compress` v2 for the x86-edge profile, `device add` three devices (rpi4, rpi5,
 x86-edge); start `edgefleet serve` and
 three agents; `edgefleet deploy` v1 then v2 with --wait; print `edgefleet status`;
-classify held-out digits through one agent's inference endpoint; shut everything down.
+classify held-out digits through two agents' inference endpoints; shut everything down.
 Run: make demo
 """
 

@@ -171,3 +171,13 @@ def test_without_controller_credentials_nothing_is_written(
     assert "broker_url has no user name and password" in result.stderr
     assert "Traceback" not in result.output
     assert not (tmp_path / "d").exists()
+
+
+def test_a_controller_user_name_that_would_break_the_files_is_refused(
+    cli: Cli, initialised: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGEFLEET_BROKER_URL", "mqtt://evil%0Atopic%20readwrite%20%23:pw@h:1883")
+    result = cli("broker", "config", "--out", str(tmp_path / "d"))
+    assert result.exit_code == 2
+    assert "broker user name" in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "d").exists()

@@ -243,6 +243,16 @@ def test_ingest_batch_of_telemetry_from_many_devices(home: Home, fleet: dict[str
         ingest_many(s, [("box-1", later), ("box-1", later)])
     with home.session() as s:
         assert len(s.exec(select(Telemetry)).all()) == 4
+    # a device clock in another zone: the same instant, redelivered, is still one interval
+    from datetime import datetime, timedelta, timezone
+
+    east = datetime.now(timezone(timedelta(hours=2)))
+    zoned = TelemetryMessage(device_id="box-1", interval_s=1.0, sent_at=east)
+    for _ in range(2):
+        with home.session(write=True) as s:
+            ingest_many(s, [("box-1", zoned)])
+    with home.session() as s:
+        assert len(s.exec(select(Telemetry)).all()) == 5
 
 
 def test_ingest_writes_status_events_and_telemetry_idempotently(

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from sqlmodel import col, select
 
+from edgefleet import shared
 from edgefleet.shared import Channel
 from edgefleet.shared.errors import ConfigError
 
@@ -109,6 +110,13 @@ def controller_credentials(broker_url: str) -> tuple[str, str]:
             "config.toml (or EDGEFLEET_BROKER_URL) like "
             "mqtt://edgefleet-controller:<a long random password>@host:1883"
         )
+    try:  # it goes into passwd ("user:hash") and the ACL ("user NAME") as it is
+        shared.check_device_id(broker.username)
+    except ConfigError:
+        raise ConfigError(
+            f"the controller's broker user name {broker.username!r} must be 1-64 letters, "
+            "digits, '.', '_' or '-'"
+        ) from None
     return broker.username, broker.password
 
 

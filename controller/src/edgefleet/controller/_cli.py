@@ -243,7 +243,7 @@ def broker_config(
     with _home(ctx) as home:
         written = write_broker_config(home, out)
     if as_json:
-        _print_json({k: str(v) for k, v in vars(written).items()})
+        _print_json({k: v if isinstance(v, int) else str(v) for k, v in vars(written).items()})
         return
     out_ = _console()
     who = f"controller {written.controller_user!r} and {written.devices} device(s)"

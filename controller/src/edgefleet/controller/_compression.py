@@ -96,17 +96,17 @@ def compress_model_version(
     if torch_source is None and torch_state is not None:
         raise ConfigError("--torch-state needs --torch")
     torch_model = load_torch_model(torch_source, torch_state) if torch_source else None
-    from ._remote_measure import device_benchmarks  # paho, only when a device measures
+    on_device: contextlib.AbstractContextManager[DeviceBenchmarks | None]
+    if measure_on is None:
+        on_device = contextlib.nullcontext()
+    else:
+        from ._remote_measure import device_benchmarks  # paho: only when a device measures
 
-    on_device: contextlib.AbstractContextManager[DeviceBenchmarks | None] = (
-        contextlib.nullcontext()
-        if measure_on is None
-        else device_benchmarks(
+        on_device = device_benchmarks(
             home, measure_on, profile, model=name, version=version,
             smoke_test=_smoke_test(home, name, version), runs=latency_runs,
             timeout_s=measure_timeout_s, progress=progress,
-        )
-    )  # fmt: skip
+        )  # fmt: skip
     recorded: str | None = None
     with on_device as bench:
         try:

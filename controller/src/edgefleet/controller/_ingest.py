@@ -88,7 +88,7 @@ def _stored_intervals(
     """(device id, sent_at) of the batch's telemetry already in the registry: a device stamps
     each interval once, so the pair names it (one indexed query per batch)."""
     ids = [d.id for d in devices]
-    stamps = {m.sent_at for _, m in batch if isinstance(m, TelemetryMessage)}
+    stamps = {_utc(m.sent_at) for _, m in batch if isinstance(m, TelemetryMessage)}
     if not ids or not stamps:
         return set()
     rows = session.exec(
@@ -161,7 +161,7 @@ def _telemetry_rows(device: Device, msg: TelemetryMessage) -> list[dict[str, Any
     system = msg.system
     common: dict[str, Any] = {
         "device_id": device.id,
-        "at": msg.sent_at,
+        "at": _utc(msg.sent_at),  # SQLite keeps no offset: store every instant as UTC
         "interval_s": msg.interval_s,
         "cpu_percent": system.cpu_percent,
         "memory_used_bytes": system.memory_used_bytes,
