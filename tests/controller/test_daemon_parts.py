@@ -153,11 +153,13 @@ def test_a_command_lost_after_its_row_was_marked_sent_is_resent_byte_for_byte(
     assert _stored_payloads(home) == {"box-1": lost, "pi-1": None}
 
     published: list[tuple[str, bytes]] = []
-    for _ in range(2):  # every call resends: each (re)connect of the daemon makes one
-        (again,) = resend_unconfirmed(home, lambda t, p: published.append((t, p)))
-        assert (again.device, again.sequence, again.topic) == ("box-1", 1, topic)
-    assert published == [(topic, lost), (topic, lost)]
+    (again,) = resend_unconfirmed(home, lambda t, p: published.append((t, p)))
+    assert (again.device, again.sequence, again.topic) == ("box-1", 1, topic)
+    assert published == [(topic, lost)]
     assert _rows(home) == [("box-1", "sent", 1), ("pi-1", "pending", None)]  # nothing moved
+    # the broker has it now: its session keeps it for the device, so no second copy
+    assert _stored_payloads(home)["box-1"] is None
+    assert resend_unconfirmed(home, lambda t, p: published.append((t, p))) == []
 
     # the device is signed for and gets exactly what the first attempt would have sent
     keyring = shared.trusted_keyring([home.signing_key().public_key()])
@@ -167,35 +169,53 @@ def test_a_command_lost_after_its_row_was_marked_sent_is_resent_byte_for_byte(
     # the regular dispatch carries on with the next row
     (pi,) = dispatch_pending(home, lambda t, p: published.append((t, p)))
     assert (pi.device, pi.sequence) == ("pi-1", 1)
-    assert _stored_payloads(home)["pi-1"] == published[-1][1]
+    assert _stored_payloads(home)["pi-1"] is None  # acknowledged, so not kept
 
 
 def test_rows_a_device_confirmed_and_expired_ones_are_not_resent(
     home: Home, fleet: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     _hello(home, "pi-1", "box-1")
-    (row, *_) = record_deployment(home, "digits:1.0.0", devices=["pi-1", "box-1"])
-    dispatch_pending(home, lambda t, p: None)
-    started = shared.EventMessage(
-        device_id="pi-1", deployment_id=row.deployment_id, state="downloading"
-    )
-    with home.session() as s:
+    record_deployment(home, "digits:1.0.0", devices=["pi-1", "box-1"])
+
+    def lost(topic: str, payload: bytes) -> None:
+        raise BrokerError("never acknowledged")
+
+    for _ in range(2):  # each call marks one row sent, then its publish fails
+        with pytest.raises(BrokerError):
+            dispatch_pending(home, lost)
+    assert _rows(home) == [("box-1", "sent", 1), ("pi-1", "sent", 1)]
+    (pi_dep,) = [d for d in _deployment_ids(home) if d[0] == "pi-1"]
+    started = shared.EventMessage(device_id="pi-1", deployment_id=pi_dep[1], state="downloading")
+    with home.session() as s:  # the device reports: the command reached it after all
         ingest_many(s, [("pi-1", started)])
     assert _rows(home) == [("box-1", "sent", 1), ("pi-1", "in_progress", 1)]
+    assert _stored_payloads(home)["pi-1"] is None
 
+    # past the manifest's expiry (24 h by default): the agent would refuse it, so it is not
+    # sent; the row stays as it is, since the device may yet report on it
     published: list[tuple[str, bytes]] = []
+    later = datetime.now(UTC) + timedelta(hours=25)
+    with caplog.at_level(logging.WARNING, logger="edgefleet.controller.dispatch"):
+        assert resend_unconfirmed(home, lambda t, p: published.append((t, p)), now=later) == []
+    assert published == []
+    assert "expired" in caplog.text and "not resent" in caplog.text
+    assert _rows(home) == [("box-1", "sent", 1), ("pi-1", "in_progress", 1)]
+
+    # before expiry only box-1, whose command the broker never acknowledged, goes again
     resent = resend_unconfirmed(home, lambda t, p: published.append((t, p)))
     assert [d.device for d in resent] == ["box-1"]
     assert [t for t, _ in published] == [shared.command_topic("box-1")]
 
-    # past the manifest's expiry (24 h by default): the agent would refuse it, so it is not
-    # sent; the row stays as it is, since the device may yet report on it
-    later = datetime.now(UTC) + timedelta(hours=25)
-    with caplog.at_level(logging.WARNING, logger="edgefleet.controller.dispatch"):
-        assert resend_unconfirmed(home, lambda t, p: published.append((t, p)), now=later) == []
-    assert len(published) == 1
-    assert "expired" in caplog.text and "not resent" in caplog.text
-    assert _rows(home) == [("box-1", "sent", 1), ("pi-1", "in_progress", 1)]
+
+def _deployment_ids(home: Home) -> list[tuple[str, str]]:
+    with home.session() as s:
+        rows = s.exec(
+            select(Device.name, Deployment.deployment_id).join(
+                Device, Device.id == Deployment.device_id
+            )
+        ).all()
+        return [(n, d) for n, d in rows]
 
 
 def test_ingest_batch_of_telemetry_from_many_devices(home: Home, fleet: dict[str, str]) -> None:

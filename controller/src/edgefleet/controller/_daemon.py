@@ -179,6 +179,9 @@ class Daemon:
             info.wait_for_publish(timeout=10)
         except RuntimeError as exc:  # paho: the message was dropped from its queue
             raise BrokerError(f"publish to {topic} failed: {exc}") from exc
+        if not info.is_published():  # no PUBACK yet: the row keeps its bytes for a resend
+            self._resend_due.set()
+            raise BrokerError(f"the broker did not acknowledge {topic} in time")
 
     # -- ingest ----------------------------------------------------------------------
 

@@ -1,11 +1,13 @@
 """Sending pending deployments: one signed manifest per device, on its command topic.
 
 The sequence number, the ``sent`` state and the exact command bytes are committed
-before the command is published (state before side effect). A row stays ``sent``
-until the device's first event, so one whose publish never reached the broker (the
-daemon killed, the broker down) is sent again, byte for byte, by
-``resend_unconfirmed`` on the daemon's next connect. Publishing goes through a
-callable, so the logic runs without a broker in tests.
+before the command is published (state before side effect). The bytes are dropped
+once the broker has acknowledged them (from then on its persistent session holds the
+command for the device), so a row that still has them is one whose publish was never
+confirmed (the daemon killed, the broker down): ``resend_unconfirmed`` sends it again,
+byte for byte, on the daemon's next connect. Publishing goes through a callable that
+returns only once the broker has the message, so the logic runs without a broker in
+tests.
 """
 
 from __future__ import annotations
@@ -127,6 +129,7 @@ def dispatch_pending(home: Home, publish: Publish, *, limit: int = 100) -> list[
         manifest, device_name, payload = prepared
         topic = shared.command_topic(device_name, settings.topic_prefix)
         publish(topic, payload)
+        _confirmed(home, row_id)  # type: ignore[arg-type]
         log.info(
             "sent %s to %s (sequence %d, %s)",
             manifest.deployment_id, device_name, manifest.sequence, manifest.model,
@@ -138,7 +141,8 @@ def dispatch_pending(home: Home, publish: Publish, *, limit: int = 100) -> list[
 def resend_unconfirmed(
     home: Home, publish: Publish, *, now: datetime | None = None
 ) -> list[Dispatched]:
-    """Publish again the stored command of every row still ``sent``, oldest first.
+    """Publish again the stored command of every row still ``sent`` whose publish the broker
+    never acknowledged, oldest first.
 
     Such a row may never have reached the broker, and nothing else would ever send it.
     The same bytes are safe to send twice: the agent ignores a deployment id it knows.
@@ -150,7 +154,7 @@ def resend_unconfirmed(
     prefix = home.settings.topic_prefix
     with home.session() as session:
         rows = session.exec(
-            select(Deployment.deployment_id, Deployment.sequence, Deployment.payload, Device.name)
+            select(Deployment, Device.name)
             .join(Device, Device.id == Deployment.device_id)  # type: ignore[arg-type]
             .where(
                 Deployment.state == DeploymentState.SENT.value,
@@ -159,7 +163,13 @@ def resend_unconfirmed(
             .order_by(col(Deployment.id))
         ).all()
     resent: list[Dispatched] = []
-    for deployment_id, sequence, payload, device_name in rows:
+    for row, device_name in rows:
+        row_id, deployment_id, sequence, payload = (
+            row.id,
+            row.deployment_id,
+            row.sequence,
+            row.payload,
+        )
         assert payload is not None and sequence is not None  # both set with state sent
         try:
             expires_at = _expiry(payload)
@@ -176,12 +186,22 @@ def resend_unconfirmed(
             continue
         topic = shared.command_topic(device_name, prefix)
         publish(topic, payload)
+        _confirmed(home, row_id)  # type: ignore[arg-type]
         log.info(
             "resent %s to %s (sequence %d): the device has not confirmed it yet",
             deployment_id, device_name, sequence,
         )  # fmt: skip
         resent.append(Dispatched(deployment_id, device_name, sequence, topic))
     return resent
+
+
+def _confirmed(home: Home, row_id: int) -> None:
+    """The broker has the command: nothing to resend, and no reason to keep the bytes."""
+    with home.session(write=True) as session:
+        row = session.get(Deployment, row_id)
+        if row is not None:
+            row.payload = None
+            session.add(row)
 
 
 def _expiry(payload: bytes) -> datetime:

@@ -150,6 +150,7 @@ def _event(session: Session, device: Device, msg: EventMessage, now: datetime) -
         return  # not ours (a rollback order, a test) or already settled: a late duplicate
     target = _EVENT_TO_STATE.get(msg.state, DeploymentState.IN_PROGRESS)
     row.state = target.value
+    row.payload = None  # the device has it: never resent, no need to keep the bytes
     if not msg.ok:
         row.error_code = msg.error_code
         row.error_message = msg.message
