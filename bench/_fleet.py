@@ -14,18 +14,21 @@ if str(REPO) not in sys.path:
 
 from tests.support.artifacts import ArtifactServer  # noqa: E402
 from tests.support.broker import Broker, free_port, wait_port  # noqa: E402
+from tests.support.controller import ControllerFleet, wait_until  # noqa: E402
 from tests.support.fleet import AgentProcess, Observer, Operator  # noqa: E402
 from tests.support.models import digits, write_digits_model  # noqa: E402
 
 __all__ = [
     "REPO",
     "Broker",
+    "ControllerFleet",
     "LocalFleet",
     "Observer",
     "digits",
     "free_port",
     "rss_bytes",
     "wait_port",
+    "wait_until",
     "write_digits_model",
 ]
 

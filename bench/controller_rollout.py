@@ -25,8 +25,7 @@ from datetime import UTC, datetime, timedelta
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from _controller import ControllerFleet, wait_until
-from _fleet import Observer, write_digits_model
+from _fleet import ControllerFleet, Observer, wait_until, write_digits_model
 from edgefleet import shared
 from edgefleet.shared import ModelRef
 from edgefleet.shared._histogram import N_BUCKETS
@@ -52,7 +51,7 @@ def rollout(size: int, runs: int) -> list[float]:
     try:
         fleet.init()
         for v in range(1, runs + 1):
-            path = write_digits_model(fleet.workdir / f"digits-{v}.onnx", seed=v)
+            path = write_digits_model(fleet.tmp / f"digits-{v}.onnx", seed=v)
             fleet.ok("model", "add", str(path), "--name", "digits", "--version", f"{v}.0.0")
         devices = [f"dev-{i:03d}" for i in range(size)]
         for d in devices:

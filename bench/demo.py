@@ -19,8 +19,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from _controller import ControllerFleet, wait_until
-from _fleet import REPO
+from _fleet import REPO, ControllerFleet, wait_until
 
 sys.path.insert(0, str(REPO / "tests" / "controller" / "compress"))
 from digits_cnn import TRAIN_ROWS, digits_images, train_cnn
@@ -62,7 +61,7 @@ def main() -> int:
     t_start = time.monotonic()
     fleet = ControllerFleet()
     try:
-        work = fleet.workdir
+        work = fleet.tmp
         step("training two digit CNNs with torch (scikit-learn digits) and exporting to ONNX")
         x, y = digits_images()
         np.savez(work / "sample.npz", input=x[:8])
@@ -99,7 +98,7 @@ def main() -> int:
         for version in VERSIONS:
             step(f"edgefleet deploy digits:{version} --label fleet=demo --wait")
             t0 = time.monotonic()
-            result = fleet.cli("deploy", f"digits:{version}", "--label", "fleet=demo",
+            result = fleet.run("deploy", f"digits:{version}", "--label", "fleet=demo",
                                "--wait", "--timeout", "60")  # fmt: skip
             print(result.stdout, end="")
             if result.returncode != 0:

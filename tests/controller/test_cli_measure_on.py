@@ -5,7 +5,6 @@ unknown, offline or unreachable device is refused before anything is stored or r
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,11 +49,7 @@ class Lab(Fleet):
     """A fleet whose home has the `lab` profile, the digits MLP and its eval.npz."""
 
     def setup_lab(self, devices: dict[str, str]) -> None:
-        self.ok("init")
-        config = self.home / "config.toml"
-        config.write_text(
-            re.sub(r"(?m)^http_port = .*$", f"http_port = {self.http_port}", config.read_text())
-        )
+        self.init()
         (self.home / "profiles" / "lab.toml").write_text(LAB_PROFILE)
         model = write_digits_model(self.tmp / "digits.onnx", seed=0)
         self.ok("model", "add", str(model), "--name", "digits", "--version", "1.0.0")
@@ -62,12 +57,7 @@ class Lab(Fleet):
         self.eval_npz = self.tmp / "eval.npz"
         np.savez(self.eval_npz, inputs=x[1500:], labels=y[1500:])
         for name, profile in devices.items():
-            out = self.tmp / name / "agent.toml"
-            self.ok(
-                "device", "add", name, "--profile", profile, "--out", str(out),
-                "--state-dir", str(self.tmp / name / "state"),
-            )  # fmt: skip
-            self.agents[name] = {"config": out, "port": free_port(), "proc": None}
+            self.add_device(name, profile)
 
     def compress(self, *args: str) -> Any:
         return self.run(

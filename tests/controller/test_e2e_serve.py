@@ -9,13 +9,9 @@ never published (the daemon killed in between) is sent when the daemon starts ag
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +22,8 @@ import pytest
 from edgefleet.controller import load_settings, open_home
 from edgefleet.controller._dispatch import dispatch_pending
 from edgefleet.shared.errors import BrokerError
-from tests.support.broker import Broker, free_port, mosquitto_binary, wait_port
+from tests.support.broker import mosquitto_binary
+from tests.support.controller import ControllerFleet, Proc, wait_until
 from tests.support.fleet import infer_digits
 from tests.support.models import digits, write_digits_model
 
@@ -38,134 +35,15 @@ except RuntimeError:  # pragma: no cover - set up by `make setup`
     pytest.skip("mosquitto is not installed", allow_module_level=True)
 
 
-class Proc:
-    """A subprocess with its output in a log file."""
-
-    def __init__(self, args: list[str], log: Path, env: dict[str, str]) -> None:
-        self.log = log
-        log.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(log, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(args, stdout=self._fh, stderr=subprocess.STDOUT, env=env)
-
-    def stop(self, timeout: float = 20.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._fh.close()
-        return self.proc.returncode
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.2)
-    raise TimeoutError(f"{what} after {timeout}s")
-
-
-class Fleet:
-    """A temporary edgefleet home, its broker, its daemon and its agents."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.broker = Broker(tmp / "broker").start()
-        self.http_port = free_port()
-        self.home = tmp / "home"
-        self.env = {
-            **os.environ,
-            "EDGEFLEET_HOME": str(self.home),
-            "EDGEFLEET_BROKER_URL": self.broker.url,
-            "EDGEFLEET_ARTIFACT_URL": f"http://127.0.0.1:{self.http_port}/artifacts/",
-        }
-        self.env.pop("EDGEFLEET_DATABASE_URL", None)
-        self.daemon: Proc | None = None
-        self.agents: dict[str, dict[str, Any]] = {}
-        self.procs: list[Proc] = []
-
-    # -- the operator's commands --------------------------------------------------------
-
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "edgefleet.controller", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
-    def ok(self, *args: str) -> str:
-        result = self.run(*args)
-        assert result.returncode == 0, f"edgefleet {' '.join(args)}: {result.stderr}"
-        return result.stdout
+class Fleet(ControllerFleet):
+    """The controller fleet with the digits model added and devices enrolled."""
 
     def setup(self, devices: dict[str, str], model_seed: int = 0) -> None:
-        self.ok("init")
-        config = self.home / "config.toml"
-        config.write_text(
-            re.sub(r"(?m)^http_port = .*$", f"http_port = {self.http_port}", config.read_text())
-        )
+        self.init()
         model = write_digits_model(self.tmp / "digits.onnx", seed=model_seed)
         self.ok("model", "add", str(model), "--name", "digits", "--version", "1.0.0")
         for name, profile in devices.items():
-            out = self.tmp / name / "agent.toml"
-            self.ok(
-                "device", "add", name, "--profile", profile, "--out", str(out),
-                "--state-dir", str(self.tmp / name / "state"),
-            )  # fmt: skip
-            self.agents[name] = {"config": out, "port": free_port(), "proc": None}
-
-    def status(self) -> dict[str, dict[str, Any]]:
-        return {d["device"]: d for d in json.loads(self.ok("status", "--json"))}
-
-    def events(self, device: str) -> list[str]:
-        return [e["state"] for e in json.loads(self.ok("events", "--device", device, "--json"))]
-
-    # -- processes ---------------------------------------------------------------------
-
-    def start_daemon(self) -> Proc:
-        self.daemon = Proc(
-            [sys.executable, "-m", "edgefleet.controller", "serve"],
-            self.tmp / "serve.log",
-            self.env,
-        )
-        self.procs.append(self.daemon)
-        wait_port(self.http_port, timeout=20)
-        return self.daemon
-
-    def start_agent(self, name: str, **extra_env: str) -> Proc:
-        agent = self.agents[name]
-        env = {
-            **os.environ,
-            **extra_env,
-            "EDGEFLEET_AGENT_INFERENCE_PORT": str(agent["port"]),
-            "EDGEFLEET_AGENT_TELEMETRY_INTERVAL_S": "1",
-            "EDGEFLEET_AGENT_RECONNECT_MIN_S": "0.2",
-            "EDGEFLEET_AGENT_RECONNECT_MAX_S": "2",
-        }
-        cmd = [sys.executable, "-m", "edgefleet.agent", "run", "--config", str(agent["config"])]
-        agent["proc"] = Proc(cmd, self.tmp / name / "agent.log", env)
-        self.procs.append(agent["proc"])
-        wait_port(agent["port"], timeout=20)
-        return agent["proc"]
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.agents[name]['port']}"
-
-    def wait_online(self, *names: str, online: bool = True, timeout: float = 30) -> None:
-        wait_until(
-            lambda: all(self.status()[n]["online"] is online for n in names),
-            timeout,
-            f"{names} not online={online}",
-        )
+            self.add_device(name, profile)
 
     def wait_state(self, name: str, state: str, timeout: float = 60) -> dict[str, Any]:
         try:
@@ -173,13 +51,7 @@ class Fleet:
                 lambda: (s := self.status())[name]["state"] == state and s, timeout, state
             )
         except TimeoutError:
-            logs = "\n".join(f"--- {p.log}\n{p.text()[-3000:]}" for p in self.procs)
-            pytest.fail(f"{name} never reached {state}: {self.status()}\n{logs}")
-
-    def close(self) -> None:
-        for p in reversed(self.procs):
-            p.stop()
-        self.broker.stop()
+            pytest.fail(f"{name} never reached {state}: {self.status()}\n{self.logs()}")
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
-"""The real controller on this machine, for the demo and the rollout benchmark: a private
-Mosquitto, a temporary EDGEFLEET_HOME, `edgefleet serve` and agent subprocesses, each
-stopped with SIGTERM (then killed if it hangs) when the fleet closes."""
+"""The real controller on this machine, for end-to-end tests, the demo and the rollout
+benchmark: a private Mosquitto, a temporary EDGEFLEET_HOME, `edgefleet` commands run as
+subprocesses, `edgefleet serve` and agent subprocesses, each stopped with SIGTERM (then
+killed if it hangs) when the fleet closes."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _fleet import Broker, free_port, wait_port
+from tests.support.broker import Broker, free_port, wait_port
 
 
 class Proc:
@@ -42,11 +43,13 @@ class Proc:
         self._fh.close()
         return self.proc.returncode
 
-    def tail(self, chars: int = 2000) -> str:
-        return self.log.read_text(errors="replace")[-chars:]
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
+    """``check()``'s first truthy answer, polled every ``every`` seconds; TimeoutError after
+    ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = check()
@@ -57,14 +60,15 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float
 
 
 class ControllerFleet:
-    """A temporary edgefleet home with its broker, daemon and agents."""
+    """A temporary edgefleet home with its broker, daemon and agents (in ``workdir``, or a
+    temporary folder removed on ``close``)."""
 
     def __init__(self, workdir: Path | None = None) -> None:
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="edgefleet-")
-        self.workdir = workdir or Path(self._tmp.name)  # type: ignore[union-attr]
-        self.broker = Broker(self.workdir / "broker").start()
+        self.tmp = workdir or Path(self._tmp.name)  # type: ignore[union-attr]
+        self.broker = Broker(self.tmp / "broker").start()
         self.http_port = free_port()
-        self.home = self.workdir / "home"
+        self.home = self.tmp / "home"
         self.env = {
             **os.environ,
             "EDGEFLEET_HOME": str(self.home),
@@ -77,9 +81,9 @@ class ControllerFleet:
         self.agents: dict[str, dict[str, Any]] = {}
         self.procs: list[Proc] = []
 
-    # -- the operator's commands -------------------------------------------------------
+    # -- the operator's commands ---------------------------------------------------------
 
-    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "edgefleet.controller", *args],
             env=self.env,
@@ -89,7 +93,7 @@ class ControllerFleet:
         )
 
     def ok(self, *args: str, timeout: float = 120) -> str:
-        result = self.cli(*args, timeout=timeout)
+        result = self.run(*args, timeout=timeout)
         if result.returncode != 0:
             raise RuntimeError(
                 f"edgefleet {' '.join(args)} exited {result.returncode}:\n"
@@ -98,6 +102,7 @@ class ControllerFleet:
         return result.stdout
 
     def init(self) -> None:
+        """`edgefleet init`, with the daemon's HTTP port set to a free one."""
         self.ok("init")
         config = self.home / "config.toml"
         config.write_text(
@@ -105,41 +110,47 @@ class ControllerFleet:
         )
 
     def add_device(self, name: str, profile: str, *labels: str) -> Path:
-        out = self.workdir / "devices" / name / "agent.toml"
+        """`edgefleet device add`; the agent's config and state go in ``<workdir>/<name>/``."""
+        out = self.tmp / name / "agent.toml"
         args = ["device", "add", name, "--profile", profile, "--out", str(out)]
         for label in labels:
             args += ["--label", label]
-        args += ["--state-dir", str(self.workdir / "devices" / name / "state")]
-        self.ok(*args)
+        self.ok(*args, "--state-dir", str(self.tmp / name / "state"))
         self.agents[name] = {"config": out, "port": free_port(), "proc": None}
         return out
 
     def status(self) -> dict[str, dict[str, Any]]:
         return {d["device"]: d for d in json.loads(self.ok("status", "--json"))}
 
+    def events(self, device: str) -> list[str]:
+        return [e["state"] for e in json.loads(self.ok("events", "--device", device, "--json"))]
+
     # -- processes ---------------------------------------------------------------------
 
     def start_daemon(self) -> Proc:
         self.daemon = Proc(
             [sys.executable, "-m", "edgefleet.controller", "serve"],
-            self.workdir / "serve.log",
+            self.tmp / "serve.log",
             self.env,
         )
         self.procs.append(self.daemon)
         wait_port(self.http_port, timeout=30)
         return self.daemon
 
-    def start_agent(self, name: str, telemetry_interval_s: float = 1.0, wait: bool = True) -> Proc:
+    def start_agent(
+        self, name: str, telemetry_interval_s: float = 1.0, wait: bool = True, **extra_env: str
+    ) -> Proc:
         agent = self.agents[name]
         env = {
             **os.environ,
+            **extra_env,
             "EDGEFLEET_AGENT_INFERENCE_PORT": str(agent["port"]),
             "EDGEFLEET_AGENT_TELEMETRY_INTERVAL_S": str(telemetry_interval_s),
             "EDGEFLEET_AGENT_RECONNECT_MIN_S": "0.2",
             "EDGEFLEET_AGENT_RECONNECT_MAX_S": "2",
         }
         cmd = [sys.executable, "-m", "edgefleet.agent", "run", "--config", str(agent["config"])]
-        agent["proc"] = Proc(cmd, self.workdir / "devices" / name / "agent.log", env)
+        agent["proc"] = Proc(cmd, self.tmp / name / "agent.log", env)
         self.procs.append(agent["proc"])
         if wait:
             wait_port(agent["port"], timeout=60)
@@ -148,8 +159,15 @@ class ControllerFleet:
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.agents[name]['port']}"
 
-    def logs(self, chars: int = 1500) -> str:
-        return "\n".join(f"--- {p.log}\n{p.tail(chars)}" for p in self.procs)
+    def wait_online(self, *names: str, online: bool = True, timeout: float = 30) -> None:
+        wait_until(
+            lambda: all(self.status()[n]["online"] is online for n in names),
+            timeout,
+            f"{names} not online={online}",
+        )
+
+    def logs(self, chars: int = 3000) -> str:
+        return "\n".join(f"--- {p.log}\n{p.text()[-chars:]}" for p in self.procs)
 
     def close(self) -> None:
         # SIGTERM everything first so the agents stop in parallel, then wait for each
