@@ -88,6 +88,18 @@ def add_model(
         raise AlreadyExists(f"model {name}:{version} already exists") from exc
 
 
+def find_version(session: Session, name: str, version: str) -> ModelVersion:
+    """The registry row of model version ``name:version``; NotFound if there is none."""
+    row = session.exec(
+        select(ModelVersion)
+        .join(Model, Model.id == ModelVersion.model_id)  # type: ignore[arg-type]
+        .where(Model.name == name, ModelVersion.version == version)
+    ).first()
+    if row is None:
+        raise NotFound(f"unknown model {name}:{version}")
+    return row
+
+
 def _refuse_duplicate(session: Session, name: str, version: str) -> None:
     existing = session.exec(
         select(ModelVersion.id)

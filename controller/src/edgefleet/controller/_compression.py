@@ -20,10 +20,10 @@ from sqlmodel import select
 from edgefleet.shared import SmokeTest
 from edgefleet.shared.errors import ConfigError, NotFound
 
-from ._catalog import ORIGINAL_VARIANT, parse_model_ref
+from ._catalog import ORIGINAL_VARIANT, find_version, parse_model_ref
 from ._devices import _record_profile
 from ._home import Home
-from ._models import Artifact, Model, ModelVersion, Variant, VariantPublic, utcnow
+from ._models import Artifact, Variant, VariantPublic, utcnow
 from ._profiles import DeviceProfile
 from ._store import StoredArtifact
 from .compress import CompressionReport, PassOptions, compress
@@ -154,7 +154,7 @@ def _record_variant(
 ) -> VariantPublic:
     metrics = _variant_metrics(report)
     with home.session(write=True) as session:
-        row = _find_version(session, name, version)
+        row = find_version(session, name, version)
         _record_profile(session, profile)
         if session.get(Artifact, stored.sha256) is None:
             session.add(Artifact(sha256=stored.sha256, size=stored.size, path=stored.path))
@@ -229,7 +229,7 @@ def load_torch_model(source: str, state: Path | None = None) -> torch.nn.Module:
 
 def _original_artifact(home: Home, name: str, version: str) -> str:
     with home.session() as session:
-        row = _find_version(session, name, version)
+        row = find_version(session, name, version)
         sha = session.exec(
             select(Variant.artifact_sha256).where(
                 Variant.model_version_id == row.id, Variant.name == ORIGINAL_VARIANT
@@ -242,18 +242,7 @@ def _original_artifact(home: Home, name: str, version: str) -> str:
 
 def _smoke_test(home: Home, name: str, version: str) -> SmokeTest:
     with home.session() as session:
-        return SmokeTest.model_validate(_find_version(session, name, version).smoke_test)
-
-
-def _find_version(session: Any, name: str, version: str) -> ModelVersion:
-    row = session.exec(
-        select(ModelVersion)
-        .join(Model, Model.id == ModelVersion.model_id)  # type: ignore[arg-type]
-        .where(Model.name == name, ModelVersion.version == version)
-    ).first()
-    if row is None:
-        raise NotFound(f"unknown model {name}:{version}")
-    return row
+        return SmokeTest.model_validate(find_version(session, name, version).smoke_test)
 
 
 def _variant_metrics(report: CompressionReport) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from sqlmodel import Session, SQLModel, col, select
 
 from edgefleet.shared.errors import ConfigError, NotFound
 
-from ._catalog import ORIGINAL_VARIANT, parse_model_ref
+from ._catalog import ORIGINAL_VARIANT, find_version, parse_model_ref
 from ._home import Home
 from ._models import (
     Deployment,
@@ -128,13 +128,7 @@ def deploy(
     if profile is not None:
         home.profile(profile)  # raises NotFound for a profile that does not exist
     with home.session(write=True) as session:
-        row = session.exec(
-            select(ModelVersion)
-            .join(Model, Model.id == ModelVersion.model_id)  # type: ignore[arg-type]
-            .where(Model.name == name, ModelVersion.version == version)
-        ).first()
-        if row is None:
-            raise NotFound(f"unknown model {name}:{version}")
+        row = find_version(session, name, version)
         targets = _targets(session, devices=devices, profile=profile, labels=labels)
         deployment_id = new_deployment_id()
         out: list[DeploymentPublic] = []
