@@ -50,7 +50,7 @@ class BrokerConfig:
 
 def write_broker_config(home: Home, folder: Path) -> BrokerConfig:
     """Write ``passwd``, ``acl`` and ``edgefleet.conf`` into ``folder`` (created if missing;
-    files mode 0600, replaced atomically)."""
+    files mode 0640, replaced atomically)."""
     user, password = controller_credentials(home.settings.broker_url)
     with home.session() as session:
         devices = session.exec(
