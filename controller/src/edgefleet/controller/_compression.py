@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from sqlmodel import select
 
 from edgefleet.shared import SmokeTest
-from edgefleet.shared.errors import ConfigError, NotFound
+from edgefleet.shared.errors import ConfigError, NotFound, first_line
 
 from ._catalog import ORIGINAL_VARIANT, find_version, parse_model_ref
 from ._devices import _record_profile
@@ -198,7 +198,7 @@ def load_torch_model(source: str, state: Path | None = None) -> torch.nn.Module:
                 warnings.simplefilter("ignore", DeprecationWarning)
                 return torch.jit.load(str(path), map_location="cpu").eval()
         except Exception as exc:  # torch raises many unrelated classes for a bad file
-            raise ConfigError(f"{path} is not a TorchScript file: {_first_line(exc)}") from exc
+            raise ConfigError(f"{path} is not a TorchScript file: {first_line(exc)}") from exc
     module_name, sep, function_name = source.partition(":")
     if not sep or not module_name or not function_name:
         raise ConfigError(
@@ -207,11 +207,11 @@ def load_torch_model(source: str, state: Path | None = None) -> torch.nn.Module:
     try:
         factory = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"--torch {source!r}: {_first_line(exc)}") from exc
+        raise ConfigError(f"--torch {source!r}: {first_line(exc)}") from exc
     try:
         module = factory()
     except Exception as exc:  # the user's code: any failure is a bad --torch
-        raise ConfigError(f"--torch {source!r} failed: {_first_line(exc)}") from exc
+        raise ConfigError(f"--torch {source!r} failed: {first_line(exc)}") from exc
     if not isinstance(module, torch.nn.Module):
         raise ConfigError(
             f"--torch {source!r} returned {type(module).__name__}, not a torch.nn.Module"
@@ -223,7 +223,7 @@ def load_torch_model(source: str, state: Path | None = None) -> torch.nn.Module:
         except FileNotFoundError as exc:
             raise ConfigError(f"state-dict file {state} does not exist") from exc
         except Exception as exc:  # unpickling and shape errors come in many classes
-            raise ConfigError(f"cannot load {state} into {source}: {_first_line(exc)}") from exc
+            raise ConfigError(f"cannot load {state} into {source}: {first_line(exc)}") from exc
     return module.eval()
 
 
@@ -277,8 +277,3 @@ def _write_report(path: Path, result: CompressionResult) -> None:
         path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     except OSError as exc:
         raise ConfigError(f"cannot write the report {path}: {exc.strerror or exc}") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or exc.__class__.__name__
-    return text.splitlines()[0][:300]

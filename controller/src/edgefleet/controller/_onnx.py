@@ -11,7 +11,13 @@ from typing import Any
 import numpy as np
 
 from edgefleet.shared import IOSignature, SmokeTest, TensorData, TensorSpec
-from edgefleet.shared.errors import ConfigError, ExternalDataError, InvalidInput, ModelLoadError
+from edgefleet.shared.errors import (
+    ConfigError,
+    ExternalDataError,
+    InvalidInput,
+    ModelLoadError,
+    first_line,
+)
 
 SAMPLE_ROWS = 4
 
@@ -51,7 +57,7 @@ def inspect_model(path: Path, sample: Path | None = None) -> InspectedModel:
         outputs = session.run(None, inputs)
     except Exception as exc:
         where = f"the sample in {sample.name}" if sample else "a generated sample"
-        raise InvalidInput(f"{path.name} fails on {where}: {_first_line(exc)}") from exc
+        raise InvalidInput(f"{path.name} fails on {where}: {first_line(exc)}") from exc
     smoke = SmokeTest(
         inputs={name: TensorData.from_numpy(a) for name, a in inputs.items()},
         outputs={
@@ -73,7 +79,7 @@ def _session(path: Path) -> Any:  # onnxruntime.InferenceSession
     try:
         return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own unrelated classes; translate them all
-        raise ModelLoadError(f"ONNX Runtime cannot load {path.name}: {_first_line(exc)}") from exc
+        raise ModelLoadError(f"ONNX Runtime cannot load {path.name}: {first_line(exc)}") from exc
 
 
 def _signature(session: Any) -> IOSignature:
@@ -90,7 +96,7 @@ def _refuse_external_data(path: Path) -> None:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError and friends
-        raise ModelLoadError(f"{path.name} is not an ONNX model: {_first_line(exc)}") from exc
+        raise ModelLoadError(f"{path.name} is not an ONNX model: {first_line(exc)}") from exc
     tensors = list(model.graph.initializer)
     if any(uses_external_data(t) for t in tensors):
         raise ExternalDataError(
@@ -133,7 +139,7 @@ def load_sample(path: Path, io: IOSignature, rows: int = SAMPLE_ROWS) -> dict[st
     except FileNotFoundError as exc:
         raise ConfigError(f"sample file {path} does not exist") from exc
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise InvalidInput(f"{path.name} is not a readable .npz file: {_first_line(exc)}") from exc
+        raise InvalidInput(f"{path.name} is not a readable .npz file: {first_line(exc)}") from exc
     if not arrays:
         raise InvalidInput(f"{path.name} holds no arrays")
     names = [spec.name for spec in io.inputs]
@@ -158,8 +164,3 @@ def load_sample(path: Path, io: IOSignature, rows: int = SAMPLE_ROWS) -> dict[st
             array = array.astype(want)
         sample[spec.name] = np.ascontiguousarray(array)
     return sample
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or exc.__class__.__name__
-    return text.splitlines()[0][:300]

@@ -32,7 +32,13 @@ from edgefleet.shared import (
     StatusMessage,
     TensorData,
 )
-from edgefleet.shared.errors import BrokerError, ConfigError, EdgefleetError, MessageError
+from edgefleet.shared.errors import (
+    BenchmarkFailed,
+    BrokerError,
+    ConfigError,
+    DeviceOffline,
+    MessageError,
+)
 
 from ._devices import get_device
 from ._home import Home
@@ -53,18 +59,6 @@ STATUS_WAIT_S = 3.0
 # orders stay valid this long past the timeout, so a device clock a little ahead still takes them
 CLOCK_SLACK_S = 60
 _ARTIFACT_CODES = {"download_failed", "artifact", "checksum_mismatch", "size_exceeded"}
-
-
-class DeviceOffline(EdgefleetError):
-    """The device to measure on is not connected to the broker."""
-
-    code = "device_offline"
-
-
-class BenchmarkFailed(EdgefleetError):
-    """The device could not give the figures the choice needs."""
-
-    code = "benchmark_failed"
 
 
 class DeviceLink:

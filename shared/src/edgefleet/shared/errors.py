@@ -33,9 +33,11 @@ from __future__ import annotations
 __all__ = [
     "AlreadyExists",
     "ArtifactError",
+    "BenchmarkFailed",
     "BrokerError",
     "ChecksumMismatch",
     "ConfigError",
+    "DeviceOffline",
     "DownloadError",
     "EdgefleetError",
     "ExternalDataError",
@@ -146,6 +148,18 @@ class BrokerError(EdgefleetError):
     code = "broker"
 
 
+class DeviceOffline(BrokerError):
+    """The device a command needs an answer from is not connected."""
+
+    code = "device_offline"
+
+
+class BenchmarkFailed(EdgefleetError):
+    """A device could not give the latency figures a choice needs."""
+
+    code = "benchmark_failed"
+
+
 class RegistryError(EdgefleetError):
     code = "registry"
 
@@ -156,3 +170,10 @@ class NotFound(RegistryError):
 
 class AlreadyExists(RegistryError):
     code = "already_exists"
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of ``exc``'s message (its class name when empty), for one-line errors
+    that wrap a library's long multi-line ones."""
+    text = str(exc).strip() or exc.__class__.__name__
+    return text.splitlines()[0][:limit]

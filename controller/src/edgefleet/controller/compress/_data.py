@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefleet.shared.errors import ConfigError, InvalidInput, ModelLoadError
+from edgefleet.shared.errors import ConfigError, InvalidInput, ModelLoadError, first_line
 
 INPUTS_KEY = "inputs"
 LABELS_KEY = "labels"
@@ -55,7 +55,7 @@ def model_input(model: Path) -> ModelInput:
     try:
         session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime's own exception classes; translated here
-        raise ModelLoadError(f"ONNX Runtime cannot load {model.name}: {_first_line(exc)}") from exc
+        raise ModelLoadError(f"ONNX Runtime cannot load {model.name}: {first_line(exc)}") from exc
     inputs = session.get_inputs()
     if len(inputs) != 1:
         names = ", ".join(i.name for i in inputs)
@@ -76,7 +76,7 @@ def load_eval_data(path: Path, model: Path) -> EvalData:
     except FileNotFoundError as exc:
         raise ConfigError(f"data file {path} does not exist") from exc
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise ConfigError(f"{path.name} is not a readable .npz file: {_first_line(exc)}") from exc
+        raise ConfigError(f"{path.name} is not a readable .npz file: {first_line(exc)}") from exc
     if INPUTS_KEY in arrays:
         inputs = arrays[INPUTS_KEY]
     elif spec.name in arrays:
@@ -139,8 +139,3 @@ def split_eval_data(
 
 def _shape_text(shape: tuple[int | None, ...]) -> str:
     return "[" + ", ".join("N" if d is None else str(d) for d in shape) + "]"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or exc.__class__.__name__
-    return text.splitlines()[0][:300]

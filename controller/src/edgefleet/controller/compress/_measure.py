@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from edgefleet.shared.errors import InvalidInput, ModelLoadError
+from edgefleet.shared.errors import InvalidInput, ModelLoadError, first_line
 
 from ._data import EvalData
 
@@ -43,7 +43,7 @@ def open_session(model: Path, intra_op_threads: int, inter_op_threads: int = 1) 
             str(model), sess_options=options, providers=["CPUExecutionProvider"]
         )
     except Exception as exc:  # onnxruntime's own exception classes; translated here
-        raise ModelLoadError(f"ONNX Runtime cannot load {model.name}: {_first_line(exc)}") from exc
+        raise ModelLoadError(f"ONNX Runtime cannot load {model.name}: {first_line(exc)}") from exc
 
 
 def run_outputs(session: Any, data: EvalData, batch: int = EVAL_BATCH) -> np.ndarray:
@@ -54,7 +54,7 @@ def run_outputs(session: Any, data: EvalData, batch: int = EVAL_BATCH) -> np.nda
         try:
             chunks.append(np.asarray(session.run(None, {data.input_name: rows})[0]))
         except Exception as exc:
-            why = _first_line(exc)
+            why = first_line(exc)
             raise InvalidInput(f"the model fails on the evaluation data: {why}") from exc
     return np.concatenate(chunks).astype(np.float32)
 
@@ -103,8 +103,3 @@ def time_side_by_side(
         )
         for n, s in samples.items()
     }
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or exc.__class__.__name__
-    return text.splitlines()[0][:300]

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from edgefleet.shared.errors import ConfigError, ModelError
+from edgefleet.shared.errors import ConfigError, ModelError, first_line
 
 from ._data import EvalData
 
@@ -58,7 +58,7 @@ def graph_optimize(
             str(source.path), sess_options=options, providers=["CPUExecutionProvider"]
         )
     except Exception as exc:  # onnxruntime's own exception classes; translated here
-        raise PassFailed(f"graph optimisation of {source.name} failed: {_first_line(exc)}") from exc
+        raise PassFailed(f"graph optimisation of {source.name} failed: {first_line(exc)}") from exc
     return _derived(source, out, {"pass": "graph_opt", "level": level})
 
 
@@ -83,7 +83,7 @@ def quantize_int8_dynamic(
             weight_type=QuantType.QUInt8,
         )
     except Exception as exc:  # the quantiser raises assorted built-in and onnx errors
-        raise PassFailed(f"dynamic int8 of {source.name} failed: {_first_line(exc)}") from exc
+        raise PassFailed(f"dynamic int8 of {source.name} failed: {first_line(exc)}") from exc
     finally:
         prepared.unlink(missing_ok=True)
     recipe = {
@@ -174,7 +174,7 @@ def quantize_int8_static(
             calibrate_method=methods[method],
         )
     except Exception as exc:  # the quantiser raises assorted built-in and onnx errors
-        raise PassFailed(f"static int8 of {source.name} failed: {_first_line(exc)}") from exc
+        raise PassFailed(f"static int8 of {source.name} failed: {first_line(exc)}") from exc
     finally:
         prepared.unlink(missing_ok=True)
     recipe = {
@@ -201,15 +201,10 @@ def convert_fp16(source: Candidate, out_dir: Path) -> Candidate:
         model = convert_float_to_float16(onnx.load(str(source.path)), keep_io_types=True)
         onnx.save(model, str(out))
     except Exception as exc:  # onnx and the converter raise assorted errors
-        raise PassFailed(f"fp16 conversion of {source.name} failed: {_first_line(exc)}") from exc
+        raise PassFailed(f"fp16 conversion of {source.name} failed: {first_line(exc)}") from exc
     return _derived(source, out, {"pass": "fp16", "keep_io_types": True})
 
 
 def _derived(source: Candidate, out: Path, step: dict[str, Any]) -> Candidate:
     steps = [*source.recipe.get("steps", []), step]
     return Candidate(name=out.stem, path=out, recipe={"steps": steps})
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or exc.__class__.__name__
-    return text.splitlines()[0][:300]

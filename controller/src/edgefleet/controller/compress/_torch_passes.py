@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgefleet.shared.errors import ConfigError
+from edgefleet.shared.errors import ConfigError, first_line
 
 from ._data import EvalData
 from ._onnx_passes import Candidate, PassFailed
@@ -63,7 +63,7 @@ def prune_channels(
         )
         pruner.step()
     except Exception as exc:  # torch-pruning raises what its graph tracing meets
-        raise PassFailed(f"channel pruning failed: {_first_line(exc)}") from exc
+        raise PassFailed(f"channel pruning failed: {first_line(exc)}") from exc
     if train.labels is not None:
         loss_fn = _hard_label_loss
     else:
@@ -141,7 +141,7 @@ def export_onnx(
                 dynamo=False,
             )
     except Exception as exc:  # the exporter raises many unrelated classes
-        raise PassFailed(f"ONNX export of {name} failed: {_first_line(exc)}") from exc
+        raise PassFailed(f"ONNX export of {name} failed: {first_line(exc)}") from exc
     return Candidate(name=name, path=path, recipe={"steps": []})
 
 
@@ -209,8 +209,3 @@ def _fit(
         if progress is not None:
             progress(epoch + 1, epochs)
     module.eval()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or exc.__class__.__name__
-    return text.splitlines()[0][:300]
