@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from sqlmodel import select
 
 from edgefleet.shared import SmokeTest
-from edgefleet.shared.errors import ConfigError, NotFound, first_line
+from edgefleet.shared.errors import ConfigError, NotFound
 
 from ._catalog import ORIGINAL_VARIANT, find_version, parse_model_ref
 from ._devices import _record_profile
@@ -26,6 +26,7 @@ from ._home import Home
 from ._models import Artifact, Variant, VariantPublic, utcnow
 from ._profiles import DeviceProfile
 from ._store import StoredArtifact
+from ._text import first_line
 from .compress import CompressionReport, PassOptions, compress
 from .compress._compress import Progress
 

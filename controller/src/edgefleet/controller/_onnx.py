@@ -16,8 +16,9 @@ from edgefleet.shared.errors import (
     ExternalDataError,
     InvalidInput,
     ModelLoadError,
-    first_line,
 )
+
+from ._text import first_line
 
 SAMPLE_ROWS = 4
 

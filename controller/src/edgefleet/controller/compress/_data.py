@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefleet.shared.errors import ConfigError, InvalidInput, ModelLoadError, first_line
+from edgefleet.shared.errors import ConfigError, InvalidInput, ModelLoadError
+
+from .._text import first_line
 
 INPUTS_KEY = "inputs"
 LABELS_KEY = "labels"

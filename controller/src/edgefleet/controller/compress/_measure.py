@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from edgefleet.shared.errors import InvalidInput, ModelLoadError, first_line
+from edgefleet.shared.errors import InvalidInput, ModelLoadError
 
+from .._text import first_line
 from ._data import EvalData
 
 EVAL_BATCH = 256

@@ -10,8 +10,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from edgefleet.shared.errors import ConfigError, ModelError, first_line
+from edgefleet.shared.errors import ConfigError, ModelError
 
+from .._text import first_line
 from ._data import EvalData
 
 CalibrationMethodName = Literal["minmax", "entropy", "percentile"]

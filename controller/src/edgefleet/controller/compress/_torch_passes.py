@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgefleet.shared.errors import ConfigError, first_line
+from edgefleet.shared.errors import ConfigError
 
+from .._text import first_line
 from ._data import EvalData
 from ._onnx_passes import Candidate, PassFailed
 
