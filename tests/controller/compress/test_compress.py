@@ -166,3 +166,23 @@ def test_local_latency_never_uses_more_threads_than_the_host_has(
     )
     report = compress(digits.onnx, digits.eval_npz, profile, tmp_path, latency_runs=3)
     assert report.intra_op_threads == cores
+
+
+def test_each_base_is_prepared_for_quantisation_once(
+    digits: Digits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onnxruntime.quantization import shape_inference
+
+    calls: list[str] = []
+    real = shape_inference.quant_pre_process
+
+    def counting(source: str, *args: object, **kwargs: object) -> None:
+        calls.append(source)
+        real(source, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(shape_inference, "quant_pre_process", counting)
+    profile = make_profile(["int8_dynamic", "int8_static"])
+    report = compress(digits.onnx, digits.eval_npz, profile, tmp_path, latency_runs=3)
+    assert len(report.candidates) + len(report.skipped) == 1 + 1 + 6  # fp32, dyn, 6 static
+    assert len(calls) == 1  # one base (fp32), shared by its seven int8 passes
+    assert not list(tmp_path.glob("*.pre.onnx"))  # and removed afterwards

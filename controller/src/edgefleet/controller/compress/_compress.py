@@ -23,6 +23,7 @@ from ._onnx_passes import (
     CalibrationMethodName,
     Candidate,
     PassFailed,
+    QuantizationInput,
     convert_fp16,
     graph_optimize,
     quantize_int8_dynamic,
@@ -165,13 +166,17 @@ def compress(
     reduce_range = (
         needs_reduce_range(profile) if options.reduce_range is None else options.reduce_range
     )
-    jobs = _onnx_jobs(allowed, bases, calibration, out_dir, options, reduce_range)
-    for done, (label, job) in enumerate(jobs, start=1):
-        try:
-            candidates.append(job())
-        except PassFailed as exc:
-            skipped.append({"candidate": label, "why": exc.message})
-        notify("onnx passes", done, len(jobs))
+    jobs, quant_inputs = _onnx_jobs(allowed, bases, calibration, out_dir, options, reduce_range)
+    try:
+        for done, (label, job) in enumerate(jobs, start=1):
+            try:
+                candidates.append(job())
+            except PassFailed as exc:
+                skipped.append({"candidate": label, "why": exc.message})
+            notify("onnx passes", done, len(jobs))
+    finally:
+        for quant_input in quant_inputs:
+            quant_input.close()
 
     threads = local_threads(profile.runtime.intra_op_threads)
     measured = _measure_all(
@@ -311,14 +316,22 @@ def _onnx_jobs(
     out_dir: Path,
     options: PassOptions,
     reduce_range: bool,
-) -> list[tuple[str, Callable[[], Candidate]]]:
+) -> tuple[list[tuple[str, Callable[[], Candidate]]], list[QuantizationInput]]:
+    """The passes to run on each base, and the quantisation inputs they share (one per base,
+    prepared on first use; the caller closes them)."""
     jobs: list[tuple[str, Callable[[], Candidate]]] = []
+    quant_inputs: list[QuantizationInput] = []
     for base in bases:
+        prepared = QuantizationInput(base, out_dir)
+        if "int8_dynamic" in allowed or "int8_static" in allowed:
+            quant_inputs.append(prepared)
         if "graph_opt" in allowed:
             level = options.graph_opt_level
             jobs.append((f"{base.name} graph_opt", partial(graph_optimize, base, out_dir, level)))
         if "int8_dynamic" in allowed:
-            job = partial(quantize_int8_dynamic, base, out_dir, reduce_range=reduce_range)
+            job = partial(
+                quantize_int8_dynamic, base, out_dir, reduce_range=reduce_range, prepared=prepared
+            )
             jobs.append((f"{base.name} int8_dynamic", job))
         if "int8_static" in allowed:
             for method in options.calibration_methods:
@@ -331,12 +344,13 @@ def _onnx_jobs(
                         method=method,
                         per_channel=per_channel,
                         reduce_range=reduce_range,
+                        prepared=prepared,
                     )
                     label = f"{base.name} int8_static {method} per_channel={per_channel}"
                     jobs.append((label, job))
         if "fp16" in allowed:
             jobs.append((f"{base.name} fp16", partial(convert_fp16, base, out_dir)))
-    return jobs
+    return jobs, quant_inputs
 
 
 def _measure_all(

@@ -63,21 +63,55 @@ def graph_optimize(
     return _derived(source, out, {"pass": "graph_opt", "level": level})
 
 
+class QuantizationInput:
+    """``source`` shape-inferred and folded, as ONNX Runtime's quantisation guide asks, once
+    for all the int8 passes of that source; ``close`` removes the file."""
+
+    def __init__(self, source: Candidate, out_dir: Path) -> None:
+        self.source = source
+        self._file = out_dir / f"{source.name}.pre.onnx"
+        self._ready = False
+        self._error: Exception | None = None
+
+    def path(self) -> Path:
+        """The prepared file, made on first use; a failure is raised again to every pass."""
+        if self._error is not None:
+            raise self._error
+        if not self._ready:
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            try:
+                quant_pre_process(str(self.source.path), str(self._file), skip_symbolic_shape=True)
+            except Exception as exc:
+                self._error = exc
+                raise
+            self._ready = True
+        return self._file
+
+    def close(self) -> None:
+        self._file.unlink(missing_ok=True)
+
+
 def quantize_int8_dynamic(
-    source: Candidate, out_dir: Path, *, per_channel: bool = False, reduce_range: bool = False
+    source: Candidate,
+    out_dir: Path,
+    *,
+    per_channel: bool = False,
+    reduce_range: bool = False,
+    prepared: QuantizationInput | None = None,
 ) -> Candidate:
     """Weights to int8 ahead of time, activations quantised at run time. Weights are stored
-    unsigned: ONNX Runtime's CPU ``ConvInteger`` has no signed-weight kernel."""
+    unsigned: ONNX Runtime's CPU ``ConvInteger`` has no signed-weight kernel. ``prepared``:
+    ``source`` already prepared for quantisation (by default, prepared here and removed)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     tag = f"int8dyn{'-pc' if per_channel else ''}{'-rr' if reduce_range else ''}"
-    prepared = out_dir / f"{source.name}.{tag}.pre.onnx"
     out = out_dir / f"{source.name}.{tag}.onnx"
+    own = prepared is None
+    quant_input = prepared or QuantizationInput(source, out_dir)
     try:
-        quant_pre_process(str(source.path), str(prepared), skip_symbolic_shape=True)
         quantize_dynamic(
-            prepared,
+            quant_input.path(),
             out,
             per_channel=per_channel,
             reduce_range=reduce_range,
@@ -86,7 +120,8 @@ def quantize_int8_dynamic(
     except Exception as exc:  # the quantiser raises assorted built-in and onnx errors
         raise PassFailed(f"dynamic int8 of {source.name} failed: {first_line(exc)}") from exc
     finally:
-        prepared.unlink(missing_ok=True)
+        if own:
+            quant_input.close()
     recipe = {
         "pass": "int8_dynamic",
         "weight_type": "uint8",
@@ -130,10 +165,12 @@ def quantize_int8_static(
     method: CalibrationMethodName = "minmax",
     per_channel: bool = False,
     reduce_range: bool = False,
+    prepared: QuantizationInput | None = None,
 ) -> Candidate:
     """Weights and activations to int8 in QDQ form, activation ranges from ``calibration``
     (never the evaluation split). ``reduce_range`` uses 7-bit weights, which avoids
-    saturation in the u8s8 kernels of x86 CPUs without VNNI."""
+    saturation in the u8s8 kernels of x86 CPUs without VNNI. ``prepared`` as for
+    ``quantize_int8_dynamic``."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -141,7 +178,6 @@ def quantize_int8_static(
         QuantType,
         quantize_static,
     )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     methods = {
         "minmax": CalibrationMethod.MinMax,
@@ -153,18 +189,17 @@ def quantize_int8_static(
             f"unknown calibration method {method!r} (known: {', '.join(CALIBRATION_METHODS)})"
         )
     tag = f"int8qdq-{method}{'-pc' if per_channel else ''}{'-rr' if reduce_range else ''}"
-    prepared = out_dir / f"{source.name}.{tag}.pre.onnx"
     out = out_dir / f"{source.name}.{tag}.onnx"
 
     class Reader(_CalibrationReader, CalibrationDataReader):
         pass
 
     reader = Reader(calibration)
+    own = prepared is None
+    quant_input = prepared or QuantizationInput(source, out_dir)
     try:
-        # shape inference and folding first, as ONNX Runtime's quantisation guide asks
-        quant_pre_process(str(source.path), str(prepared), skip_symbolic_shape=True)
         quantize_static(
-            prepared,
+            quant_input.path(),
             out,
             reader,
             quant_format=QuantFormat.QDQ,
@@ -177,7 +212,8 @@ def quantize_int8_static(
     except Exception as exc:  # the quantiser raises assorted built-in and onnx errors
         raise PassFailed(f"static int8 of {source.name} failed: {first_line(exc)}") from exc
     finally:
-        prepared.unlink(missing_ok=True)
+        if own:
+            quant_input.close()
     recipe = {
         "pass": "int8_static",
         "format": "qdq",
