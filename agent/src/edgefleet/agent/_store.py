@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError
 
-from edgefleet.shared import ModelRef, RuntimeSettings, ServingModel
+from edgefleet.shared import ModelRef, RuntimeSettings, ServingModel, fsync_dir
 from edgefleet.shared.errors import ConfigError
 
 from ._lifecycle import DeploymentRecord
@@ -98,11 +98,3 @@ class StateStore:
             if path.name.split(".")[0] not in keep:
                 with contextlib.suppress(OSError):
                     path.unlink()
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

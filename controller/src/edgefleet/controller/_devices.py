@@ -88,7 +88,7 @@ def add_device(
         session.add(device)
         text = agent_config_text(home, device.name, profile.name, token, state_dir=state_dir)
         if out is not None:
-            _write_secret(out, text)
+            write_private(out, text)  # mode 0600: it holds the device's token
         try:
             session.flush()
             public = DevicePublic.of(device)
@@ -128,10 +128,6 @@ def agent_config_text(
         "# It holds this device's credentials: keep it private (mode 0600).",
     ]
     return "\n".join(head + [f"{k} = {toml_value(v)}" for k, v in values]) + "\n"
-
-
-def _write_secret(path: Path, text: str) -> None:
-    write_private(path, text, mode=0o600)
 
 
 def _record_profile(session: Session, profile: DeviceProfile) -> None:

@@ -9,7 +9,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgefleet.shared import is_sha256, sha256_file
+from edgefleet.shared import fsync_dir, is_sha256, sha256_file
 from edgefleet.shared.errors import ArtifactError, ChecksumMismatch, ConfigError
 
 _CHUNK = 1 << 20
@@ -83,7 +83,7 @@ class ArtifactStore:
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.chmod(tmp, 0o644)
                 os.replace(tmp, final)
-                _fsync_dir(final.parent)
+                fsync_dir(final.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise ArtifactError(f"cannot write to the artifact store {self.root}: {exc}") from exc
@@ -99,11 +99,3 @@ class ArtifactStore:
             raise ArtifactError(f"artifact {sha256[:12]} is missing from {self.root}")
         if sha256_file(path) != sha256:
             raise ChecksumMismatch(f"artifact {path} does not hash to its name")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

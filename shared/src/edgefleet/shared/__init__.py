@@ -1,6 +1,6 @@
 """edgefleet's protocol: topics, messages, the signed manifest, hashing and errors."""
 
-from ._hashing import is_sha256, sha256_bytes, sha256_file
+from ._hashing import fsync_dir, is_sha256, sha256_bytes, sha256_file
 from ._histogram import BUCKET_BOUNDS_MS, N_BUCKETS, LatencyHistogram, merge_counts
 from ._manifest import (
     ArtifactRef,
@@ -104,6 +104,7 @@ __all__ = [
     "encode_document",
     "events_topic",
     "fleet_topic",
+    "fsync_dir",
     "generate_private_key",
     "is_sha256",
     "key_id",
