@@ -160,7 +160,8 @@ def test_broker_endpoint_decodes_credentials_and_defaults_ports() -> None:
 
 
 def test_broker_urls_are_redacted_for_logs_and_devices() -> None:
-    from edgefleet.controller._settings import broker_endpoint, redacted
+    from edgefleet.controller._settings import broker_endpoint
+    from edgefleet.shared import redacted_url as redacted
 
     url = "mqtt://ctl:s3cret@broker.local:1884"
     assert redacted(url) == "mqtt://ctl:***@broker.local:1884"

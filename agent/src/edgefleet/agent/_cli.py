@@ -8,8 +8,8 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from urllib.parse import urlsplit
 
+from edgefleet.shared import redacted_url
 from edgefleet.shared.errors import EdgefleetError
 
 from ._config import AgentConfig, load_config
@@ -97,17 +97,10 @@ def _describe(config: AgentConfig) -> str:
     for name, value in vars(config).items():
         shown = "***" if name in hidden and value else value
         if isinstance(shown, str) and "://" in shown:
-            shown = _redacted(shown)
+            shown = redacted_url(shown)
         lines.append(f"{name} = {shown!s}")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
-
-
-def _redacted(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}").geturl()

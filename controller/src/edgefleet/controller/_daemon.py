@@ -22,7 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgefleet import shared
-from edgefleet.shared import Channel, EventMessage, StatusMessage, TelemetryMessage
+from edgefleet.shared import Channel, EventMessage, StatusMessage, TelemetryMessage, redacted_url
 from edgefleet.shared.errors import BrokerError, EdgefleetError, MessageError
 
 from ._artifact_server import ArtifactServer, registry_token_check
@@ -30,7 +30,7 @@ from ._dispatch import dispatch_pending, resend_unconfirmed
 from ._home import Home
 from ._ingest import Inbound, ingest_many
 from ._metrics import Metrics
-from ._settings import broker_endpoint, redacted
+from ._settings import broker_endpoint
 
 log = logging.getLogger("edgefleet.controller.daemon")
 
@@ -162,7 +162,7 @@ class Daemon:
         )
         self._resend_due.set()
         self._connected.set()
-        log.info("connected to %s", redacted(self.settings.broker_url))
+        log.info("connected to %s", redacted_url(self.settings.broker_url))
 
     def _on_disconnect(self, *_: Any) -> None:
         self._connected.clear()

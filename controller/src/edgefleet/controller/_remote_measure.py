@@ -31,6 +31,7 @@ from edgefleet.shared import (
     SmokeTest,
     StatusMessage,
     TensorData,
+    redacted_url,
 )
 from edgefleet.shared.errors import (
     BenchmarkFailed,
@@ -45,7 +46,7 @@ from ._home import Home
 from ._models import Artifact
 from ._onnx import read_signature
 from ._profiles import DeviceProfile
-from ._settings import broker_endpoint, redacted
+from ._settings import broker_endpoint
 from ._store import ArtifactStore
 from .compress import Candidate
 from .compress._compress import REFERENCE, Progress
@@ -108,7 +109,9 @@ class DeviceLink:
         if not self._ready.wait(CONNECT_WAIT_S) or self._refused:
             self.close()
             why = self._refused or f"no answer in {CONNECT_WAIT_S:g} s"
-            raise BrokerError(f"the broker at {redacted(self.broker_url)} did not let us in: {why}")
+            raise BrokerError(
+                f"the broker at {redacted_url(self.broker_url)} did not let us in: {why}"
+            )
 
     def publish(self, payload: bytes) -> None:
         info = self.client.publish(self.command_topic, payload, qos=1)

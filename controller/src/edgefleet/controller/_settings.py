@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from edgefleet.shared import DEFAULT_PREFIX
+from edgefleet.shared import DEFAULT_PREFIX, redacted_url
 from edgefleet.shared.errors import ConfigError
 
 HOME_ENV = "EDGEFLEET_HOME"
@@ -141,20 +141,11 @@ def broker_endpoint(url: str) -> BrokerEndpoint:
     )
 
 
-def redacted(url: str) -> str:
-    """``url`` fit for a log line or an error message: any password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"{parts.username}:***@{netloc}").geturl()
-
-
 def _checked(settings: Settings) -> Settings:
     broker = urlsplit(settings.broker_url)
     if broker.scheme not in ("mqtt", "mqtts") or not broker.hostname:
         raise ConfigError(
-            f"broker_url must look like mqtt://host:port, got {redacted(settings.broker_url)}"
+            f"broker_url must look like mqtt://host:port, got {redacted_url(settings.broker_url)}"
         )
     art = urlsplit(settings.artifact_url)
     if art.scheme not in ("http", "https") or not art.hostname:

@@ -60,6 +60,7 @@ from ._topics import (
     status_topic,
     telemetry_topic,
 )
+from ._urls import redacted_url
 
 __version__ = "0.1.0"
 
@@ -115,6 +116,7 @@ __all__ = [
     "parse_topic",
     "private_key_to_pem",
     "public_key_to_text",
+    "redacted_url",
     "sha256_bytes",
     "sha256_file",
     "sign",
