@@ -1,31 +1,15 @@
 """The public surface of edgefleet.controller: exactly what `__all__` lists."""
 
 from __future__ import annotations
-import __future__
-
-from types import ModuleType
 
 import edgefleet.controller as controller
-
-
-def _public_names(module: ModuleType) -> set[str]:
-    return {
-        name
-        for name, value in vars(module).items()
-        if not name.startswith("_")
-        and not isinstance(value, ModuleType)
-        and not isinstance(value, type(__future__.annotations))
-    }
-
-
-def _ruff_order(name: str) -> tuple[int, str]:
-    return (0 if name.isupper() else 1 if name[0].isupper() else 2), name
+from tests.support.public_api import public_names, ruff_order
 
 
 def test_all_is_sorted_and_unique() -> None:
     names = list(controller.__all__)
     assert len(names) == len(set(names))
-    assert names == sorted(names, key=_ruff_order)
+    assert names == sorted(names, key=ruff_order)
 
 
 def test_every_name_in_all_exists() -> None:
@@ -33,7 +17,7 @@ def test_every_name_in_all_exists() -> None:
 
 
 def test_every_public_name_is_in_all() -> None:
-    assert _public_names(controller) - set(controller.__all__) == set()
+    assert public_names(controller) - set(controller.__all__) == set()
 
 
 def test_importing_the_controller_does_not_load_torch() -> None:

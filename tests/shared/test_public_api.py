@@ -1,7 +1,6 @@
 """The public surface of edgefleet.shared: what `__all__` lists is exactly what is public."""
 
 from __future__ import annotations
-import __future__
 
 import inspect
 from types import ModuleType
@@ -10,30 +9,14 @@ import pytest
 
 import edgefleet.shared
 from edgefleet.shared import errors
-
-
-def _public_names(module: ModuleType) -> set[str]:
-    return {
-        name
-        for name, value in vars(module).items()
-        if not name.startswith("_")
-        and not isinstance(value, ModuleType)
-        and not isinstance(value, type(__future__.annotations))  # a __future__ import
-    }
-
-
-def _isort_key(name: str) -> tuple[int, str]:
-    # ruff's RUF022 order, which the linter enforces: CONSTANTS, then Classes, then functions.
-    if name.isupper():
-        return 0, name
-    return (1 if name[0].isupper() else 2), name
+from tests.support.public_api import public_names, ruff_order
 
 
 @pytest.mark.parametrize("module", [edgefleet.shared, errors], ids=lambda m: m.__name__)
 def test_all_is_sorted_and_unique(module: ModuleType) -> None:
     names = list(module.__all__)
     assert len(names) == len(set(names))
-    assert names == sorted(names, key=_isort_key)
+    assert names == sorted(names, key=ruff_order)
 
 
 @pytest.mark.parametrize("module", [edgefleet.shared, errors], ids=lambda m: m.__name__)
@@ -44,7 +27,7 @@ def test_every_name_in_all_exists(module: ModuleType) -> None:
 
 @pytest.mark.parametrize("module", [edgefleet.shared, errors], ids=lambda m: m.__name__)
 def test_every_public_name_is_in_all(module: ModuleType) -> None:
-    assert _public_names(module) - set(module.__all__) == set()
+    assert public_names(module) - set(module.__all__) == set()
 
 
 def _error_classes() -> list[type[errors.EdgefleetError]]:
