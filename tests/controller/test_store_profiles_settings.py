@@ -144,7 +144,7 @@ def test_config_file_values_and_checks(tmp_path: Path) -> None:
 
 
 def test_broker_endpoint_decodes_credentials_and_defaults_ports() -> None:
-    from edgefleet.controller._settings import broker_endpoint
+    from edgefleet.shared import broker_endpoint
 
     e = broker_endpoint("mqtt://ctl:s3cret%3Ap%40ss%2Fw%25rd@broker.local:1884")
     assert (e.host, e.port, e.tls, e.username, e.password) == (
@@ -160,7 +160,7 @@ def test_broker_endpoint_decodes_credentials_and_defaults_ports() -> None:
 
 
 def test_broker_urls_are_redacted_for_logs_and_devices() -> None:
-    from edgefleet.controller._settings import broker_endpoint
+    from edgefleet.shared import broker_endpoint
     from edgefleet.shared import redacted_url as redacted
 
     url = "mqtt://ctl:s3cret@broker.local:1884"

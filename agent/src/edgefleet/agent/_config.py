@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from edgefleet.shared import check_device_id, load_public_key, trusted_keyring
+from edgefleet.shared import broker_endpoint, check_device_id, load_public_key, trusted_keyring
 from edgefleet.shared.errors import ConfigError
 
 ENV_PREFIX = "EDGEFLEET_AGENT_"
@@ -45,9 +45,8 @@ class AgentConfig:
     @property
     def broker(self) -> tuple[str, int, bool]:
         """(host, port, tls) from the broker URL."""
-        parts = urlsplit(self.broker_url)
-        tls = parts.scheme == "mqtts"
-        return parts.hostname or "127.0.0.1", parts.port or (8883 if tls else 1883), tls
+        endpoint = broker_endpoint(self.broker_url)
+        return endpoint.host, endpoint.port, endpoint.tls
 
     def keyring(self) -> dict[str, Any]:
         return trusted_keyring(load_public_key(k) for k in self.trusted_keys)

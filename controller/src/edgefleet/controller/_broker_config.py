@@ -25,14 +25,13 @@ from pathlib import Path
 from sqlmodel import col, select
 
 from edgefleet import shared
-from edgefleet.shared import Channel
+from edgefleet.shared import Channel, broker_endpoint
 from edgefleet.shared.errors import ConfigError
 
 from ._devices import mosquitto_password_hash
 from ._files import write_private
 from ._home import Home
 from ._models import Device
-from ._settings import broker_endpoint
 
 BROKER_GROUP = "mosquitto"
 DEVICE_WRITES = (Channel.STATUS, Channel.EVENTS, Channel.TELEMETRY)

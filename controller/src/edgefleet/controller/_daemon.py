@@ -22,7 +22,14 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgefleet import shared
-from edgefleet.shared import Channel, EventMessage, StatusMessage, TelemetryMessage, redacted_url
+from edgefleet.shared import (
+    Channel,
+    EventMessage,
+    StatusMessage,
+    TelemetryMessage,
+    broker_endpoint,
+    redacted_url,
+)
 from edgefleet.shared.errors import BrokerError, EdgefleetError, MessageError
 
 from ._artifact_server import ArtifactServer, registry_token_check
@@ -30,7 +37,6 @@ from ._dispatch import dispatch_pending, resend_unconfirmed
 from ._home import Home
 from ._ingest import Inbound, ingest_many
 from ._metrics import Metrics
-from ._settings import broker_endpoint
 
 log = logging.getLogger("edgefleet.controller.daemon")
 

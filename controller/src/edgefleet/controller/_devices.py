@@ -13,13 +13,14 @@ from pathlib import Path
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
+from edgefleet.shared import broker_endpoint
 from edgefleet.shared.errors import AlreadyExists, ConfigError, NotFound
 
 from ._files import write_private
 from ._home import Home
 from ._models import Device, DeviceCreate, DevicePublic, Profile, utcnow
 from ._profiles import DeviceProfile
-from ._settings import broker_endpoint, toml_value
+from ._settings import toml_value
 
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
 DEFAULT_STATE_DIR = "/var/lib/edgefleet-agent"

@@ -31,6 +31,7 @@ from edgefleet.shared import (
     SmokeTest,
     StatusMessage,
     TensorData,
+    broker_endpoint,
     redacted_url,
 )
 from edgefleet.shared.errors import (
@@ -46,7 +47,6 @@ from ._home import Home
 from ._models import Artifact
 from ._onnx import read_signature
 from ._profiles import DeviceProfile
-from ._settings import broker_endpoint
 from ._store import ArtifactStore
 from .compress import Candidate
 from .compress._compress import REFERENCE, Progress

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from edgefleet.shared import DEFAULT_PREFIX, redacted_url
 from edgefleet.shared.errors import ConfigError
@@ -104,41 +104,6 @@ def load_settings(home: Path | None = None, env: Mapping[str, str] | None = None
         if key in values and not isinstance(values[key], str):
             raise ConfigError(f"{path}: {key} must be a string")
     return _checked(Settings(home=home, **values))
-
-
-@dataclass(frozen=True)
-class BrokerEndpoint:
-    """``broker_url`` taken apart once, for every MQTT client the controller opens."""
-
-    host: str
-    port: int
-    tls: bool
-    username: str | None  # percent-decoded, as a password with reserved characters must be
-    password: str | None
-    scheme: str = "mqtt"
-
-    @property
-    def public_url(self) -> str:
-        """The URL without credentials: for devices' configs, logs and messages."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}"
-
-
-def broker_endpoint(url: str) -> BrokerEndpoint:
-    parts = urlsplit(url)
-    tls = parts.scheme == "mqtts"
-    try:
-        port = parts.port or (8883 if tls else 1883)
-    except ValueError as exc:
-        raise ConfigError("broker_url has a bad port") from exc
-    return BrokerEndpoint(
-        host=parts.hostname or "127.0.0.1",
-        port=port,
-        tls=tls,
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password is not None else None,
-        scheme="mqtts" if tls else "mqtt",
-    )
 
 
 def _checked(settings: Settings) -> Settings:

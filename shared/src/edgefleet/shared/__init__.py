@@ -60,7 +60,7 @@ from ._topics import (
     status_topic,
     telemetry_topic,
 )
-from ._urls import redacted_url
+from ._urls import BrokerEndpoint, broker_endpoint, redacted_url
 
 __version__ = "0.1.0"
 
@@ -73,6 +73,7 @@ __all__ = [
     "ArtifactRef",
     "BenchmarkCommand",
     "BenchmarkOrder",
+    "BrokerEndpoint",
     "Channel",
     "Command",
     "DeployCommand",
@@ -96,6 +97,7 @@ __all__ = [
     "TelemetryMessage",
     "TensorData",
     "TensorSpec",
+    "broker_endpoint",
     "check_device_id",
     "check_document",
     "command_topic",
