@@ -6,16 +6,15 @@ import subprocess
 import sys
 
 import edgefleet.controller.compress as compress_pkg
-
-from ..test_public_api import _public_names, _ruff_order
+from tests.support.public_api import public_names, ruff_order
 
 
 def test_all_is_sorted_unique_and_complete() -> None:
     names = list(compress_pkg.__all__)
     assert len(names) == len(set(names))
-    assert names == sorted(names, key=_ruff_order)
+    assert names == sorted(names, key=ruff_order)
     assert [n for n in names if not hasattr(compress_pkg, n)] == []
-    assert _public_names(compress_pkg) - set(names) == set()
+    assert public_names(compress_pkg) - set(names) == set()
 
 
 def test_importing_compress_does_not_load_torch() -> None:
