@@ -60,6 +60,12 @@ def test_compress_records_the_chosen_variant_and_writes_the_report(
         "--report", str(report_file), *RUNS,
     )  # fmt: skip
     assert "chosen" in result.stdout and "fp32.int8" in result.stdout
+    header = next(line for line in result.stdout.splitlines() if "candidate" in line)
+    assert "smaller" in header and "faster" in header
+    fp32_row = next(line for line in result.stdout.splitlines() if "│ fp32 " in line)
+    assert fp32_row.count("1.00x") == 2  # the reference against itself
+    # ONNX Runtime's calibrators print their progress; it must not reach the terminal
+    assert "Collecting tensor data" not in result.stdout + result.stderr
     assert "recorded digits:1.0.0/x86-edge" in result.stdout
 
     (fp32, original_profile, fp32_sha, _), (name, profile, sha, metrics_text) = _variants(

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +21,8 @@ from ._data import EvalData
 CalibrationMethodName = Literal["minmax", "entropy", "percentile"]
 CALIBRATION_METHODS: tuple[CalibrationMethodName, ...] = ("minmax", "entropy", "percentile")
 CALIBRATION_BATCH = 32
+
+_log = logging.getLogger(__name__)
 
 
 class PassFailed(ModelError):
@@ -197,21 +202,25 @@ def quantize_int8_static(
     reader = Reader(calibration)
     own = prepared is None
     quant_input = prepared or QuantizationInput(source, out_dir)
+    chatter = io.StringIO()  # the calibrators print their progress; it is logged instead
     try:
-        quantize_static(
-            quant_input.path(),
-            out,
-            reader,
-            quant_format=QuantFormat.QDQ,
-            per_channel=per_channel,
-            reduce_range=reduce_range,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=methods[method],
-        )
+        with contextlib.redirect_stdout(chatter):
+            quantize_static(
+                quant_input.path(),
+                out,
+                reader,
+                quant_format=QuantFormat.QDQ,
+                per_channel=per_channel,
+                reduce_range=reduce_range,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=methods[method],
+            )
     except Exception as exc:  # the quantiser raises assorted built-in and onnx errors
         raise PassFailed(f"static int8 of {source.name} failed: {first_line(exc)}") from exc
     finally:
+        for line in chatter.getvalue().splitlines():
+            _log.debug("%s calibration: %s", tag, line)
         if own:
             quant_input.close()
     recipe = {
