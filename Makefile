@@ -37,6 +37,7 @@ bench: setup
 	$(PY) bench/agent_swap.py
 	$(PY) bench/controller_rollout.py
 	$(PY) bench/compress_profiles.py
+	$(PY) bench/int8_breakdown.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
