@@ -141,24 +141,28 @@ def _wrong_shape_npz(tmp: Path) -> str:
     return str(path)
 
 
-def _no_passes_profile(home: Path) -> str:
+def _home_profile(
+    home: Path, name: str, *, max_size_bytes: int, passes: list[str], objective: str = ""
+) -> str:
+    """A one-core x86 profile in the home folder's profiles/, with a loose latency and drop
+    budget; returns its name."""
     text = (
-        'name = "bare"\narch = "x86_64"\ncores = 1\nram_mb = 512\n'
-        "[budgets]\nmax_size_bytes = 1_000_000_000\nmax_latency_ms = 100.0\n"
-        "max_accuracy_drop = 0.5\n[compression]\npasses = []\n"
+        f'name = "{name}"\narch = "x86_64"\ncores = 1\nram_mb = 512\n'
+        f"[budgets]\nmax_size_bytes = {max_size_bytes}\nmax_latency_ms = 100.0\n"
+        f"max_accuracy_drop = 0.5\n[compression]\npasses = {json.dumps(passes)}\n"
     )
-    (home / "profiles" / "bare.toml").write_text(text)
-    return "bare"
+    if objective:
+        text += f'objective = "{objective}"\n'
+    (home / "profiles" / f"{name}.toml").write_text(text)
+    return name
+
+
+def _no_passes_profile(home: Path) -> str:
+    return _home_profile(home, "bare", max_size_bytes=1_000_000_000, passes=[])
 
 
 def _tiny_profile(home: Path) -> str:
-    text = (
-        'name = "tiny"\narch = "x86_64"\ncores = 1\nram_mb = 512\n'
-        "[budgets]\nmax_size_bytes = 1000\nmax_latency_ms = 100.0\n"
-        'max_accuracy_drop = 0.5\n[compression]\npasses = ["int8_dynamic"]\n'
-    )
-    (home / "profiles" / "tiny.toml").write_text(text)
-    return "tiny"
+    return _home_profile(home, "tiny", max_size_bytes=1000, passes=["int8_dynamic"])
 
 
 # (case, argv after `compress digits:1.0.0`, exit code, words expected on stderr)
@@ -255,13 +259,11 @@ def test_torch_sources_load(cnn: tuple[object, Path, Path], tmp_path: Path) -> N
 def test_the_profiles_objective_decides(
     cli: Cli, registered: Path, cnn: tuple[object, Path, Path]
 ) -> None:
-    (registered / "profiles" / "small.toml").write_text(
-        'name = "small"\narch = "x86_64"\ncores = 1\nram_mb = 512\n'
-        "[budgets]\nmax_size_bytes = 100_000_000\nmax_latency_ms = 100.0\n"
-        "max_accuracy_drop = 0.5\n"
-        '[compression]\npasses = ["graph_opt", "int8_dynamic"]\nobjective = "size"\n'
-    )
-    out = cli.ok("compress", "digits:1.0.0", "-p", "small", "--data", str(cnn[2]), "--json",
+    small = _home_profile(
+        registered, "small", max_size_bytes=100_000_000, passes=["graph_opt", "int8_dynamic"],
+        objective="size",
+    )  # fmt: skip
+    out = cli.ok("compress", "digits:1.0.0", "-p", small, "--data", str(cnn[2]), "--json",
                  *RUNS)  # fmt: skip
     report = json.loads(out.stdout)
     assert report["objective"] == "size"
