@@ -111,7 +111,8 @@ def compress_model_version(
     recorded: str | None = None
     with on_device as bench:
         try:
-            # ONNX Runtime's calibrators print to stdout, which belongs to the report (--json)
+            # stdout belongs to the table or the report (--json): anything a library prints
+            # during the passes goes to stderr (the calibrators' chatter is logged at source)
             with (
                 tempfile.TemporaryDirectory(prefix="edgefleet-compress-") as tmp,
                 contextlib.redirect_stdout(sys.stderr),
