@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import uuid
@@ -77,13 +78,24 @@ def sample_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def sqlite_snapshot(db: Path) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every table, read with the sqlite3 module rather than our own code."""
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         return {t: sorted(conn.execute(f'SELECT * FROM "{t}"'), key=repr) for t in sorted(tables)}
 
 
+# SQLite's write-ahead log and shared-memory index come and go with connections (the last
+# one to close removes them, whenever the garbage collector gets to it); the rows they hold
+# are compared by sqlite_snapshot
+_SQLITE_SIDE_FILES = ("-wal", "-shm")
+
+
 def files_under(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    """The files below ``root``, SQLite's transient side files left out."""
+    return sorted(
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file() and not p.name.endswith(_SQLITE_SIDE_FILES)
+    )
 
 
 # -- the registry on SQLite and, when configured, PostgreSQL -----------------------
