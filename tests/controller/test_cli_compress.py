@@ -12,6 +12,7 @@ import pytest
 
 from edgefleet.controller import load_settings
 from edgefleet.controller._compression import load_torch_model
+from edgefleet.shared import SmokeTest
 from edgefleet.shared.errors import ConfigError
 
 from .compress.digits_cnn import digits_images, train_cnn, write_eval_npz
@@ -82,6 +83,20 @@ def test_compress_records_the_chosen_variant_and_writes_the_report(
 
     metrics = json.loads(metrics_text)
     assert metrics["recipe"]["steps"] and metrics["metric"] == "top1"
+
+    # the int8 file's smoke test is its own: the version's sample, the outputs this file
+    # gives on it, and a tolerance that leaves room for another CPU's int8 kernels
+    with sqlite3.connect(registered / "registry.db") as conn:
+        smoke_rows = dict(conn.execute("SELECT name, smoke_test FROM variant").fetchall())
+    assert json.loads(smoke_rows["fp32"]) is None  # the original keeps the version's
+    version_smoke = json.loads(cli.ok("model", "show", "digits:1.0.0", "--json").stdout)[
+        "smoke_test"
+    ]
+    own = SmokeTest.model_validate_json(smoke_rows["x86-edge"])
+    assert own.inputs == SmokeTest.model_validate(version_smoke).inputs
+    got = session.run(None, {n: t.to_numpy() for n, t in own.inputs.items()})
+    assert np.array_equal(got[0], own.outputs["output"].to_numpy())
+    assert own.atol > version_smoke["atol"] and own.rtol == version_smoke["rtol"]
     assert metrics["drop"] <= 0.005 and metrics["size_bytes"] == stored.stat().st_size
 
     report = json.loads(report_file.read_text())
@@ -102,6 +117,19 @@ def test_compress_records_the_chosen_variant_and_writes_the_report(
     rows = _variants(registered)
     assert [(r[0], r[1]) for r in rows] == [("fp32", None), ("x86-edge", "x86-edge")]
     assert rows[1][2] == again["variant"]["sha256"]
+
+
+def test_a_float_files_smoke_test_keeps_the_versions_tolerance(
+    cnn: tuple[object, Path, Path],
+) -> None:
+    """Float kernels agree with ONNX Runtime's unoptimised run, so no room is added."""
+    from edgefleet.controller._onnx import inspect_model, variant_smoke_test
+
+    reference = inspect_model(cnn[1]).smoke_test
+    own = variant_smoke_test(cnn[1], reference)
+    assert reference.atol <= own.atol < 1.5 * reference.atol
+    for name, expected in reference.outputs.items():
+        assert np.allclose(own.outputs[name].to_numpy(), expected.to_numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_deploy_sends_each_device_the_variant_for_its_profile(

@@ -1,6 +1,7 @@
 """`edgefleet compress --measure-on DEVICE` end to end: a private Mosquitto, `edgefleet serve`
 and a real agent as subprocesses. The device's own benchmark figures decide the variant; an
-unknown, offline or unreachable device is refused before anything is stored or recorded."""
+unknown, offline or unreachable device is refused before anything is stored or recorded; and
+a quantised variant that `compress` chose is deployed, passes the device's smoke test, serves."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
 from tests.support.broker import free_port
+from tests.support.fleet import infer_digits
 from tests.support.models import digits, write_digits_model
 
 from .conftest import files_under, sqlite_snapshot
@@ -185,3 +188,37 @@ def test_without_the_artifact_server_the_device_says_why(lab: Lab) -> None:
     lab.start_agent("box-1")  # no `edgefleet serve`: box-1 cannot fetch the candidates
     wait_until(lambda: "connected to broker" in lab.agents["box-1"]["proc"].text(), 20, "no agent")
     _refused(lab, "box-1", 1, "device box-1 could not measure the fp32 reference: download")
+
+
+# int8 static only, the smallest wins: whatever is chosen is a quantised file, whose outputs
+# are not the fp32 model's to the smoke test's default tolerance
+SHRINK_PROFILE = LAB_PROFILE.replace('name = "lab"', 'name = "shrink"').replace(
+    'passes = ["graph_opt", "int8_dynamic"]', 'passes = ["int8_static"]\nobjective = "size"'
+)
+
+
+def test_a_quantised_variant_passes_the_devices_smoke_test_and_serves(lab: Lab) -> None:
+    lab.setup_lab({})
+    (lab.home / "profiles" / "shrink.toml").write_text(SHRINK_PROFILE)
+    lab.add_device("box-1", "shrink")
+    result = lab.run(
+        "compress", "digits:1.0.0", "-p", "shrink", "--data", str(lab.eval_npz), *RUNS, "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["chosen"]["recipe"]["steps"][-1]["pass"] == "int8_static"
+
+    lab.start_daemon()
+    lab.start_agent("box-1")
+    lab.wait_online("box-1")
+    rows = json.loads(
+        lab.ok("deploy", "digits:1.0.0", "--device", "box-1", "--wait", "--timeout", "60", "--json")
+    )
+    assert [r["state"] for r in rows] == ["committed"], rows
+    meta = httpx.get(f"{lab.url('box-1')}/v1/model").json()
+    assert (meta["name"], meta["version"], meta["variant"]) == ("digits", "1.0.0", "shrink")
+
+    # the device classifies the held-out digits with the quantised model
+    x, y = digits()
+    probs = np.asarray(infer_digits(lab.url("box-1"), x[1500:1600])["outputs"]["probs"])
+    assert (probs.argmax(axis=1) == y[1500:1600]).mean() > 0.8

@@ -24,6 +24,7 @@ from ._catalog import ORIGINAL_VARIANT, find_version, parse_model_ref
 from ._devices import _record_profile
 from ._home import Home
 from ._models import Artifact, Variant, VariantPublic, utcnow
+from ._onnx import variant_smoke_test
 from ._profiles import DeviceProfile
 from ._store import StoredArtifact
 from ._text import first_line
@@ -155,6 +156,7 @@ def _record_variant(
     stored: StoredArtifact,
 ) -> VariantPublic:
     metrics = _variant_metrics(report)
+    smoke = variant_smoke_test(home.store.path_of(stored.sha256), _smoke_test(home, name, version))
     with home.session(write=True) as session:
         row = find_version(session, name, version)
         _record_profile(session, profile)
@@ -174,6 +176,7 @@ def _record_variant(
         )
         variant.artifact_sha256 = stored.sha256
         variant.metrics = metrics
+        variant.smoke_test = smoke.model_dump(mode="json")
         variant.created_at = utcnow()
         session.add(variant)
         session.flush()

@@ -87,7 +87,7 @@ def build_manifest(
             url=ArtifactStore.relative_path(artifact.sha256),
         ),
         io=IOSignature.model_validate(version.io),
-        smoke_test=SmokeTest.model_validate(version.smoke_test),
+        smoke_test=SmokeTest.model_validate(variant.smoke_test or version.smoke_test),
         runtime=runtime,
     )
 

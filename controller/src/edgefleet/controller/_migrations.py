@@ -186,6 +186,11 @@ def _v3(conn: sa.Connection) -> None:
     _add_column(conn, "deployment", sa.Column("payload", sa.LargeBinary, nullable=True))
 
 
+def _v4(conn: sa.Connection) -> None:
+    """A variant's own smoke test (a compressed file does not give the fp32 outputs)."""
+    _add_column(conn, "variant", sa.Column("smoke_test", sa.JSON, nullable=True))
+
+
 def _add_column(conn: sa.Connection, table: str, column: sa.Column) -> None:
     ddl = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
     conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {ddl}"))
@@ -195,6 +200,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "profiles, devices, models, versions, artifacts, variants", _v1),
     Migration(2, "deployments, events, telemetry, device status", _v2),
     Migration(3, "the command sent for each deployment row, kept for resending", _v3),
+    Migration(4, "a smoke test of its own for each compressed variant", _v4),
 )
 LATEST = MIGRATIONS[-1].version
 

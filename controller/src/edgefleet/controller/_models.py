@@ -127,6 +127,8 @@ class Variant(SQLModel, table=True):
     artifact_sha256: str = Field(foreign_key="artifact.sha256")
     profile: str | None = Field(default=None, foreign_key="profile.name")
     metrics: dict[str, Any] = _json()
+    # since schema 4: a compressed file's own smoke test; None: the version's (the original)
+    smoke_test: dict[str, Any] | None = _json(nullable=True)
     created_at: datetime = _when(default_factory=utcnow)
 
 

@@ -69,6 +69,44 @@ def inspect_model(path: Path, sample: Path | None = None) -> InspectedModel:
     return InspectedModel(io=io, smoke_test=smoke)
 
 
+def variant_smoke_test(path: Path, reference: SmokeTest) -> SmokeTest:
+    """The smoke test for a compressed file of a version: the version's sample inputs, the
+    outputs this file gives on them, and room for another CPU's kernels. A quantised file's
+    outputs depend on the kernels that run it (here the fused int8 ones and ONNX Runtime's
+    unoptimised QDQ arithmetic can disagree by a quantisation step or more), so ``atol``
+    grows by twice the largest disagreement between those two ways of running it; for a
+    float file they agree to rounding and the tolerance barely moves."""
+    import onnxruntime as ort
+
+    inputs = {name: t.to_numpy() for name, t in reference.inputs.items()}
+    session = _session(path)
+    names = [o.name for o in session.get_outputs()]
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        unoptimised = ort.InferenceSession(str(path), plain, providers=["CPUExecutionProvider"])
+        outputs = [np.asarray(a) for a in session.run(None, inputs)]
+        reference_math = [np.asarray(a) for a in unoptimised.run(None, inputs)]
+    except Exception as exc:  # onnxruntime's own exception classes; translated here
+        raise ModelLoadError(
+            f"{path.name} fails on the smoke-test sample: {first_line(exc)}"
+        ) from exc
+    spread = max(
+        (
+            float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)), initial=0.0))
+            for a, b in zip(outputs, reference_math, strict=True)
+            if a.dtype.kind == "f"
+        ),
+        default=0.0,
+    )
+    return SmokeTest(
+        inputs=reference.inputs,
+        outputs={n: TensorData.from_numpy(a) for n, a in zip(names, outputs, strict=True)},
+        rtol=reference.rtol,
+        atol=reference.atol + 2 * spread,
+    )
+
+
 def read_signature(path: Path) -> IOSignature:
     """The inputs and outputs of the model in ``path``, as ONNX Runtime reads them."""
     return _signature(_session(path))
