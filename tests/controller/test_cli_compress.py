@@ -84,8 +84,8 @@ def test_compress_records_the_chosen_variant_and_writes_the_report(
     metrics = json.loads(metrics_text)
     assert metrics["recipe"]["steps"] and metrics["metric"] == "top1"
 
-    # the int8 file's smoke test is its own: the version's sample, the outputs this file
-    # gives on it, and a tolerance that leaves room for another CPU's int8 kernels
+    # the variant's smoke test is its own: the version's sample, the outputs this file gives
+    # on it, and a tolerance at least the version's (wider for int8: see the e2e test)
     with sqlite3.connect(registered / "registry.db") as conn:
         smoke_rows = dict(conn.execute("SELECT name, smoke_test FROM variant").fetchall())
     assert json.loads(smoke_rows["fp32"]) is None  # the original keeps the version's
@@ -96,7 +96,7 @@ def test_compress_records_the_chosen_variant_and_writes_the_report(
     assert own.inputs == SmokeTest.model_validate(version_smoke).inputs
     got = session.run(None, {n: t.to_numpy() for n, t in own.inputs.items()})
     assert np.array_equal(got[0], own.outputs["output"].to_numpy())
-    assert own.atol > version_smoke["atol"] and own.rtol == version_smoke["rtol"]
+    assert own.atol >= version_smoke["atol"] and own.rtol == version_smoke["rtol"]
     assert metrics["drop"] <= 0.005 and metrics["size_bytes"] == stored.stat().st_size
 
     report = json.loads(report_file.read_text())
@@ -122,7 +122,8 @@ def test_compress_records_the_chosen_variant_and_writes_the_report(
 def test_a_float_files_smoke_test_keeps_the_versions_tolerance(
     cnn: tuple[object, Path, Path],
 ) -> None:
-    """Float kernels agree with ONNX Runtime's unoptimised run, so no room is added."""
+    """Float kernels agree with ONNX Runtime's unoptimised run to rounding: next to no room
+    is added."""
     from edgefleet.controller._onnx import inspect_model, variant_smoke_test
 
     reference = inspect_model(cnn[1]).smoke_test

@@ -207,6 +207,9 @@ def test_a_quantised_variant_passes_the_devices_smoke_test_and_serves(lab: Lab) 
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["chosen"]["recipe"]["steps"][-1]["pass"] == "int8_static"
+    with sqlite3.connect(lab.home / "registry.db") as conn:
+        (smoke,) = conn.execute("SELECT smoke_test FROM variant WHERE name = 'shrink'").fetchone()
+    assert json.loads(smoke)["atol"] > 1e-4  # room for another CPU's int8 kernels
 
     lab.start_daemon()
     lab.start_agent("box-1")
