@@ -13,12 +13,12 @@ $(PY):
 
 setup: $(VENV)/.setup-done
 
-$(VENV)/.setup-done: $(PY) shared/pyproject.toml agent/pyproject.toml controller/pyproject.toml requirements-dev.txt
+$(VENV)/.setup-done: $(PY) shared/pyproject.toml agent/pyproject.toml controller/pyproject.toml harness/pyproject.toml requirements-dev.txt
 	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; \
 	  elif command -v sudo >/dev/null 2>&1; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; \
 	  else echo "mosquitto is missing and I cannot install it: apt-get install mosquitto"; exit 1; fi; }
-	$(PIP) install --quiet -e shared -e agent -e "controller[compress]" -r requirements-dev.txt
+	$(PIP) install --quiet -e shared -e agent -e "controller[compress]" -e harness -r requirements-dev.txt
 	touch $@
 
 demo: setup
@@ -28,9 +28,9 @@ test: setup
 	$(PY) -m pytest
 
 lint: setup
-	$(VENV)/bin/ruff check shared agent controller tests bench
-	$(VENV)/bin/ruff format --check shared agent controller tests bench
-	$(VENV)/bin/mypy shared/src agent/src controller/src
+	$(VENV)/bin/ruff check shared agent controller harness tests bench
+	$(VENV)/bin/ruff format --check shared agent controller harness tests bench
+	$(VENV)/bin/mypy shared/src agent/src controller/src harness/src
 
 bench: setup
 	$(PY) bench/agent_footprint.py

@@ -10,7 +10,7 @@ import argparse
 import statistics
 import time
 
-from _fleet import LocalFleet, rss_bytes, write_digits_model
+from edgefleet.harness import LocalFleet, rss_bytes, write_digits_model
 
 
 def main() -> None:

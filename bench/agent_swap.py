@@ -13,7 +13,7 @@ import time
 
 import httpx
 
-from _fleet import LocalFleet, digits, write_digits_model
+from edgefleet.harness import LocalFleet, digits, write_digits_model
 
 
 def pct(values: list[float], q: float) -> float:

@@ -11,32 +11,23 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tests.controller.compress.digits_cnn import (  # noqa: E402
-    digits_images,
-    train_cnn,
-    write_eval_npz,
-)
-
-from edgefleet.controller._profiles import (  # noqa: E402
+from edgefleet.controller._profiles import (
     DeviceProfile,
     builtin_profiles_dir,
     load_profiles,
 )
-from edgefleet.controller.compress import (  # noqa: E402
+
+from edgefleet.controller.compress import (
     CompressionReport,
     NoCandidateFits,
     compress,
     export_onnx,
 )
+from edgefleet.harness import digits_images, train_cnn, write_eval_npz
 
 
 def table(report: CompressionReport) -> str:

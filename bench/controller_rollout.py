@@ -25,8 +25,8 @@ from datetime import UTC, datetime, timedelta
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from _fleet import ControllerFleet, Observer, wait_until, write_digits_model
 from edgefleet import shared
+from edgefleet.harness import ControllerFleet, Observer, wait_until, write_digits_model
 from edgefleet.shared import ModelRef
 from edgefleet.shared._histogram import N_BUCKETS
 from edgefleet.shared._messages import ModelStats, SystemStats, TelemetryMessage

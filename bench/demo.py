@@ -19,10 +19,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from _fleet import REPO, ControllerFleet, wait_until
-
-sys.path.insert(0, str(REPO / "tests" / "controller" / "compress"))
-from digits_cnn import TRAIN_ROWS, digits_images, train_cnn
+from edgefleet.harness import (
+    TRAIN_ROWS,
+    ControllerFleet,
+    digits_images,
+    train_cnn,
+    wait_until,
+)
 
 DEVICES = {"kitchen-pi": "rpi4", "garage-pi": "rpi5", "edge-box": "x86-edge"}
 VERSIONS = {  # v2 is wider and trained longer

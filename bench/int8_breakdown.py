@@ -12,24 +12,18 @@ import argparse
 import collections
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tests.controller.compress.digits_cnn import TRAIN_ROWS, digits_images, train_cnn  # noqa: E402
-
-from edgefleet.controller.compress import (  # noqa: E402
+from edgefleet.controller.compress import (
     EvalData,
     export_onnx,
     quantize_int8_static,
     time_side_by_side,
 )
+from edgefleet.harness import TRAIN_ROWS, digits_images, train_cnn
 
 INPUT = "input"
 

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.artifacts import ArtifactServer
-from tests.support.broker import Broker
-from tests.support.fleet import Observer, Operator
+from edgefleet.harness import ArtifactServer, Broker, Observer, Operator
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from edgefleet.agent._download import download
+from edgefleet.harness import ArtifactServer
 from edgefleet.shared.errors import ArtifactError, DownloadError, SizeExceeded
-from tests.support.artifacts import ArtifactServer
 
 DATA = bytes(range(256)) * 1024  # 256 KiB, every offset distinguishable
 URL = "https://artifacts.example/models/digits.onnx"

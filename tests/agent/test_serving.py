@@ -18,8 +18,8 @@ from onnx import TensorProto, helper
 from edgefleet.agent._runtime import LoadedModel, load_model
 from edgefleet.agent._serving import InferenceServer, ModelSlot
 from edgefleet.agent._telemetry import RequestStats
+from edgefleet.harness import digits, write_digits_model
 from edgefleet.shared import ModelRef, RuntimeSettings
-from tests.support.models import digits, write_digits_model
 
 
 def load(path: Path, deployment_id: str, version: str = "1") -> LoadedModel:

@@ -16,8 +16,8 @@ from edgefleet.agent._telemetry import (
     _temperature,
     system_stats,
 )
+from edgefleet.harness import write_digits_model
 from edgefleet.shared import N_BUCKETS, ModelRef, RuntimeSettings
-from tests.support.models import write_digits_model
 
 
 @pytest.fixture(scope="module")

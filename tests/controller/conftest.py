@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from edgefleet.controller._cli import app
+from edgefleet.controller._db import create_engine
 from typer.testing import CliRunner, Result
 
 from edgefleet.controller import Home, init_home, load_settings, open_home
-from edgefleet.controller._cli import app
-from edgefleet.controller._db import create_engine
-from tests.support.models import digits, write_digits_model
+from edgefleet.harness import digits, write_digits_model
 
 POSTGRES_ENV = "EDGEFLEET_TEST_POSTGRES_URL"
 

@@ -17,7 +17,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet import shared
-from tests.support.broker import Broker, free_port
+from edgefleet.harness import Broker, free_port
 
 from .conftest import Cli
 

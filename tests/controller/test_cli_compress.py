@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from edgefleet.controller._compression import load_torch_model
 
 from edgefleet.controller import load_settings
-from edgefleet.controller._compression import load_torch_model
+from edgefleet.harness import digits_images, train_cnn, write_eval_npz
 from edgefleet.shared import SmokeTest
 from edgefleet.shared.errors import ConfigError
 
-from .compress.digits_cnn import digits_images, train_cnn, write_eval_npz
 from .conftest import Cli, files_under, sqlite_snapshot
 
 RUNS = ("--latency-runs", "5")
@@ -265,7 +265,7 @@ def test_torch_sources_load(cnn: tuple[object, Path, Path], tmp_path: Path) -> N
     module = cnn[0]
     state = tmp_path / "state.pt"
     torch.save(module.state_dict(), state)  # type: ignore[attr-defined]
-    loaded = load_torch_model("tests.controller.compress.digits_cnn:build_cnn", state)
+    loaded = load_torch_model("edgefleet.harness:build_cnn", state)
     x = torch.from_numpy(digits_images()[0][:4])
     assert torch.allclose(loaded(x), module(x))  # type: ignore[operator]
 
@@ -276,9 +276,9 @@ def test_torch_sources_load(cnn: tuple[object, Path, Path], tmp_path: Path) -> N
     (tmp_path / "junk.pt").write_text("junk")
     for source, state_file in (
         (str(tmp_path / "junk.pt"), None),
-        ("tests.controller.compress.digits_cnn:digits_images", None),
-        ("tests.controller.compress.digits_cnn:build_cnn", tmp_path / "missing.pt"),
-        ("tests.controller.compress.digits_cnn:build_cnn", tmp_path / "junk.pt"),
+        ("edgefleet.harness:digits_images", None),
+        ("edgefleet.harness:build_cnn", tmp_path / "missing.pt"),
+        ("edgefleet.harness:build_cnn", tmp_path / "junk.pt"),
         ("just-a-name", None),
     ):
         with pytest.raises(ConfigError):

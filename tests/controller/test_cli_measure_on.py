@@ -15,9 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.support.broker import free_port
-from tests.support.fleet import infer_digits
-from tests.support.models import digits, write_digits_model
+from edgefleet.harness import digits, free_port, infer_digits, write_digits_model
 
 from .conftest import files_under, sqlite_snapshot
 from .test_e2e_serve import Fleet, wait_until

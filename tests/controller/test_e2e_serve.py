@@ -18,14 +18,19 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from edgefleet.controller._dispatch import dispatch_pending
 
 from edgefleet.controller import load_settings, open_home
-from edgefleet.controller._dispatch import dispatch_pending
+from edgefleet.harness import (
+    ControllerFleet,
+    Proc,
+    digits,
+    infer_digits,
+    mosquitto_binary,
+    wait_until,
+    write_digits_model,
+)
 from edgefleet.shared.errors import BrokerError
-from tests.support.broker import mosquitto_binary
-from tests.support.controller import ControllerFleet, Proc, wait_until
-from tests.support.fleet import infer_digits
-from tests.support.models import digits, write_digits_model
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import edgefleet.controller as controller
-from tests.support.public_api import public_names, ruff_order
+from edgefleet.harness import public_names, ruff_order
 
 
 def test_all_is_sorted_and_unique() -> None:

@@ -8,9 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.artifacts import ArtifactServer
-from tests.support.broker import Broker
-from tests.support.fleet import AgentProcess, Observer, Operator
+from edgefleet.harness import AgentProcess, ArtifactServer, Broker, Observer, Operator
 
 
 @pytest.fixture

@@ -8,8 +8,7 @@ from collections import Counter
 import httpx
 import numpy as np
 
-from tests.support.fleet import infer_digits
-from tests.support.models import digits, write_digits_model
+from edgefleet.harness import digits, infer_digits, write_digits_model
 
 
 def test_deploy_serves_and_swap_drops_no_request(tmp_path, make_agent, operator, observer):

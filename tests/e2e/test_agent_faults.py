@@ -6,7 +6,7 @@ import time
 
 import httpx
 
-from tests.support.models import write_digits_model
+from edgefleet.harness import write_digits_model
 
 
 def _wait(predicate, timeout: float = 30.0, what: str = "condition"):

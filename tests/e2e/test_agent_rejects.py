@@ -11,9 +11,8 @@ import onnx
 import pytest
 
 from edgefleet import shared
+from edgefleet.harness import digits, digits_model, infer_digits, smoke_sample, write_digits_model
 from edgefleet.shared import ArtifactRef, IOSignature, TensorSpec
-from tests.support.fleet import infer_digits, smoke_sample
-from tests.support.models import digits, digits_model, write_digits_model
 
 
 def _other_key_same_id(operator, manifest):

@@ -8,8 +8,8 @@ from types import ModuleType
 import pytest
 
 import edgefleet.shared
+from edgefleet.harness import public_names, ruff_order
 from edgefleet.shared import errors
-from tests.support.public_api import public_names, ruff_order
 
 
 @pytest.mark.parametrize("module", [edgefleet.shared, errors], ids=lambda m: m.__name__)

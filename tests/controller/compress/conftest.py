@@ -8,16 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from edgefleet.controller._profiles import DeviceProfile
+
 from edgefleet.controller.compress import (
     EvalData,
     export_onnx,
     load_eval_data,
     split_eval_data,
 )
-
-from .digits_cnn import digits_images, train_cnn, write_eval_npz
+from edgefleet.harness import digits_images, train_cnn, write_eval_npz
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from edgefleet.controller.compress import Candidate, compress
+from edgefleet.harness import digits, write_digits_model
 from edgefleet.shared.errors import ModelError
-from tests.support.models import digits, write_digits_model
 
 from .conftest import make_profile
 

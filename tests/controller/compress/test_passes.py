@@ -23,10 +23,10 @@ from edgefleet.controller.compress import (
 )
 from edgefleet.controller.compress._measure import open_session, run_outputs
 from edgefleet.controller.compress._torch_passes import count_parameters
+from edgefleet.harness import build_cnn
 from edgefleet.shared.errors import ConfigError
 
 from .conftest import Digits
-from .digits_cnn import build_cnn
 
 
 def _top1(path: Path, digits: Digits) -> float:

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import edgefleet.controller.compress as compress_pkg
-from tests.support.public_api import public_names, ruff_order
+from edgefleet.harness import public_names, ruff_order
 
 
 def test_all_is_sorted_unique_and_complete() -> None:

@@ -1,39 +1,22 @@
-"""A small fleet on this machine for benchmarks and the demo: broker, artifact server,
+"""A small fleet on this machine for the agent benchmarks: broker, artifact server,
 operator, observer and agent subprocesses (the same parts the tests use)."""
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tests.support.artifacts import ArtifactServer  # noqa: E402
-from tests.support.broker import Broker, free_port, wait_port  # noqa: E402
-from tests.support.controller import ControllerFleet, wait_until  # noqa: E402
-from tests.support.fleet import AgentProcess, Observer, Operator  # noqa: E402
-from tests.support.models import digits, write_digits_model  # noqa: E402
-
-__all__ = [
-    "REPO",
-    "Broker",
-    "ControllerFleet",
-    "LocalFleet",
-    "Observer",
-    "digits",
-    "free_port",
-    "rss_bytes",
-    "wait_port",
-    "wait_until",
-    "write_digits_model",
-]
+from ._artifacts import ArtifactServer
+from ._broker import Broker
+from ._fleet import AgentProcess, Observer, Operator
 
 
 class LocalFleet:
+    """A broker, an artifact server, an operator and an observer in ``workdir`` (or a
+    temporary folder removed on ``close``), and the agents started in it."""
+
     def __init__(self, workdir: Path | None = None) -> None:
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="edgefleet-")
         self.workdir = workdir or Path(self._tmp.name)  # type: ignore[union-attr]
@@ -44,7 +27,7 @@ class LocalFleet:
         self.observer = Observer(self.broker.url)
         self.agents: list[AgentProcess] = []
 
-    def agent(self, device_id: str, **settings: object) -> AgentProcess:
+    def agent(self, device_id: str, **settings: Any) -> AgentProcess:
         agent = AgentProcess(
             self.workdir / device_id,
             device_id,
@@ -80,6 +63,7 @@ class LocalFleet:
 
 
 def rss_bytes(pid: int) -> int:
+    """A process's resident memory, from /proc (0 when the kernel does not say)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024

@@ -40,10 +40,8 @@ from edgefleet.shared import (
     TensorSpec,
 )
 
-from .broker import free_port, wait_port
-from .models import digits
-
-REPO = Path(__file__).resolve().parents[2]
+from ._broker import free_port, wait_port
+from ._models import digits
 
 
 def smoke_sample(model_path: Path, n: int = 4) -> SmokeTest:
@@ -71,7 +69,7 @@ class Operator:
         self.key_id = shared.key_id(self.key.public_key())
         self.sequences: dict[str, int] = {}
         self.artifact_root = artifact_root
-        self.client = mqtt_client(broker_url, f"operator-{uuid.uuid4().hex[:6]}")
+        self.client = _mqtt_client(broker_url, f"operator-{uuid.uuid4().hex[:6]}")
 
     def next_sequence(self, device_id: str) -> int:
         self.sequences[device_id] = self.sequences.get(device_id, 0) + 1
@@ -168,10 +166,10 @@ class Operator:
         self.client.disconnect()
 
 
-def mqtt_client(broker_url: str, client_id: str) -> mqtt.Client:
+def _mqtt_client(broker_url: str, client_id: str) -> mqtt.Client:
     port = int(broker_url.rsplit(":", 1)[1])
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    client.reconnect_delay_set(0.1, 1)
+    client.reconnect_delay_set(0.1, 1)  # type: ignore[arg-type]  # paho sleeps a float fine
     client.connect("127.0.0.1", port, clean_start=True)
     client.loop_start()
     return client
@@ -189,7 +187,7 @@ class Observer:
             client_id=f"observer-{uuid.uuid4().hex[:6]}",
             protocol=mqtt.MQTTv5,
         )
-        self.client.reconnect_delay_set(0.1, 1)
+        self.client.reconnect_delay_set(0.1, 1)  # type: ignore[arg-type]
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         # a persistent session, so nothing is missed while the broker restarts
@@ -223,7 +221,7 @@ class Observer:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
-            decoded = shared.decode(msg.payload)
+            decoded = shared.decode(bytes(msg.payload))
         except shared.errors.MessageError:
             return
         with self.lock:

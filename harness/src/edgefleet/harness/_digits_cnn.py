@@ -1,5 +1,6 @@
 """A small CNN trained on scikit-learn's bundled digits (8x8, one channel), for the
-compression tests and benchmark. Trained in seconds with a fixed seed."""
+compression tests, benchmarks and the demo. Trained in seconds with a fixed seed; torch
+is imported only when a CNN is built (it comes with `edgefleet-controller[compress]`)."""
 
 from __future__ import annotations
 
@@ -59,8 +60,8 @@ def train_cnn(seed: int = 0, epochs: int = 8, width: int = 32, hidden: int = 128
 
 def write_eval_npz(path: Path, with_labels: bool = True) -> Path:
     x, y = digits_images()
-    arrays = {"inputs": x[TRAIN_ROWS:]}
     if with_labels:
-        arrays["labels"] = y[TRAIN_ROWS:]
-    np.savez(path, **arrays)
+        np.savez(path, inputs=x[TRAIN_ROWS:], labels=y[TRAIN_ROWS:])
+    else:
+        np.savez(path, inputs=x[TRAIN_ROWS:])
     return path

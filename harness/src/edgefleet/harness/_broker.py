@@ -1,4 +1,5 @@
-"""A private Mosquitto for tests: free port, generated config, kill and restart."""
+"""A private Mosquitto for tests, benchmarks and the demo: free port, generated config,
+kill and restart."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from ._waiting import wait_until
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -18,14 +21,14 @@ def free_port() -> int:
 
 
 def wait_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         try:
             with socket.create_connection((host, port), timeout=0.2):
-                return
+                return True
         except OSError:
-            time.sleep(0.02)
-    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+            return False
+
+    wait_until(listening, timeout, f"nothing listens on {host}:{port}", every=0.02)
 
 
 def mosquitto_binary() -> str:

@@ -12,12 +12,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.support.broker import Broker, free_port, wait_port
+from ._broker import Broker, free_port, wait_port
+from ._waiting import wait_until
 
 
 class Proc:
@@ -45,18 +44,6 @@ class Proc:
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
-    """``check()``'s first truthy answer, polled every ``every`` seconds; TimeoutError after
-    ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(every)
-    raise TimeoutError(f"{what} after {timeout}s")
 
 
 class ControllerFleet:

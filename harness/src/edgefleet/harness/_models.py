@@ -72,11 +72,11 @@ def digits_model(seed: int = 0, hidden: int = 32, pad_bytes: int = 0) -> onnx.Mo
     return model
 
 
-def save(model: onnx.ModelProto, path: Path) -> Path:
+def _save(model: onnx.ModelProto, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(model.SerializeToString())
     return path
 
 
 def write_digits_model(path: Path, seed: int = 0, **kw: int) -> Path:
-    return save(digits_model(seed, **kw), path)
+    return _save(digits_model(seed, **kw), path)

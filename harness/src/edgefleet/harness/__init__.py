@@ -1,0 +1,54 @@
+"""The development harness: a real fleet on this machine for tests, benchmarks and the
+demo. A private Mosquitto, an artifact server, the operator's side played in-process
+(signing, publishing, watching), agents and `edgefleet serve` as subprocesses, small
+digits models (an ONNX MLP, a torch CNN) and one way to wait on evidence.
+
+Installed by `make setup` (`pip install -e harness`); nothing shipped imports it.
+"""
+
+from ._artifacts import ArtifactServer, ServerFaults
+from ._broker import Broker, free_port, mosquitto_binary, wait_port
+from ._controller import ControllerFleet, Proc
+from ._digits_cnn import TRAIN_ROWS, build_cnn, digits_images, train_cnn, write_eval_npz
+from ._fleet import (
+    DIGITS_IO,
+    AgentProcess,
+    Observer,
+    Operator,
+    infer_digits,
+    smoke_sample,
+)
+from ._local_fleet import LocalFleet, rss_bytes
+from ._models import digits, digits_model, write_digits_model
+from ._public_api import public_names, ruff_order
+from ._waiting import wait_until
+
+__all__ = [
+    "DIGITS_IO",
+    "TRAIN_ROWS",
+    "AgentProcess",
+    "ArtifactServer",
+    "Broker",
+    "ControllerFleet",
+    "LocalFleet",
+    "Observer",
+    "Operator",
+    "Proc",
+    "ServerFaults",
+    "build_cnn",
+    "digits",
+    "digits_images",
+    "digits_model",
+    "free_port",
+    "infer_digits",
+    "mosquitto_binary",
+    "public_names",
+    "rss_bytes",
+    "ruff_order",
+    "smoke_sample",
+    "train_cnn",
+    "wait_port",
+    "wait_until",
+    "write_digits_model",
+    "write_eval_npz",
+]
