@@ -16,6 +16,7 @@ from edgefleet.shared import (
     SCHEMA_VERSION,
     BenchmarkCommand,
     DeployCommand,
+    DeviceState,
     EventMessage,
     LatencyHistogram,
     ModelRef,
@@ -56,7 +57,7 @@ def _messages(key: Ed25519PrivateKey) -> list[Any]:
             online=True,
             agent_version="0.1.0",
             profile="rpi4",
-            state="serving",
+            state=DeviceState.COMMITTED,
             deployment_id="dep-2",
             active=serving,
             previous=serving.model_copy(update={"deployment_id": "dep-0"}),
@@ -67,7 +68,7 @@ def _messages(key: Ed25519PrivateKey) -> list[Any]:
         EventMessage(
             device_id="rpi-1",
             deployment_id="dep-2",
-            state="failed",
+            state=DeviceState.FAILED,
             ok=False,
             error_code="checksum_mismatch",
             message="sha256 differs",
@@ -233,3 +234,38 @@ def test_decoded_messages_are_frozen() -> None:
     ping = decode(_bytes(PING))
     with pytest.raises(ValidationError):
         ping.nonce = "y"  # type: ignore[misc]
+
+
+def test_device_states_keep_their_wire_values() -> None:
+    """The controller and older agents match these strings: they never change."""
+    assert [s.value for s in DeviceState] == [
+        "idle",
+        "downloading",
+        "verifying",
+        "loading",
+        "testing",
+        "switching",
+        "committed",
+        "rolling_back",
+        "rolled_back",
+        "failed",
+        "rejected",
+        "benchmarking",
+        "benchmarked",
+        "benchmark_failed",
+    ]
+
+
+def test_event_state_is_a_device_state_on_the_wire() -> None:
+    event = EventMessage(device_id="rpi-1", deployment_id="d", state=DeviceState.ROLLED_BACK)
+    assert json.loads(encode(event))["state"] == "rolled_back"
+    decoded = decode(encode(event))
+    assert isinstance(decoded, EventMessage)
+    assert decoded.state is DeviceState.ROLLED_BACK
+
+
+def test_unknown_event_state_is_refused() -> None:
+    raw = json.loads(encode(EventMessage(device_id="rpi-1", deployment_id="d", state="failed")))
+    raw["state"] = "dancing"
+    with pytest.raises(MessageError):
+        decode(json.dumps(raw).encode())

@@ -26,11 +26,16 @@ from edgefleet.shared import (
 )
 from edgefleet.shared.errors import (
     ArtifactError,
+    ArtifactMissing,
     ChecksumMismatch,
     DownloadError,
     EdgefleetError,
+    InternalError,
     MessageError,
     ModelError,
+    NoCandidate,
+    NothingToRollBack,
+    SmokeTestFailed,
 )
 
 from ._config import AgentConfig
@@ -178,7 +183,7 @@ class Agent:
                 self._handle(message)
             except Exception as exc:  # a bug in one command must not stop the agent
                 log.exception("command handling failed")
-                self._report_rejection("", "internal_error", f"{type(exc).__name__}: {exc}")
+                self._report_rejection("", InternalError.code, f"{type(exc).__name__}: {exc}")
             finally:
                 message.ack()
 
@@ -193,7 +198,9 @@ class Agent:
         elif isinstance(command, DeployCommand | RollbackCommand | BenchmarkCommand):
             self._handle_signed(command.signed, message.ack)
         else:
-            self._report_rejection("", "bad_message", f"agents take no {command.kind!r} messages")
+            self._report_rejection(
+                "", MessageError.code, f"agents take no {command.kind!r} messages"
+            )
 
     def _handle_signed(self, blob: SignedBlob, ack: Callable[[], None]) -> None:
         try:
@@ -302,7 +309,7 @@ class Agent:
         try:
             size = source.stat().st_size
         except OSError:
-            return record.fail("artifact_missing", "the downloaded file is gone")
+            return record.fail(ArtifactMissing.code, "the downloaded file is gone")
         digest = shared.sha256_file(source)
         if size != artifact.size or digest != artifact.sha256:
             source.unlink(missing_ok=True)
@@ -330,7 +337,7 @@ class Agent:
     def _test_candidate(self, record: DeploymentRecord, doc: Manifest) -> Outcome:
         candidate = self._candidate
         if candidate is None:  # only reachable if a resume skipped LOADING; treat as failed
-            return record.fail("no_candidate", "no candidate model in memory to test")
+            return record.fail(NoCandidate.code, "no candidate model in memory to test")
         start = time.monotonic()
         try:
             smoke_test(candidate, doc.smoke_test)
@@ -341,7 +348,7 @@ class Agent:
         except ModelError as exc:
             return record.fail(exc.code, str(exc))
         except Exception as exc:  # ORT errors during the benchmark are the model's fault
-            return record.fail("smoke_test_failed", f"{type(exc).__name__}: {exc}")
+            return record.fail(SmokeTestFailed.code, f"{type(exc).__name__}: {exc}")
         record.timings_ms["test"] = _ms_since(start)
         return Outcome.SUCCESS
 
@@ -369,7 +376,7 @@ class Agent:
     def _roll_back(self, record: DeploymentRecord) -> Outcome:
         target = self.state.previous
         if target is None:
-            return record.fail("nothing_to_roll_back", "there is no previous model on this device")
+            return record.fail(NothingToRollBack.code, "there is no previous model on this device")
         try:
             model = self._load(target.sha256, target)
         except EdgefleetError as exc:
@@ -386,7 +393,7 @@ class Agent:
         part = self.store.part_path(artifact.sha256)
         path = self.store.model_path(artifact.sha256)
         keep = path.exists()
-        self._emit(order.benchmark_id, "benchmarking")
+        self._emit(order.benchmark_id, State.BENCHMARKING)
         try:
             if not keep:
                 download(
@@ -410,14 +417,20 @@ class Agent:
             result = benchmark(model, order.sample, order.runs)
         except EdgefleetError as exc:
             self._emit(
-                order.benchmark_id, "benchmark_failed", ok=False, code=exc.code, message=str(exc)
+                order.benchmark_id,
+                State.BENCHMARK_FAILED,
+                ok=False,
+                code=exc.code,
+                message=str(exc),
             )
             return
         finally:
             if not keep:
                 part.unlink(missing_ok=True)
                 path.unlink(missing_ok=True)
-        self._emit(order.benchmark_id, "benchmarked", details={**result, "model": str(order.model)})
+        self._emit(
+            order.benchmark_id, State.BENCHMARKED, details={**result, "model": str(order.model)}
+        )
 
     def _prune(self) -> None:
         keep = {r.sha256 for r in (self.state.active, self.state.previous) if r}
@@ -429,7 +442,7 @@ class Agent:
         failed = record.state is State.FAILED
         self._emit(
             record.deployment_id,
-            record.state.value,
+            record.state,
             ok=not failed,
             code=record.error_code,
             message=record.error or "",
@@ -438,12 +451,12 @@ class Agent:
         )
 
     def _report_rejection(self, deployment_id: str, code: str, message: str) -> None:
-        self._emit(deployment_id, "rejected", ok=False, code=code, message=message)
+        self._emit(deployment_id, State.REJECTED, ok=False, code=code, message=message)
 
     def _emit(
         self,
         deployment_id: str,
-        state: str,
+        state: State,
         *,
         ok: bool = True,
         code: str | None = None,
@@ -480,7 +493,7 @@ class Agent:
                 online=online,
                 agent_version=AGENT_VERSION,
                 profile=self.config.profile,
-                state=current.state.value if current else State.IDLE.value,
+                state=current.state if current else State.IDLE,
                 deployment_id=current.deployment_id if current else None,
                 active=self.state.active.public() if self.state.active else None,
                 previous=self.state.previous.public() if self.state.previous else None,

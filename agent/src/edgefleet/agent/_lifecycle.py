@@ -13,20 +13,12 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
-from edgefleet.shared import SignedBlob
+from edgefleet.shared import DeviceState, SignedBlob
+from edgefleet.shared.errors import CrashedWhileLoading, LoopDetected
 
-
-class State(StrEnum):
-    IDLE = "idle"
-    DOWNLOADING = "downloading"
-    VERIFYING = "verifying"
-    LOADING = "loading"
-    TESTING = "testing"
-    SWITCHING = "switching"
-    COMMITTED = "committed"
-    ROLLING_BACK = "rolling_back"
-    ROLLED_BACK = "rolled_back"
-    FAILED = "failed"
+# The lifecycle's states are the device states both sides speak (``DeviceState``);
+# the agent calls them ``State`` for short.
+State = DeviceState
 
 
 class Outcome(StrEnum):
@@ -120,11 +112,11 @@ def drive(
         record.saves += 1
         if record.saves > MAX_SAVES:
             outcome = Outcome.LOOP_DETECTED
-            record.error_code = "loop_detected"
+            record.error_code = LoopDetected.code
             record.error = f"state saved {record.saves} times without finishing"
         elif record.resumed and record.state in UNSAFE_TO_RESUME:
             outcome = Outcome.CRASHED
-            record.error_code = "crashed_while_loading"
+            record.error_code = CrashedWhileLoading.code
             record.error = f"the agent stopped during {record.state}; the candidate is not retried"
         else:
             save(record)

@@ -48,6 +48,7 @@ from ._signing import (
     trusted_keyring,
     verify,
 )
+from ._states import DeviceState
 from ._topics import (
     DEFAULT_PREFIX,
     Channel,
@@ -77,6 +78,7 @@ __all__ = [
     "Channel",
     "Command",
     "DeployCommand",
+    "DeviceState",
     "EventMessage",
     "IOSignature",
     "LatencyHistogram",

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from ._histogram import N_BUCKETS
 from ._manifest import ModelRef, _first_error
 from ._signing import SignedBlob
+from ._states import DeviceState
 from .errors import MessageError
 
 SCHEMA_VERSION: Literal[1] = 1
@@ -80,7 +81,7 @@ class StatusMessage(_Message):
     online: bool
     agent_version: str = ""
     profile: str = ""
-    state: str = "idle"
+    state: DeviceState = DeviceState.IDLE
     deployment_id: str | None = None
     active: ServingModel | None = None
     previous: ServingModel | None = None
@@ -93,7 +94,7 @@ class EventMessage(_Message):
     kind: Literal["event"] = "event"
     device_id: str
     deployment_id: str
-    state: str
+    state: DeviceState
     ok: bool = True
     error_code: str | None = None
     message: str = ""

@@ -2,6 +2,7 @@
 
     EdgefleetError
     ├── ConfigError                  bad settings file, flag or environment value
+    ├── InternalError                a bug; the agent logs it and carries on
     ├── MessageError                 a payload that is not a valid protocol message
     │   ├── SignatureError           signature missing or not matching
     │   │   └── UnknownKeyError      signed with a key that is not pinned
@@ -12,14 +13,22 @@
     ├── ArtifactError                the model file
     │   ├── DownloadError            network trouble; worth a retry
     │   ├── SizeExceeded             more bytes than declared
-    │   └── ChecksumMismatch
+    │   ├── ChecksumMismatch
+    │   └── ArtifactMissing          the downloaded file vanished before it was checked
     ├── ModelError                   the model itself
     │   ├── ModelLoadError           ONNX Runtime refused it
     │   ├── ExternalDataError        it points at files outside itself
     │   ├── SignatureMismatch        inputs/outputs differ from the manifest
     │   ├── SmokeTestFailed          wrong answer on the reference sample
+    │   ├── CrashedWhileLoading      the agent died loading or testing it
     │   └── InvalidInput             a request that does not fit the model
+    ├── DeploymentError              the lifecycle cannot go on
+    │   ├── LoopDetected             a deployment that keeps coming back
+    │   ├── NoCandidate              nothing loaded to test
+    │   └── NothingToRollBack        no previous model on the device
     ├── BrokerError                  MQTT connection trouble
+    │   └── DeviceOffline            the device a command needs is not connected
+    ├── BenchmarkFailed              no latency figures from a device
     └── RegistryError                the controller's database
         ├── NotFound
         └── AlreadyExists
@@ -33,21 +42,28 @@ from __future__ import annotations
 __all__ = [
     "AlreadyExists",
     "ArtifactError",
+    "ArtifactMissing",
     "BenchmarkFailed",
     "BrokerError",
     "ChecksumMismatch",
     "ConfigError",
+    "CrashedWhileLoading",
+    "DeploymentError",
     "DeviceOffline",
     "DownloadError",
     "EdgefleetError",
     "ExternalDataError",
+    "InternalError",
     "InvalidInput",
+    "LoopDetected",
     "ManifestExpired",
     "ManifestRejected",
     "MessageError",
     "ModelError",
     "ModelLoadError",
+    "NoCandidate",
     "NotFound",
+    "NothingToRollBack",
     "RegistryError",
     "ReplayedSequence",
     "SignatureError",
@@ -74,6 +90,12 @@ class EdgefleetError(Exception):
 
 class ConfigError(EdgefleetError):
     code = "config"
+
+
+class InternalError(EdgefleetError):
+    """Something edgefleet did not expect: a bug, reported instead of crashing."""
+
+    code = "internal_error"
 
 
 class MessageError(EdgefleetError):
@@ -120,6 +142,10 @@ class ChecksumMismatch(ArtifactError):
     code = "checksum_mismatch"
 
 
+class ArtifactMissing(ArtifactError):
+    code = "artifact_missing"
+
+
 class ModelError(EdgefleetError):
     code = "model"
 
@@ -140,8 +166,33 @@ class SmokeTestFailed(ModelError):
     code = "smoke_test_failed"
 
 
+class CrashedWhileLoading(ModelError):
+    """The agent stopped while the candidate was loaded or tested; it is not tried again,
+    so a model that crashes the runtime cannot crash-loop the device."""
+
+    code = "crashed_while_loading"
+
+
 class InvalidInput(ModelError):
     code = "invalid_input"
+
+
+class DeploymentError(EdgefleetError):
+    code = "deployment"
+
+
+class LoopDetected(DeploymentError):
+    """A deployment saved its state too many times without finishing."""
+
+    code = "loop_detected"
+
+
+class NoCandidate(DeploymentError):
+    code = "no_candidate"
+
+
+class NothingToRollBack(DeploymentError):
+    code = "nothing_to_roll_back"
 
 
 class BrokerError(EdgefleetError):
