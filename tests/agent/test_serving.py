@@ -16,7 +16,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from edgefleet.agent._runtime import LoadedModel, load_model
-from edgefleet.agent._serving import InferenceServer, ModelSlot
+from edgefleet.agent._serving import InferenceServer
+from edgefleet.agent._slot import ModelSlot
 from edgefleet.agent._telemetry import RequestStats
 from edgefleet.harness import digits, write_digits_model
 from edgefleet.shared import ModelRef, RuntimeSettings

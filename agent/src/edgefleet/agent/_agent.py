@@ -43,7 +43,8 @@ from ._download import download
 from ._lifecycle import START, TERMINAL, DeploymentRecord, Outcome, State, drive
 from ._mqtt import BrokerSettings, Inbound, MqttLink, Outbound
 from ._runtime import LoadedModel, benchmark, check_signature, load_model, smoke_test
-from ._serving import InferenceServer, ModelSlot
+from ._serving import InferenceServer
+from ._slot import ModelSlot
 from ._store import AgentState, ServingRecord, StateStore
 from ._telemetry import RequestStats, system_stats
 

@@ -105,7 +105,7 @@ def load_model(
     try:
         session = ort.InferenceSession(data, sess_options=options, providers=providers)
     except Exception as exc:  # ORT raises its own untyped errors; translated here
-        raise ModelLoadError(f"ONNX Runtime could not load the model: {_short(exc)}") from exc
+        raise ModelLoadError(f"ONNX Runtime could not load the model: {short_error(exc)}") from exc
     inputs = tuple(
         InputSpec(
             name=i.name,
@@ -157,7 +157,9 @@ def smoke_test(model: LoadedModel, test: SmokeTest) -> None:
     try:
         outputs = model.run(feeds)
     except Exception as exc:  # ORT's runtime errors, translated
-        raise SmokeTestFailed(f"the model failed on the smoke-test sample: {_short(exc)}") from exc
+        raise SmokeTestFailed(
+            f"the model failed on the smoke-test sample: {short_error(exc)}"
+        ) from exc
     for name, expected in test.outputs.items():
         if name not in outputs:
             raise SmokeTestFailed(f"the model has no output {name!r}")
@@ -194,6 +196,6 @@ def _feeds(tensors: dict[str, TensorData]) -> dict[str, np.ndarray]:
     return {name: t.to_numpy() for name, t in tensors.items()}
 
 
-def _short(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text[:300]

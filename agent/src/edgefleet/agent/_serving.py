@@ -1,18 +1,18 @@
-"""Local inference over HTTP on loopback for applications on the device (JSON and .npy),
-with a model slot that is hot-swapped as one reference.
+"""Local inference over HTTP on loopback for applications on the device (JSON and .npy).
+
+The model comes from a :class:`ModelSlot`; tensors are decoded and encoded in ``_tensors``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import socket
 import socketserver
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,8 +22,17 @@ import numpy as np
 
 from edgefleet.shared.errors import InvalidInput
 
-from ._runtime import InputSpec, LoadedModel, _short
+from ._runtime import LoadedModel, short_error
+from ._slot import ModelSlot
 from ._telemetry import RequestStats
+from ._tensors import (
+    check_feeds,
+    feeds_from_json,
+    feeds_from_npy,
+    npy_bytes,
+    outputs_document,
+    pick_output,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,23 +46,6 @@ _ROUTES = {"/healthz": "GET", "/v1/model": "GET", "/v1/infer": "POST"}
 _HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 
 
-class ModelSlot:
-    """The model being served. Readers take the reference once and keep it for the request."""
-
-    def __init__(self, model: LoadedModel | None = None) -> None:
-        self._model = model
-        self._swap_lock = threading.Lock()
-
-    def get(self) -> LoadedModel | None:
-        return self._model
-
-    def swap(self, new: LoadedModel | None) -> LoadedModel | None:
-        """Serve ``new`` from the next request on; requests in flight finish on the old one."""
-        with self._swap_lock:  # only so two swappers each get the right "old" back
-            old, self._model = self._model, new
-        return old
-
-
 # -- request bodies to feeds --------------------------------------------------------
 
 
@@ -65,137 +57,15 @@ class _Call:
 
 def _parse_call(model: LoadedModel, body: bytes, content_type: str, query: dict[str, str]) -> _Call:
     if content_type == JSON_TYPE:
-        return _Call(_feeds_from_json(body, model), None)
+        return _Call(feeds_from_json(body, model), None)
     if content_type in NPY_TYPES:
-        output = _pick_output(model, query.get("output"))
-        return _Call(_feeds_from_npy(body, model, query.get("input")), output)
+        output = pick_output(model, query.get("output"))
+        return _Call(feeds_from_npy(body, model, query.get("input")), output)
     raise _Reply(
         HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
         "unsupported_media_type",
         f"Content-Type must be {JSON_TYPE} or {NPY_TYPE}, not {content_type or 'missing'!r}",
     )
-
-
-def _feeds_from_json(body: bytes, model: LoadedModel) -> dict[str, np.ndarray]:
-    try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInput(f"the body is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), dict):
-        raise InvalidInput('expected a JSON object {"inputs": {"<input name>": [...]}}')
-    inputs: dict[str, object] = doc["inputs"]
-    specs = _check_names(model, inputs)
-    return {name: _array_from_json(specs[name], value) for name, value in inputs.items()}
-
-
-def _array_from_json(spec: InputSpec, value: object) -> np.ndarray:
-    # Converting in two steps because np.asarray(["1.5"], dtype=float32) would parse
-    # strings and None would become NaN; the kind of the plain array catches both.
-    try:
-        raw = np.asarray(value)
-    except (ValueError, TypeError) as exc:  # ragged nesting
-        raise InvalidInput(f"input {spec.name!r} is not a rectangular array of numbers") from exc
-    allowed = {"b": "b", "i": "biu", "u": "biu", "f": "biuf", "c": "biufc"}.get(spec.dtype.kind)
-    if allowed is None or raw.dtype.kind not in allowed:
-        what = {"U": "strings", "O": "nulls or mixed values"}.get(raw.dtype.kind, str(raw.dtype))
-        raise InvalidInput(
-            f"input {spec.name!r} must hold {spec.dtype} values; the JSON gave {what}"
-        )
-    if spec.dtype.kind in "iu" and raw.size:
-        limits = np.iinfo(spec.dtype)
-        if raw.min() < limits.min or raw.max() > limits.max:
-            raise InvalidInput(f"input {spec.name!r} has values outside the range of {spec.dtype}")
-    return raw.astype(spec.dtype, copy=False)
-
-
-def _feeds_from_npy(body: bytes, model: LoadedModel, name: str | None) -> dict[str, np.ndarray]:
-    if name is None:
-        if len(model.inputs) != 1:
-            raise InvalidInput(
-                f"the model has inputs {[i.name for i in model.inputs]}; "
-                "choose one with ?input=NAME"
-            )
-        name = model.inputs[0].name
-    try:
-        array = np.load(io.BytesIO(body), allow_pickle=False)
-    except (ValueError, EOFError, OSError) as exc:
-        raise InvalidInput(f"the body is not a .npy array: {_short(exc)}") from exc
-    if not isinstance(array, np.ndarray):  # np.load also opens .npz archives
-        raise InvalidInput("the body is an .npz archive; send a single .npy array")
-    return {name: np.ascontiguousarray(array)}
-
-
-def _check_names(model: LoadedModel, names: Iterable[str]) -> dict[str, InputSpec]:
-    specs = {i.name: i for i in model.inputs}
-    given = set(names)
-    unknown = sorted(given - specs.keys())
-    if unknown:
-        raise InvalidInput(f"unknown input(s) {unknown}; the model's inputs are {sorted(specs)}")
-    missing = sorted(specs.keys() - given)
-    if missing:
-        raise InvalidInput(
-            "missing input(s) "
-            + ", ".join(f"{n!r} ({specs[n].dtype} {_shape_text(specs[n].shape)})" for n in missing)
-        )
-    return specs
-
-
-def _check_feeds(model: LoadedModel, feeds: dict[str, np.ndarray]) -> None:
-    """Refuse, with a message a person can act on, anything ONNX Runtime would reject."""
-    specs = _check_names(model, feeds)
-    for name, array in feeds.items():
-        spec = specs[name]
-        want = _shape_text(spec.shape)
-        if array.dtype != spec.dtype:
-            raise InvalidInput(f"input {name!r} is {array.dtype}; the model wants {spec.dtype}")
-        if array.ndim != len(spec.shape):
-            raise InvalidInput(
-                f"input {name!r} has shape {list(array.shape)} ({array.ndim} dimensions); "
-                f"the model wants {want}"
-            )
-        for axis, (got, fixed) in enumerate(zip(array.shape, spec.shape, strict=True)):
-            if fixed is not None and got != fixed:
-                raise InvalidInput(
-                    f"input {name!r} has {got} in dimension {axis}, the model wants {fixed} "
-                    f"(shape {list(array.shape)}, expected {want})"
-                )
-
-
-def _pick_output(model: LoadedModel, name: str | None) -> str:
-    if name is None:
-        if not model.output_names:
-            raise InvalidInput("the model has no outputs")
-        return model.output_names[0]
-    if name not in model.output_names:
-        raise InvalidInput(
-            f"unknown output {name!r}; the model's outputs are {list(model.output_names)}"
-        )
-    return name
-
-
-def _shape_text(shape: tuple[int | None, ...]) -> str:
-    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
-
-
-def _jsonable(value: object) -> object:
-    # Outputs are usually arrays, but ORT returns lists of dicts for sequence/map
-    # outputs (e.g. scikit-learn's ZipMap).
-    if isinstance(value, np.ndarray | np.generic):
-        return value.tolist()
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return value
-
-
-def _npy_bytes(name: str, value: object) -> bytes:
-    buffer = io.BytesIO()
-    try:
-        np.save(buffer, np.asarray(value), allow_pickle=False)
-    except ValueError as exc:  # object arrays (sequence/map outputs) cannot be .npy
-        raise InvalidInput(f"output {name!r} is not a tensor; ask for JSON instead") from exc
-    return buffer.getvalue()
 
 
 # -- HTTP ----------------------------------------------------------------------------
@@ -323,7 +193,7 @@ class _Handler(BaseHTTPRequestHandler):
         started = time.perf_counter()
         try:
             call = _parse_call(model, body, content_type, query)
-            _check_feeds(model, call.feeds)
+            check_feeds(model, call.feeds)
             outputs = _run(model, call.feeds)
             elapsed = _ms_since(started)
             content, response_type, headers = _encode(model, outputs, call)
@@ -333,7 +203,7 @@ class _Handler(BaseHTTPRequestHandler):
             failure = reply
         except Exception as exc:  # a bug here must still answer, and count against the model
             log.exception("unexpected error while serving an inference request")
-            failure = _Reply(HTTPStatus.INTERNAL_SERVER_ERROR, "internal", _short(exc))
+            failure = _Reply(HTTPStatus.INTERNAL_SERVER_ERROR, "internal", short_error(exc))
         else:
             self.server.stats.record(model, elapsed, ok=True)
             self._send(HTTPStatus.OK, content, response_type, {**_model_headers(model), **headers})
@@ -405,7 +275,7 @@ def _run(model: LoadedModel, feeds: dict[str, np.ndarray]) -> Mapping[str, objec
         raise _Reply(
             HTTPStatus.INTERNAL_SERVER_ERROR,
             "inference_failed",
-            f"the model failed on this input: {_short(exc)}",
+            f"the model failed on this input: {short_error(exc)}",
         ) from exc
 
 
@@ -413,18 +283,9 @@ def _encode(
     model: LoadedModel, outputs: Mapping[str, object], call: _Call
 ) -> tuple[bytes, str, dict[str, str]]:
     if call.npy_output is None:
-        doc = {
-            "model": {
-                "name": model.ref.name,
-                "version": model.ref.version,
-                "variant": model.ref.variant,
-                "deployment_id": model.deployment_id,
-            },
-            "outputs": {name: _jsonable(value) for name, value in outputs.items()},
-        }
-        return _json_bytes(doc), JSON_TYPE, {}
+        return _json_bytes(outputs_document(model, outputs)), JSON_TYPE, {}
     name = call.npy_output
-    return _npy_bytes(name, outputs[name]), NPY_TYPE, {"X-Edgefleet-Output": _header(name)}
+    return npy_bytes(name, outputs[name]), NPY_TYPE, {"X-Edgefleet-Output": _header(name)}
 
 
 def _model_headers(model: LoadedModel) -> dict[str, str]:
