@@ -20,7 +20,6 @@ from edgefleet.controller._profiles import (
     builtin_profiles_dir,
     load_profiles,
 )
-
 from edgefleet.controller.compress import (
     CompressionReport,
     NoCandidateFits,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from edgefleet.controller._compression import load_torch_model
 
 from edgefleet.controller import load_settings
+from edgefleet.controller._compression import load_torch_model
 from edgefleet.harness import digits_images, train_cnn, write_eval_npz
 from edgefleet.shared import SmokeTest
 from edgefleet.shared.errors import ConfigError

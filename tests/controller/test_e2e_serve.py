@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from edgefleet.controller._dispatch import dispatch_pending
 
 from edgefleet.controller import load_settings, open_home
+from edgefleet.controller._dispatch import dispatch_pending
 from edgefleet.harness import (
     ControllerFleet,
     Proc,

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from edgefleet.controller._profiles import DeviceProfile
 
+from edgefleet.controller._profiles import DeviceProfile
 from edgefleet.controller.compress import (
     EvalData,
     export_onnx,
