@@ -15,16 +15,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgefleet.controller._profiles import (
-    DeviceProfile,
-    builtin_profiles_dir,
-    load_profiles,
-)
 from edgefleet.controller.compress import (
     CompressionReport,
     NoCandidateFits,
     compress,
     export_onnx,
+)
+from edgefleet.controller.home import (
+    DeviceProfile,
+    builtin_profiles_dir,
+    load_profiles,
 )
 from edgefleet.harness import digits_images, train_cnn, write_eval_npz
 

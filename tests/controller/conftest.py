@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from typer.testing import CliRunner, Result
 
 from edgefleet.controller import Home, init_home, load_settings, open_home
-from edgefleet.controller._cli import app
-from edgefleet.controller._db import create_engine
+from edgefleet.controller.cli import app
+from edgefleet.controller.registry import create_engine
 from edgefleet.harness import digits, write_digits_model
 
 POSTGRES_ENV = "EDGEFLEET_TEST_POSTGRES_URL"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgefleet.controller import load_settings
-from edgefleet.controller._compression import load_torch_model
+from edgefleet.controller.catalog import load_torch_model
 from edgefleet.harness import digits_images, train_cnn, write_eval_npz
 from edgefleet.shared import SmokeTest
 from edgefleet.shared.errors import ConfigError
@@ -124,7 +124,7 @@ def test_a_float_files_smoke_test_keeps_the_versions_tolerance(
 ) -> None:
     """Float kernels agree with ONNX Runtime's unoptimised run to rounding: next to no room
     is added."""
-    from edgefleet.controller._onnx import inspect_model, variant_smoke_test
+    from edgefleet.controller.catalog import inspect_model, variant_smoke_test
 
     reference = inspect_model(cnn[1]).smoke_test
     own = variant_smoke_test(cnn[1], reference)

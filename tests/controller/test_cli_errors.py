@@ -157,6 +157,7 @@ def test_an_unreachable_database_is_a_clean_failure(
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 def test_the_installed_script_exits_with_the_same_codes(initialised: Path, tmp_path: Path) -> None:
     import os
     import subprocess

@@ -20,7 +20,7 @@ from edgefleet.harness import digits, free_port, infer_digits, write_digits_mode
 from .conftest import files_under, sqlite_snapshot
 from .test_e2e_serve import Fleet, wait_until
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]  # serve and agent processes
 
 RUNS = ("--latency-runs", "5")
 # graph_opt and int8_dynamic only, and budgets every candidate meets: the device's latency

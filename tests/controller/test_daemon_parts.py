@@ -24,13 +24,11 @@ from edgefleet.controller import (
     remove_device,
 )
 from edgefleet.controller import deploy as record_deployment
-from edgefleet.controller._artifact_server import ArtifactServer, registry_token_check
-from edgefleet.controller._catalog import add_model
-from edgefleet.controller._devices import add_device
-from edgefleet.controller._dispatch import dispatch_pending, resend_unconfirmed
-from edgefleet.controller._ingest import ingest_many
-from edgefleet.controller._metrics import Metrics
-from edgefleet.controller._models import DeviceCreate
+from edgefleet.controller.catalog import add_model
+from edgefleet.controller.daemon import ArtifactServer, Metrics, ingest_many, registry_token_check
+from edgefleet.controller.fleet import add_device
+from edgefleet.controller.registry import DeviceCreate
+from edgefleet.controller.rollout import dispatch_pending, resend_unconfirmed
 from edgefleet.shared import (
     LatencyHistogram,
     ModelRef,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 
 from edgefleet.controller import load_settings, open_home
-from edgefleet.controller._dispatch import dispatch_pending
+from edgefleet.controller.rollout import dispatch_pending
 from edgefleet.harness import (
     ControllerFleet,
     Proc,
@@ -32,7 +31,7 @@ from edgefleet.harness import (
 )
 from edgefleet.shared.errors import BrokerError
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]  # serve and agent processes
 
 try:
     mosquitto_binary()
@@ -165,7 +164,11 @@ def test_the_daemon_stopped_mid_deployment_carries_on(fleet: Fleet) -> None:
     # while the daemon is away: pi-1 finishes, box-1 appears, a deployment is recorded
     fleet.start_agent("box-1")
     fleet.ok("deploy", "digits:1.0.0", "--device", "box-1")
-    time.sleep(5)
+    wait_until(
+        lambda: (m := _model_of(fleet, "pi-1")) is not None and m["version"] == "1.0.0",
+        30,
+        "pi-1 never finished while the daemon was away",
+    )
     assert fleet.status()["box-1"]["state"] == "pending"
 
     fleet.start_daemon()

@@ -11,12 +11,11 @@ from sqlmodel import SQLModel
 
 from edgefleet.controller import (
     SCHEMA_VERSION,
-    _models,  # noqa: F401 - registers the tables in SQLModel.metadata
     create_engine,
     current_version,
     upgrade,
 )
-from edgefleet.controller._migrations import MIGRATIONS
+from edgefleet.controller.registry import MIGRATIONS, Migration
 from edgefleet.shared.errors import ConfigError
 
 
@@ -147,21 +146,16 @@ def test_a_database_newer_than_the_code_is_refused(engine: sa.Engine) -> None:
         upgrade(engine)
 
 
-def test_a_failing_migration_leaves_no_trace(
-    engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from edgefleet.controller import _migrations
-
+def test_a_failing_migration_leaves_no_trace(engine: sa.Engine) -> None:
     upgrade(engine, target=1)
 
     def broken(conn: sa.Connection) -> None:
         conn.execute(sa.text("CREATE TABLE half_done (id INTEGER PRIMARY KEY)"))
         raise sa.exc.OperationalError("boom", {}, Exception("disk on fire"))
 
-    failing = (_migrations.MIGRATIONS[0], _migrations.Migration(2, "broken", broken))
-    monkeypatch.setattr(_migrations, "MIGRATIONS", failing)
+    failing = (MIGRATIONS[0], Migration(2, "broken", broken))
     with pytest.raises(Exception, match="disk on fire"):
-        _migrations.upgrade(engine)
+        upgrade(engine, migrations=failing)
     assert current_version(engine) == 1
     assert not sa.inspect(engine).has_table("half_done")  # DDL rolled back too
 

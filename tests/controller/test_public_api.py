@@ -24,6 +24,6 @@ def test_importing_the_controller_does_not_load_torch() -> None:
     import subprocess
     import sys
 
-    code = "import sys, edgefleet.controller._cli; print('torch' in sys.modules)"
+    code = "import sys, edgefleet.controller.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

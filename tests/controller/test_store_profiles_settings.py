@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgefleet.controller import ArtifactStore, load_profiles, load_settings
-from edgefleet.controller._profiles import builtin_profiles_dir
+from edgefleet.controller.home import builtin_profiles_dir
 from edgefleet.shared import sha256_bytes
 from edgefleet.shared.errors import ArtifactError, ChecksumMismatch, ConfigError
 

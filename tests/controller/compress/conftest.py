@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from edgefleet.controller._profiles import DeviceProfile
 from edgefleet.controller.compress import (
     EvalData,
     export_onnx,
     load_eval_data,
     split_eval_data,
 )
+from edgefleet.controller.home import DeviceProfile
 from edgefleet.harness import digits_images, train_cnn, write_eval_npz
 
 

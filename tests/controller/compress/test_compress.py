@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgefleet.controller._profiles import builtin_profiles_dir, load_profiles
 from edgefleet.controller.compress import (
     NoCandidateFits,
     PassOptions,
     compress,
     needs_reduce_range,
 )
+from edgefleet.controller.home import builtin_profiles_dir, load_profiles
 from edgefleet.shared.errors import ConfigError, InvalidInput
 
 from .conftest import Digits, make_profile
@@ -154,7 +154,7 @@ def test_local_latency_never_uses_more_threads_than_the_host_has(
 ) -> None:
     import os
 
-    from edgefleet.controller.compress._compress import local_threads
+    from edgefleet.controller.compress import local_threads
 
     cores = len(os.sched_getaffinity(0))
     assert local_threads(0) == 0  # ONNX Runtime's own choice, as on the device

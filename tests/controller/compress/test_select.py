@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from edgefleet.controller._profiles import Budgets
 from edgefleet.controller.compress import Measured, NoCandidateFits, breaches, choose
 from edgefleet.controller.compress._select import closest
+from edgefleet.controller.home import Budgets
 from edgefleet.shared.errors import ConfigError, EdgefleetError
 
 BUDGETS = Budgets(max_size_bytes=1000, max_latency_ms=2.0, max_accuracy_drop=0.01)

@@ -1,55 +1,78 @@
 """edgefleet's controller: the operator's registry, artifact store and command line.
 
 Everything the CLI does is available here as a function taking an opened
-:class:`Home` (see :func:`open_home`).
+:class:`Home` (see :func:`open_home`). The parts, each a sub-package: ``registry``
+(engines, migrations, tables, shapes, the artifact store), ``home`` (settings, profiles,
+the signing key), ``fleet`` (devices, broker files, status and events), ``catalog``
+(model versions and their variants), ``rollout`` (targets, signed orders, dispatch),
+``daemon`` (``edgefleet serve``), ``mqtt`` (the one MQTT adapter), ``cli`` and
+``compress`` (the registry-free compression library).
 """
 
-from ._catalog import add_model, get_model_version, list_models, parse_model_ref
-from ._compression import CompressionResult, compress_model_version, load_torch_model
-from ._db import create_engine, session_scope
-from ._deployments import (
-    DeploymentPublic,
-    DeviceStatus,
-    EventPublic,
-    deploy,
-    deployment_progress,
-    fleet_status,
-    list_events,
+from .catalog import (
+    CompressionResult,
+    add_model,
+    compress_model_version,
+    get_model_version,
+    list_models,
+    load_torch_model,
+    parse_model_ref,
 )
-from ._devices import (
+from .fleet import (
     EnrolledDevice,
     add_device,
+    fleet_status,
+    follow_events,
     get_device,
     list_devices,
+    list_events,
     parse_labels,
     remove_device,
 )
-from ._home import Home, InitReport, available_profiles, init_home, open_home
-from ._migrations import LATEST as SCHEMA_VERSION
-from ._migrations import current_version, upgrade
-from ._models import (
+from .home import (
+    DeviceProfile,
+    Home,
+    InitReport,
+    Settings,
+    available_profiles,
+    init_home,
+    load_profiles,
+    load_settings,
+    open_home,
+)
+from .registry import (
+    FINISHED_STATES,
+    SCHEMA_VERSION,
     Artifact,
+    ArtifactStore,
     Deployment,
+    DeploymentPublic,
     DeploymentState,
     Device,
     DeviceCreate,
     DevicePublic,
+    DeviceStatus,
     Event,
+    EventPublic,
     Model,
     ModelVersion,
     ModelVersionPublic,
     Profile,
+    StoredArtifact,
     Telemetry,
     Variant,
     VariantPublic,
+    create_engine,
+    current_version,
+    session_scope,
+    upgrade,
 )
-from ._profiles import DeviceProfile, load_profiles
-from ._settings import Settings, load_settings
-from ._store import ArtifactStore, StoredArtifact
+from .rollout import deploy, deployment_progress, wait_for_deployment
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FINISHED_STATES",
     "SCHEMA_VERSION",
     "Artifact",
     "ArtifactStore",
@@ -85,6 +108,7 @@ __all__ = [
     "deploy",
     "deployment_progress",
     "fleet_status",
+    "follow_events",
     "get_device",
     "get_model_version",
     "init_home",
@@ -100,4 +124,5 @@ __all__ = [
     "remove_device",
     "session_scope",
     "upgrade",
+    "wait_for_deployment",
 ]

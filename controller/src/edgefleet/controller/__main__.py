@@ -1,5 +1,5 @@
 """``python -m edgefleet.controller``: the ``edgefleet`` command."""
 
-from ._cli import main
+from .cli import main
 
 main()

@@ -5,7 +5,15 @@ Importing this package does not load torch; the pruning and distillation passes 
 
 from __future__ import annotations
 
-from ._compress import CompressionReport, PassOptions, compress, needs_reduce_range
+from ._compress import (
+    REFERENCE,
+    CompressionReport,
+    PassOptions,
+    Progress,
+    compress,
+    local_threads,
+    needs_reduce_range,
+)
 from ._data import EvalData, load_eval_data, split_eval_data
 from ._measure import Timing, time_side_by_side
 from ._metrics import METRICS, cosine, mse, top1
@@ -22,6 +30,7 @@ from ._torch_passes import distill, export_onnx, prune_channels
 
 __all__ = [
     "METRICS",
+    "REFERENCE",
     "Breach",
     "Candidate",
     "CompressionReport",
@@ -30,6 +39,7 @@ __all__ = [
     "NoCandidateFits",
     "PassFailed",
     "PassOptions",
+    "Progress",
     "Timing",
     "breaches",
     "choose",
@@ -40,6 +50,7 @@ __all__ = [
     "export_onnx",
     "graph_optimize",
     "load_eval_data",
+    "local_threads",
     "mse",
     "needs_reduce_range",
     "prune_channels",

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from edgefleet.shared.errors import ConfigError, ModelError
 
-from .._profiles import Budgets, DeviceProfile
+from ..home import Budgets, DeviceProfile
 from . import _metrics
 from ._data import EvalData, load_eval_data, split_eval_data
 from ._measure import file_size, open_session, run_outputs, time_side_by_side

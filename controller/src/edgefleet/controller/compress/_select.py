@@ -10,7 +10,7 @@ from typing import Any, Literal, get_args
 
 from edgefleet.shared.errors import ConfigError, EdgefleetError
 
-from .._profiles import Budgets
+from ..home import Budgets
 
 Objective = Literal["latency", "size"]
 OBJECTIVES: tuple[str, ...] = get_args(Objective)

@@ -16,11 +16,8 @@ from sqlmodel import Session, select
 from edgefleet.shared import broker_endpoint
 from edgefleet.shared.errors import AlreadyExists, ConfigError, NotFound
 
-from ._files import write_private
-from ._home import Home
-from ._models import Device, DeviceCreate, DevicePublic, Profile, utcnow
-from ._profiles import DeviceProfile
-from ._settings import toml_value
+from ..home import Home, record_profile, toml_value, write_private
+from ..registry import Device, DeviceCreate, DevicePublic
 
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
 DEFAULT_STATE_DIR = "/var/lib/edgefleet-agent"
@@ -77,7 +74,7 @@ def add_device(
     with home.session(write=True) as session:
         if session.exec(select(Device).where(Device.name == new.name)).first():
             raise AlreadyExists(f"device {new.name!r} already exists")
-        _record_profile(session, profile)
+        record_profile(session, profile)
         session.flush()  # the profile row first: the device's foreign key points at it
         device = Device(
             name=new.name,
@@ -129,21 +126,6 @@ def agent_config_text(
         "# It holds this device's credentials: keep it private (mode 0600).",
     ]
     return "\n".join(head + [f"{k} = {toml_value(v)}" for k, v in values]) + "\n"
-
-
-def _record_profile(session: Session, profile: DeviceProfile) -> None:
-    """Keep the registry's copy of a profile in step with its file."""
-    row = session.get(Profile, profile.name) or Profile(
-        name=profile.name, arch=profile.arch, cores=profile.cores, ram_mb=profile.ram_mb
-    )
-    row.description = profile.description
-    row.arch = profile.arch
-    row.cores = profile.cores
-    row.ram_mb = profile.ram_mb
-    row.spec = profile.model_dump(mode="json")
-    row.source = profile.source
-    row.updated_at = utcnow()
-    session.add(row)
 
 
 def list_devices(

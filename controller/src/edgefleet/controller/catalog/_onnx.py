@@ -18,7 +18,7 @@ from edgefleet.shared.errors import (
     ModelLoadError,
 )
 
-from ._text import first_line
+from .._text import first_line
 
 SAMPLE_ROWS = 4
 

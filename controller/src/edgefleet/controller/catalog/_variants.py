@@ -1,6 +1,6 @@
 """Compressing a registered model version for one device profile: the library's ``compress``
 run on the stored fp32 artifact, and the chosen candidate recorded as that profile's variant.
-With a device to measure on, latency comes from that device (``_remote_measure``).
+With a device to measure on, latency comes from that device (``_device_bench``).
 
 torch is imported only when ``--torch`` gives a PyTorch source."""
 
@@ -20,21 +20,17 @@ from sqlmodel import select
 from edgefleet.shared import SmokeTest
 from edgefleet.shared.errors import ConfigError, NotFound
 
-from ._catalog import ORIGINAL_VARIANT, find_version, parse_model_ref
-from ._devices import _record_profile
-from ._home import Home
-from ._models import Artifact, Variant, VariantPublic, utcnow
+from .._text import first_line
+from ..compress import CompressionReport, PassOptions, Progress, compress
+from ..home import DeviceProfile, Home, record_profile
+from ..registry import Artifact, StoredArtifact, Variant, VariantPublic, utcnow
 from ._onnx import variant_smoke_test
-from ._profiles import DeviceProfile
-from ._store import StoredArtifact
-from ._text import first_line
-from .compress import CompressionReport, PassOptions, compress
-from .compress._compress import Progress
+from ._versions import ORIGINAL_VARIANT, find_version, parse_model_ref
 
 if TYPE_CHECKING:
     import torch
 
-    from ._remote_measure import DeviceBenchmarks
+    from ._device_bench import DeviceBenchmarks
 
 
 @dataclass(frozen=True)
@@ -102,7 +98,7 @@ def compress_model_version(
     if measure_on is None:
         on_device = contextlib.nullcontext()
     else:
-        from ._remote_measure import device_benchmarks  # paho: only when a device measures
+        from ._device_bench import device_benchmarks  # paho: only when a device measures
 
         on_device = device_benchmarks(
             home, measure_on, profile, model=name, version=version,
@@ -159,7 +155,7 @@ def _record_variant(
     smoke = variant_smoke_test(home.store.path_of(stored.sha256), _smoke_test(home, name, version))
     with home.session(write=True) as session:
         row = find_version(session, name, version)
-        _record_profile(session, profile)
+        record_profile(session, profile)
         if session.get(Artifact, stored.sha256) is None:
             session.add(Artifact(sha256=stored.sha256, size=stored.size, path=stored.path))
         variant = session.exec(

@@ -15,25 +15,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlmodel import Session, col, select
 
 from edgefleet import shared
-from edgefleet.shared import (
-    ArtifactRef,
-    DeployCommand,
-    IOSignature,
-    Manifest,
-    ModelRef,
-    RuntimeSettings,
-    SmokeTest,
-)
+from edgefleet.shared import DeployCommand, Manifest, RuntimeSettings
 from edgefleet.shared.errors import EdgefleetError, MessageError, RegistryError
 
-from ._home import Home
-from ._models import (
+from ..home import Home
+from ..registry import (
     Artifact,
     Deployment,
     DeploymentState,
@@ -43,7 +35,7 @@ from ._models import (
     Profile,
     Variant,
 )
-from ._store import ArtifactStore
+from ._orders import build_manifest, deploy_payload
 
 log = logging.getLogger("edgefleet.controller.dispatch")
 
@@ -56,45 +48,6 @@ class Dispatched:
     device: str
     sequence: int
     topic: str
-
-
-def build_manifest(
-    *,
-    deployment_id: str,
-    device: Device,
-    sequence: int,
-    model: Model,
-    version: ModelVersion,
-    variant: Variant,
-    artifact: Artifact,
-    runtime: RuntimeSettings,
-    key: Ed25519PrivateKey,
-    ttl_s: int,
-    now: datetime | None = None,
-) -> Manifest:
-    now = now or datetime.now(UTC)
-    return Manifest(
-        deployment_id=deployment_id,
-        device_id=device.name,
-        sequence=sequence,
-        issued_at=now,
-        expires_at=now + timedelta(seconds=ttl_s),
-        key_id=shared.key_id(key.public_key()),
-        model=ModelRef(name=model.name, version=version.version, variant=variant.name),
-        artifact=ArtifactRef(
-            sha256=artifact.sha256,
-            size=artifact.size,
-            url=ArtifactStore.relative_path(artifact.sha256),
-        ),
-        io=IOSignature.model_validate(version.io),
-        smoke_test=SmokeTest.model_validate(variant.smoke_test or version.smoke_test),
-        runtime=runtime,
-    )
-
-
-def deploy_payload(manifest: Manifest, key: Ed25519PrivateKey) -> bytes:
-    blob = shared.sign(shared.encode_document(manifest), key)
-    return shared.encode(DeployCommand(signed=blob))
 
 
 def dispatch_pending(home: Home, publish: Publish, *, limit: int = 100) -> list[Dispatched]:

@@ -1,7 +1,7 @@
-"""The registry's tables (SQLModel) and the shapes the service layer hands out.
+"""The registry's tables (SQLModel) and the deployment states stored in them.
 
-Table models end in nothing (``Device``), input models in ``Create`` and output
-models in ``Public``. The schema itself is created and changed only by
+Table models end in nothing (``Device``); the input (``Create``) and output (``Public``)
+shapes are in ``_shapes``. The schema itself is created and changed only by
 ``_migrations``; a test checks that both agree.
 """
 
@@ -12,10 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
-from pydantic import field_validator
 from sqlmodel import JSON, Column, Field, SQLModel, UniqueConstraint
-
-from edgefleet.shared import IOSignature, SmokeTest, check_device_id
 
 
 def utcnow() -> datetime:
@@ -47,6 +44,17 @@ class DeploymentState(StrEnum):
     FAILED = "failed"
     ROLLED_BACK = "rolled_back"
     SUPERSEDED = "superseded"  # a newer deployment replaced it before it finished
+
+
+# The states a device's part of a deployment never leaves.
+FINISHED_STATES = frozenset(
+    {
+        DeploymentState.COMMITTED,
+        DeploymentState.FAILED,
+        DeploymentState.ROLLED_BACK,
+        DeploymentState.SUPERSEDED,
+    }
+)
 
 
 # -- tables ----------------------------------------------------------------------
@@ -188,63 +196,3 @@ class Telemetry(SQLModel, table=True):
     memory_used_bytes: int | None = Field(default=None, sa_type=sa.BigInteger)
     temperature_c: float | None = None
     disk_free_bytes: int | None = Field(default=None, sa_type=sa.BigInteger)
-
-
-# -- input and output shapes ------------------------------------------------------
-
-
-class DeviceCreate(SQLModel):
-    name: str
-    profile: str
-    labels: dict[str, str] = {}
-
-    @field_validator("name")
-    @classmethod
-    def _device_id(cls, v: str) -> str:
-        return check_device_id(v)
-
-
-class DevicePublic(SQLModel):
-    name: str
-    profile: str
-    labels: dict[str, str]
-    created_at: datetime
-    online: bool
-    last_seen: datetime | None
-    agent_version: str
-    last_sequence: int
-
-    @classmethod
-    def of(cls, device: Device) -> DevicePublic:
-        return cls(
-            name=device.name,
-            profile=device.profile,
-            labels=dict(device.labels or {}),
-            created_at=as_utc(device.created_at),  # type: ignore[arg-type]
-            online=device.online,
-            last_seen=as_utc(device.last_seen),
-            agent_version=device.agent_version,
-            last_sequence=device.last_sequence,
-        )
-
-
-class VariantPublic(SQLModel):
-    name: str
-    sha256: str
-    size: int
-    profile: str | None
-    metrics: dict[str, Any]
-
-
-class ModelVersionPublic(SQLModel):
-    name: str
-    version: str
-    created_at: datetime
-    source_name: str
-    io: IOSignature
-    smoke_test: SmokeTest
-    variants: list[VariantPublic]
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}:{self.version}"

@@ -16,19 +16,13 @@ from sqlmodel import Session, col, select
 
 from edgefleet.shared import EventMessage, StatusMessage, TelemetryMessage
 
-from ._models import Deployment, DeploymentState, Device, Event, Telemetry
+from ..registry import FINISHED_STATES, Deployment, DeploymentState, Device, Event, Telemetry
 
 log = logging.getLogger("edgefleet.controller.ingest")
 
 Inbound = StatusMessage | EventMessage | TelemetryMessage
 
 # The agent's event states, and what each means for the controller's row.
-_TERMINAL = {
-    DeploymentState.COMMITTED.value,
-    DeploymentState.FAILED.value,
-    DeploymentState.ROLLED_BACK.value,
-    DeploymentState.SUPERSEDED.value,
-}
 _EVENT_TO_STATE = {
     "committed": DeploymentState.COMMITTED,
     "failed": DeploymentState.FAILED,
@@ -146,7 +140,7 @@ def _event(session: Session, device: Device, msg: EventMessage, now: datetime) -
             Deployment.deployment_id == msg.deployment_id, Deployment.device_id == device.id
         )
     ).first()
-    if row is None or row.state in _TERMINAL:
+    if row is None or row.state in FINISHED_STATES:
         return  # not ours (a rollback order, a test) or already settled: a late duplicate
     target = _EVENT_TO_STATE.get(msg.state, DeploymentState.IN_PROGRESS)
     row.state = target.value

@@ -7,7 +7,7 @@ and holds a write lock so two commands starting at once cannot both apply it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from edgefleet.shared.errors import ConfigError, RegistryError
 
-from ._db import describe_error, write_lock
+from ._engine import describe_error, write_lock
 
 
 @dataclass(frozen=True)
@@ -230,7 +230,9 @@ def _read_version(conn: sa.Connection) -> int:
     return conn.execute(sa.select(sa.func.max(_VERSIONS.c.version))).scalar() or 0
 
 
-def upgrade(engine: Engine, target: int | None = None) -> list[int]:
+def upgrade(
+    engine: Engine, target: int | None = None, *, migrations: Sequence[Migration] = MIGRATIONS
+) -> list[int]:
     """Apply the migrations above the database's version, up to ``target`` (default: all).
 
     Returns the versions applied; an up-to-date database costs one query.
@@ -250,7 +252,7 @@ def upgrade(engine: Engine, target: int | None = None) -> list[int]:
         with engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn, conn.begin():
             write_lock(conn)
             _VERSIONS.create(conn, checkfirst=True)
-        for migration in MIGRATIONS:
+        for migration in migrations:
             if migration.version > target:
                 break
             with engine.connect().execution_options(sqlite_begin="IMMEDIATE") as conn, conn.begin():

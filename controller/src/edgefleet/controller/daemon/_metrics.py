@@ -14,7 +14,7 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from ._models import Deployment, Device
+from ..registry import Deployment, Device
 
 _HELP = {
     "edgefleet_messages_ingested_total": "Messages from devices written to the registry.",

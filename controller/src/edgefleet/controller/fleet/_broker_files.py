@@ -28,10 +28,9 @@ from edgefleet import shared
 from edgefleet.shared import Channel, broker_endpoint
 from edgefleet.shared.errors import ConfigError
 
+from ..home import Home, write_private
+from ..registry import Device
 from ._devices import mosquitto_password_hash
-from ._files import write_private
-from ._home import Home
-from ._models import Device
 
 BROKER_GROUP = "mosquitto"
 DEVICE_WRITES = (Channel.STATUS, Channel.EVENTS, Channel.TELEMETRY)

@@ -11,8 +11,8 @@ from sqlmodel import Session, col, select
 from edgefleet.shared import IOSignature, SmokeTest
 from edgefleet.shared.errors import AlreadyExists, ConfigError, NotFound
 
-from ._home import Home
-from ._models import (
+from ..home import Home
+from ..registry import (
     Artifact,
     Model,
     ModelVersion,

@@ -20,10 +20,9 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from ._devices import token_sha256
+from ..fleet import token_sha256
+from ..registry import ArtifactStore, Device
 from ._metrics import Metrics
-from ._models import Device
-from ._store import ArtifactStore
 
 log = logging.getLogger("edgefleet.controller.http")
 

@@ -13,9 +13,12 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlmodel import Session
 
 from edgefleet.shared import RuntimeSettings
 from edgefleet.shared.errors import ConfigError, NotFound
+
+from ..registry import Profile, utcnow
 
 CompressionPass = Literal["prune", "distill", "graph_opt", "int8_dynamic", "int8_static", "fp16"]
 
@@ -59,7 +62,7 @@ def builtin_profiles_dir() -> Path | None:
     packaged = Path(str(resources.files("edgefleet.controller"))) / "profiles"
     if packaged.is_dir():
         return packaged
-    checkout = Path(__file__).resolve().parents[4] / "deploy" / "profiles"
+    checkout = Path(__file__).resolve().parents[5] / "deploy" / "profiles"
     return checkout if checkout.is_dir() else None
 
 
@@ -100,3 +103,18 @@ def get_profile(profiles: dict[str, DeviceProfile], name: str) -> DeviceProfile:
     except KeyError:
         known = ", ".join(profiles) or "none"
         raise NotFound(f"unknown profile {name!r} (known: {known})") from None
+
+
+def record_profile(session: Session, profile: DeviceProfile) -> None:
+    """Keep the registry's copy of a profile in step with its file."""
+    row = session.get(Profile, profile.name) or Profile(
+        name=profile.name, arch=profile.arch, cores=profile.cores, ram_mb=profile.ram_mb
+    )
+    row.description = profile.description
+    row.arch = profile.arch
+    row.cores = profile.cores
+    row.ram_mb = profile.ram_mb
+    row.spec = profile.model_dump(mode="json")
+    row.source = profile.source
+    row.updated_at = utcnow()
+    session.add(row)

@@ -21,12 +21,10 @@ from edgefleet.shared import (
 )
 from edgefleet.shared.errors import ConfigError
 
-from ._db import create_engine, describe_url, session_scope
+from ..registry import ArtifactStore, create_engine, describe_url, session_scope, upgrade
 from ._files import write_private
-from ._migrations import upgrade
 from ._profiles import DeviceProfile, builtin_profiles_dir, get_profile, load_profiles
 from ._settings import Settings, config_text
-from ._store import ArtifactStore
 
 
 @dataclass

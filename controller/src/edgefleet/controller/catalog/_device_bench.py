@@ -9,16 +9,11 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet import shared
 from edgefleet.shared import (
@@ -32,7 +27,6 @@ from edgefleet.shared import (
     StatusMessage,
     TensorData,
     broker_endpoint,
-    redacted_url,
 )
 from edgefleet.shared.errors import (
     BenchmarkFailed,
@@ -42,14 +36,12 @@ from edgefleet.shared.errors import (
     MessageError,
 )
 
-from ._devices import get_device
-from ._home import Home
-from ._models import Artifact
+from ..compress import REFERENCE, Candidate, Progress
+from ..fleet import get_device
+from ..home import DeviceProfile, Home
+from ..mqtt import MqttLink, Received, Session
+from ..registry import Artifact, ArtifactStore
 from ._onnx import read_signature
-from ._profiles import DeviceProfile
-from ._store import ArtifactStore
-from .compress import Candidate
-from .compress._compress import REFERENCE, Progress
 
 log = logging.getLogger("edgefleet.controller.remote_measure")
 
@@ -63,68 +55,36 @@ _ARTIFACT_CODES = {"download_failed", "artifact", "checksum_mismatch", "size_exc
 
 
 class DeviceLink:
-    """A short MQTT 5 session subscribed to one device's status and events, whose messages
-    are decoded and queued for the caller; paho objects stay in here."""
+    """A short, clean MQTT session subscribed to one device's status and events, whose
+    messages are decoded and queued for the caller."""
 
     def __init__(self, broker_url: str, device: str, prefix: str) -> None:
         self.broker_url = broker_url
         self.device = device
         self.command_topic = shared.command_topic(device, prefix)
-        self._topics = [
-            (shared.status_topic(device, prefix), 1),
-            (shared.events_topic(device, prefix), 1),
-        ]
         self.inbox: queue.Queue[StatusMessage | EventMessage] = queue.Queue()
-        self._ready = threading.Event()  # connected and subscribed
-        self._refused: str | None = None
-        self._subscribe_mid: int | None = None
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"edgefleet-compress-{uuid.uuid4().hex[:10]}",
-            protocol=mqtt.MQTTv5,
+        self._link = MqttLink(
+            broker_endpoint(broker_url),
+            # nothing to keep: the orders' answers are awaited now or never
+            Session(client_id=f"edgefleet-compress-{uuid.uuid4().hex[:10]}"),
+            subscriptions=[
+                (shared.status_topic(device, prefix), 1),
+                (shared.events_topic(device, prefix), 1),
+            ],
+            on_message=self._on_message,
         )
-        self.client.on_connect = self._guarded(self._on_connect)
-        self.client.on_subscribe = self._guarded(self._on_subscribe)
-        self.client.on_message = self._guarded(self._on_message)
 
     def open(self) -> None:
-        broker = broker_endpoint(self.broker_url)
-        if broker.username:
-            self.client.username_pw_set(broker.username, broker.password)
         try:
-            if broker.tls:
-                self.client.tls_set()
-            self.client.connect(
-                broker.host,
-                broker.port,
-                keepalive=30,
-                clean_start=True,  # nothing to keep: the orders' answers are awaited now or never
-            )
-        except (OSError, ValueError) as exc:
+            self._link.start(blocking=True)
+            self._link.wait_ready(CONNECT_WAIT_S)
+        except BrokerError as exc:
             raise BrokerError(
-                f"cannot reach the broker at {broker.public_url}: {exc} "
-                "(set broker_url in config.toml or EDGEFLEET_BROKER_URL)"
+                f"{exc} (set broker_url in config.toml or EDGEFLEET_BROKER_URL)"
             ) from exc
-        self.client.loop_start()
-        if not self._ready.wait(CONNECT_WAIT_S) or self._refused:
-            self.close()
-            why = self._refused or f"no answer in {CONNECT_WAIT_S:g} s"
-            raise BrokerError(
-                f"the broker at {redacted_url(self.broker_url)} did not let us in: {why}"
-            )
 
     def publish(self, payload: bytes) -> None:
-        info = self.client.publish(self.command_topic, payload, qos=1)
-        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-            raise BrokerError(
-                f"publish to {self.command_topic} failed: {mqtt.error_string(info.rc)}"
-            )
-        try:
-            info.wait_for_publish(timeout=CONNECT_WAIT_S)
-        except (RuntimeError, ValueError) as exc:  # paho: dropped from its queue / not queued
-            raise BrokerError(f"publish to {self.command_topic} failed: {exc}") from exc
-        if not info.is_published():
-            raise BrokerError(f"the broker did not take the order for {self.device} in time")
+        self._link.publish(self.command_topic, payload, timeout_s=CONNECT_WAIT_S)
 
     def next(self, timeout: float) -> StatusMessage | EventMessage | None:
         try:
@@ -133,40 +93,13 @@ class DeviceLink:
             return None
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        self._link.close()
 
-    # -- paho's network thread ------------------------------------------------------
-
-    def _guarded(self, handler: Any) -> Any:
-        def call(*args: Any) -> None:
-            try:
-                handler(*args)
-            except Exception:  # paho would re-raise it and end its network loop
-                log.exception("handling an MQTT callback failed")
-
-        return call
-
-    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        if reason.is_failure:
-            self._refused = str(reason)
-            self._ready.set()
-            return
-        # subscribed again after a reconnect: the session is clean
-        _, self._subscribe_mid = client.subscribe(self._topics)
-
-    def _on_subscribe(self, _c: mqtt.Client, _u: Any, mid: int, reasons: Any, _p: Any) -> None:
-        if mid == self._subscribe_mid:
-            failed = [str(r) for r in reasons if r.is_failure]
-            if failed:
-                self._refused = f"subscription refused: {', '.join(failed)}"
-            self._ready.set()
-
-    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, received: Received) -> None:  # paho's network thread
         try:
-            message = shared.decode(bytes(msg.payload))
+            message = shared.decode(received.payload)
         except MessageError as exc:
-            log.warning("dropped a message on %s: %s", msg.topic, exc)
+            log.warning("dropped a message on %s: %s", received.topic, exc)
             return
         if isinstance(message, StatusMessage | EventMessage) and message.device_id == self.device:
             self.inbox.put(message)

@@ -1,0 +1,12 @@
+"""The ``edgefleet`` command line: one module per noun over the service functions, with
+rendering in one place (``_render``)."""
+
+from . import _compress, _deploy, _device, _model, _profile, _serve  # noqa: F401  (commands)
+from ._app import EXIT_FAILURE, EXIT_USAGE, app
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["EXIT_FAILURE", "EXIT_USAGE", "app", "main"]

@@ -1,0 +1,87 @@
+"""The ``edgefleet`` application: the Typer app and its sub-apps per noun, the global
+options, and how edgefleet's own errors become one line on stderr and an exit code.
+
+Each command parses its arguments, calls one service function and renders the result
+(a rich table, or JSON with ``--json``). Expected failures print ``error: <message>`` on
+stderr and exit 2 (bad usage or input) or 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from edgefleet.shared.errors import ConfigError, EdgefleetError, ModelError, NotFound
+
+from ..home import Home, Settings, load_settings, open_home
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+# the invocation was wrong (a bad value, a name that does not exist, a file that is not a model)
+_USAGE_ERRORS = (ConfigError, ModelError, NotFound)
+
+
+class _Group(TyperGroup):
+    """Turns edgefleet's own errors into one line on stderr and an exit code, anywhere below."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EdgefleetError as exc:
+            typer.echo(f"error: {exc.message}", err=True)
+            code = EXIT_USAGE if isinstance(exc, _USAGE_ERRORS) else EXIT_FAILURE
+            raise typer.Exit(code) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    help="edgefleet: roll ML models out to fleets of edge devices.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+device_app = typer.Typer(help="Enrol, list, show and remove devices.", no_args_is_help=True)
+model_app = typer.Typer(help="Add, list and show models and their versions.", no_args_is_help=True)
+profile_app = typer.Typer(help="List and show device profiles.", no_args_is_help=True)
+broker_app = typer.Typer(help="Files for the MQTT broker (Mosquitto).", no_args_is_help=True)
+app.add_typer(device_app, name="device")
+app.add_typer(model_app, name="model")
+app.add_typer(profile_app, name="profile")
+app.add_typer(broker_app, name="broker")
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    home: Annotated[
+        Path | None,
+        typer.Option(
+            "--home",
+            envvar="EDGEFLEET_HOME",
+            help="The edgefleet home folder (config, keys, registry, artifacts).",
+            show_default="~/.edgefleet",
+        ),
+    ] = None,
+) -> None:
+    """edgefleet: roll ML models out to fleets of edge devices."""
+    ctx.obj = home  # settings are read lazily, so --help works even with a broken config
+
+
+def settings_of(ctx: typer.Context) -> Settings:
+    return load_settings(ctx.find_root().obj)
+
+
+@contextmanager
+def opened_home(ctx: typer.Context) -> Iterator[Home]:
+    home = open_home(settings_of(ctx))
+    try:
+        yield home
+    finally:
+        home.close()

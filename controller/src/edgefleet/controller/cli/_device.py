@@ -1,0 +1,127 @@
+"""``edgefleet device ...`` and ``edgefleet broker config``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import fleet
+from ..registry import DeviceCreate
+from ._app import JsonFlag, broker_app, device_app, opened_home
+from ._render import console, device_details, labels_text, new_table, print_json, when, yes_no
+
+
+@device_app.command("add")
+def device_add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Device id: letters, digits, '.', '_' or '-'.")],
+    profile: Annotated[str, typer.Option("--profile", "-p", help="Device profile, e.g. rpi4.")],
+    label: Annotated[
+        list[str] | None,
+        typer.Option("--label", "-l", help="A key=value label; repeat for more."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Write the agent config here (mode 0600); without it, print it on stdout.",
+        ),
+    ] = None,
+    state_dir: Annotated[
+        str, typer.Option(help="The agent's state folder on the device.")
+    ] = fleet.DEFAULT_STATE_DIR,
+) -> None:
+    """Enrol a device and produce its agent config with fresh credentials."""
+    new = DeviceCreate(name=name, profile=profile, labels=fleet.parse_labels(label or []))
+    with opened_home(ctx) as home:
+        enrolled = fleet.add_device(home, new, out=out, state_dir=state_dir)
+    if out is None:
+        typer.echo(enrolled.agent_config, nl=False)
+        typer.echo("note: this config holds the device's credentials; keep it private", err=True)
+    else:
+        typer.echo(f"enrolled {name} ({profile}); agent config written to {out} (mode 0600)")
+
+
+@device_app.command("list")
+def device_list(
+    ctx: typer.Context,
+    profile: Annotated[str | None, typer.Option(help="Only devices of this profile.")] = None,
+    label: Annotated[
+        list[str] | None, typer.Option("--label", "-l", help="Only devices with key=value.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List enrolled devices."""
+    with opened_home(ctx) as home:
+        devices = fleet.list_devices(home, profile=profile, labels=fleet.parse_labels(label or []))
+    if as_json:
+        print_json(devices)
+        return
+    table = new_table("device", "profile", "labels", "online", "last seen", "agent")
+    for d in devices:
+        table.add_row(
+            d.name, d.profile, labels_text(d.labels), yes_no(d.online), when(d.last_seen),
+            d.agent_version or "-",
+        )  # fmt: skip
+    console().print(table)
+
+
+@device_app.command("show")
+def device_show(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The device id.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Show one device."""
+    with opened_home(ctx) as home:
+        device = fleet.get_device(home, name)
+    if as_json:
+        print_json(device)
+        return
+    console().print(device_details(device))
+
+
+@device_app.command("remove")
+def device_remove(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The device id.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Remove a device with its deployments, events and telemetry; its credentials stop working."""
+    if not yes:
+        typer.confirm(f"remove device {name} and its history?", abort=True)
+    with opened_home(ctx) as home:
+        fleet.remove_device(home, name)
+    typer.echo(f"removed {name}")
+
+
+@broker_app.command("config")
+def broker_config(
+    ctx: typer.Context,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for passwd, acl and edgefleet.conf.")
+    ],
+    as_json: JsonFlag = False,
+) -> None:
+    """Write Mosquitto's password file and ACL: every device may read only its command topic
+    and write only its own status, events and telemetry; the controller (the user in
+    broker_url) may do everything under the topic prefix; nobody else gets in.
+
+    Run again after `device add` or `device remove`, then reload Mosquitto (SIGHUP).
+    """
+    with opened_home(ctx) as home:
+        written = fleet.write_broker_config(home, out)
+    if as_json:
+        print_json({k: v if isinstance(v, int) else str(v) for k, v in vars(written).items()})
+        return
+    out_ = console()
+    who = f"controller {written.controller_user!r} and {written.devices} device(s)"
+    out_.print(f"wrote {written.password_file} ({who}), {written.acl_file}, {written.conf_file}")
+    out_.print(
+        f"use it: `include_dir {written.folder}` in mosquitto.conf (or copy edgefleet.conf "
+        "into /etc/mosquitto/conf.d/); the mosquitto user must be able to read the folder "
+        "and the files (mode 0640, group mosquitto when it exists); reload with SIGHUP"
+    )

@@ -1,0 +1,21 @@
+"""``edgefleet serve``: the daemon's loop (jobs on one clock), MQTT ingest into the registry,
+the HTTP server for artifacts, ``/metrics`` and ``/healthz``, and the metrics it counts."""
+
+from ._http import ArtifactServer, registry_token_check
+from ._ingest import Inbound, ingest, ingest_many
+from ._loop import CLIENT_ID, Daemon, Job, run_jobs, serve
+from ._metrics import Metrics
+
+__all__ = [
+    "CLIENT_ID",
+    "ArtifactServer",
+    "Daemon",
+    "Inbound",
+    "Job",
+    "Metrics",
+    "ingest",
+    "ingest_many",
+    "registry_token_check",
+    "run_jobs",
+    "serve",
+]

@@ -1,0 +1,213 @@
+"""``edgefleet serve``: MQTT ingest, the jobs that send orders, and the artifact server.
+
+Threads: paho's network loop (only queues what arrives), one ingest writer (decodes,
+writes a batch per transaction, then acknowledges), the HTTP server, and the caller's
+thread running the jobs on one clock until ``stop`` is set. The jobs, in order on every
+tick: after a (re)connect, resend the commands the broker never acknowledged; then, once
+nothing is left to resend (lower sequence numbers first), send pending deployments.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from edgefleet import shared
+from edgefleet.shared import Channel, EventMessage, StatusMessage, TelemetryMessage
+from edgefleet.shared.errors import BrokerError, EdgefleetError, MessageError
+
+from ..home import Home
+from ..mqtt import MqttLink, Received, Session
+from ..rollout import dispatch_pending, resend_unconfirmed
+from ._http import ArtifactServer, registry_token_check
+from ._ingest import Inbound, ingest_many
+from ._metrics import Metrics
+
+log = logging.getLogger("edgefleet.controller.daemon")
+
+CLIENT_ID = "edgefleet-controller"
+_BATCH = 500
+_INGESTED = (Channel.STATUS, Channel.EVENTS, Channel.TELEMETRY)
+
+
+@dataclass
+class Job:
+    """Work the daemon does every ``every_s`` seconds, on the loop's one clock."""
+
+    name: str
+    every_s: float
+    run: Callable[[], None]
+    due_at: float = 0.0
+
+
+def run_jobs(
+    jobs: list[Job],
+    stop: threading.Event,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Run each job when it is due, in list order, until ``stop`` is set. A job that raises
+    an edgefleet error is logged and runs again at its next turn."""
+    while not stop.is_set():
+        now = clock()
+        for job in jobs:
+            if job.due_at <= now:
+                try:
+                    job.run()
+                except EdgefleetError as exc:
+                    log.error("%s: %s", job.name, exc)
+                job.due_at = now + job.every_s
+        next_due = min(job.due_at for job in jobs)
+        stop.wait(max(next_due - clock(), 0.0))
+
+
+class Daemon:
+    def __init__(
+        self, home: Home, *, dispatch_interval_s: float = 0.5, client_id: str = CLIENT_ID
+    ) -> None:
+        self.home = home
+        self.settings = home.settings
+        self._inbox: queue.Queue[Received | None] = queue.Queue()
+        self._resend_due = threading.Event()  # set on every connect and unconfirmed publish
+        self._writer: threading.Thread | None = None
+        self.metrics = Metrics()
+        self.http = ArtifactServer(
+            home.store,
+            registry_token_check(home.engine),
+            host=self.settings.http_host,
+            port=self.settings.http_port,
+            prefix=urlsplit(self.settings.artifact_url).path or "/",
+            metrics=self.metrics,
+            metrics_text=lambda: self.metrics.render(home.engine),
+        )
+        prefix = self.settings.topic_prefix
+        self.link = MqttLink(
+            shared.broker_endpoint(self.settings.broker_url),
+            # events sent while we were down are kept for us, and acknowledged only once stored
+            Session(client_id=client_id, persistent=True, manual_ack=True),
+            subscriptions=[(shared.fleet_topic(ch, prefix), 1) for ch in _INGESTED],
+            on_message=self._inbox.put,
+            on_connected=self._resend_due.set,
+        )
+        self.jobs = [
+            Job("resend", dispatch_interval_s, self._resend),
+            Job("dispatch", dispatch_interval_s, self._dispatch),
+        ]
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve until ``stop`` is set; then finish what was received and sent, and return."""
+        self.http.start()
+        log.info("artifact server on http://%s:%d", self.settings.http_host, self.http.port)
+        self._writer = threading.Thread(target=self._write_loop, name="ingest", daemon=True)
+        self._writer.start()
+        self.link.start()
+        try:
+            run_jobs(self.jobs, stop)
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        log.info("stopping")
+        # Write and acknowledge what has arrived; anything after the marker stays unacknowledged
+        # and the broker delivers it again next time (persistent session).
+        self._inbox.put(None)
+        if self._writer:
+            self._writer.join(timeout=30)
+        self.link.close()
+        self.http.stop()
+        log.info("stopped")
+
+    # -- jobs ------------------------------------------------------------------------
+
+    def _resend(self) -> None:
+        """Send again what may never have reached the broker (see ``resend_unconfirmed``)."""
+        if not (self.link.connected and self._resend_due.is_set()):
+            return
+        self._resend_due.clear()  # first: a reconnect while resending asks for another round
+        try:
+            resent = resend_unconfirmed(self.home, self._publish)
+        except EdgefleetError:
+            self._resend_due.set()
+            raise
+        if resent:
+            self.metrics.inc("edgefleet_deployments_resent_total", len(resent))
+            log.info("resent %d unconfirmed deployment(s) after connecting", len(resent))
+
+    def _dispatch(self) -> None:
+        # pending rows wait until the unconfirmed ones went out: lower sequences first
+        if not self.link.connected or self._resend_due.is_set():
+            return
+        sent = dispatch_pending(self.home, self._publish)
+        if sent:
+            self.metrics.inc("edgefleet_deployments_dispatched_total", len(sent))
+
+    def _publish(self, topic: str, payload: bytes) -> None:
+        try:
+            self.link.publish(topic, payload)
+        except BrokerError:
+            self._resend_due.set()  # the row keeps its bytes until the broker acknowledges
+            raise
+
+    # -- ingest ----------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        done = False
+        while not done:
+            first = self._inbox.get()
+            batch: list[Received] = []
+            if first is None:
+                done = True
+            else:
+                batch.append(first)
+            while len(batch) < _BATCH:
+                try:
+                    item = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    done = True
+                    break
+                batch.append(item)
+            if batch:
+                self._write(batch)
+
+    def _write(self, batch: list[Received]) -> None:
+        decoded: list[tuple[str, Inbound]] = []
+        for item in batch:
+            try:
+                device, _channel = shared.parse_topic(item.topic, self.settings.topic_prefix)
+                message = shared.decode(item.payload)
+                if not isinstance(message, StatusMessage | EventMessage | TelemetryMessage):
+                    raise MessageError(f"unexpected {message.kind} message")
+                decoded.append((device, message))
+            except MessageError as exc:
+                log.warning("dropped a message on %s: %s", item.topic, exc)
+                self.metrics.inc("edgefleet_messages_dropped_total")
+        for attempt in range(5):
+            try:
+                with self.home.session(write=True) as session:
+                    ingest_many(session, decoded)
+                break
+            except EdgefleetError as exc:
+                log.error("writing %d messages failed (attempt %d): %s", len(batch), attempt, exc)
+                time.sleep(0.2 * (attempt + 1))
+            except Exception:  # a bug must not stop ingest; the broker redelivers unacked
+                log.exception("writing %d messages failed", len(batch))
+                return
+        else:
+            return  # not acknowledged: redelivered after a reconnect
+        for _, message in decoded:
+            self.metrics.inc("edgefleet_messages_ingested_total", kind=message.kind)
+        for item in batch:
+            self.link.ack(item)
+
+
+def serve(home: Home, stop: threading.Event) -> None:
+    Daemon(home).run(stop)

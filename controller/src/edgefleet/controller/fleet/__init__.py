@@ -1,0 +1,35 @@
+"""The fleet: enrolling devices (credentials and agent config), the broker's password file
+and ACL, and the read side — what runs where, how fast, and what the devices reported."""
+
+from ._broker_files import BrokerConfig, write_broker_config
+from ._devices import (
+    DEFAULT_STATE_DIR,
+    EnrolledDevice,
+    add_device,
+    agent_config_text,
+    get_device,
+    list_devices,
+    mosquitto_password_hash,
+    parse_labels,
+    remove_device,
+    token_sha256,
+)
+from ._status import fleet_status, follow_events, list_events
+
+__all__ = [
+    "DEFAULT_STATE_DIR",
+    "BrokerConfig",
+    "EnrolledDevice",
+    "add_device",
+    "agent_config_text",
+    "fleet_status",
+    "follow_events",
+    "get_device",
+    "list_devices",
+    "list_events",
+    "mosquitto_password_hash",
+    "parse_labels",
+    "remove_device",
+    "token_sha256",
+    "write_broker_config",
+]

@@ -1,0 +1,39 @@
+"""The operator's edgefleet home: settings and ``config.toml``, device profiles, the
+signing key, files written privately, and :class:`Home`, which opens the registry and
+the artifact store for every other part."""
+
+from ._files import write_private
+from ._home import Home, InitReport, available_profiles, init_home, open_home
+from ._profiles import (
+    Budgets,
+    Compression,
+    DeviceProfile,
+    builtin_profiles_dir,
+    get_profile,
+    load_profile,
+    load_profiles,
+    record_profile,
+)
+from ._settings import HOME_ENV, Settings, config_text, load_settings, toml_value
+
+__all__ = [
+    "HOME_ENV",
+    "Budgets",
+    "Compression",
+    "DeviceProfile",
+    "Home",
+    "InitReport",
+    "Settings",
+    "available_profiles",
+    "builtin_profiles_dir",
+    "config_text",
+    "get_profile",
+    "init_home",
+    "load_profile",
+    "load_profiles",
+    "load_settings",
+    "open_home",
+    "record_profile",
+    "toml_value",
+    "write_private",
+]

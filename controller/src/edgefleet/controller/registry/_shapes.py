@@ -1,0 +1,103 @@
+"""The shapes the service layer takes and hands out: inputs end in ``Create``, outputs in
+``Public`` (or name what they report, like ``DeviceStatus``); never table rows."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import field_validator
+from sqlmodel import SQLModel
+
+from edgefleet.shared import IOSignature, SmokeTest, check_device_id
+
+from ._tables import Device, as_utc
+
+
+class DeviceCreate(SQLModel):
+    name: str
+    profile: str
+    labels: dict[str, str] = {}
+
+    @field_validator("name")
+    @classmethod
+    def _device_id(cls, v: str) -> str:
+        return check_device_id(v)
+
+
+class DevicePublic(SQLModel):
+    name: str
+    profile: str
+    labels: dict[str, str]
+    created_at: datetime
+    online: bool
+    last_seen: datetime | None
+    agent_version: str
+    last_sequence: int
+
+    @classmethod
+    def of(cls, device: Device) -> DevicePublic:
+        return cls(
+            name=device.name,
+            profile=device.profile,
+            labels=dict(device.labels or {}),
+            created_at=as_utc(device.created_at),  # type: ignore[arg-type]
+            online=device.online,
+            last_seen=as_utc(device.last_seen),
+            agent_version=device.agent_version,
+            last_sequence=device.last_sequence,
+        )
+
+
+class VariantPublic(SQLModel):
+    name: str
+    sha256: str
+    size: int
+    profile: str | None
+    metrics: dict[str, Any]
+
+
+class ModelVersionPublic(SQLModel):
+    name: str
+    version: str
+    created_at: datetime
+    source_name: str
+    io: IOSignature
+    smoke_test: SmokeTest
+    variants: list[VariantPublic]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+class DeploymentPublic(SQLModel):
+    deployment_id: str
+    device: str
+    profile: str
+    model: str  # name:version/variant
+    state: str
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+class DeviceStatus(SQLModel):
+    device: str
+    online: bool
+    profile: str
+    model: str | None  # name:version of the last committed deployment
+    state: str | None  # of the device's latest deployment
+    p95_ms: float | None  # last reported by the device
+    last_seen: datetime | None
+
+
+class EventPublic(SQLModel):
+    id: int
+    at: datetime
+    device: str
+    deployment_id: str | None
+    state: str
+    ok: bool
+    error_code: str | None
+    message: str
+    details: dict[str, Any] | None

@@ -1,0 +1,125 @@
+"""Recording a deployment: the target devices chosen by name, profile or labels, and the
+variant each one gets (its profile's own, else the original). ``deploy`` only writes rows
+(state ``pending``); the daemon (``edgefleet serve``) signs and sends them."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+
+from sqlmodel import Session, col, select
+
+from edgefleet.shared.errors import ConfigError, NotFound
+
+from ..catalog import ORIGINAL_VARIANT, find_version, parse_model_ref
+from ..home import Home
+from ..registry import Deployment, DeploymentPublic, DeploymentState, Device, Variant
+
+
+def new_deployment_id(now: datetime | None = None) -> str:
+    now = now or datetime.now(UTC)
+    return f"dep-{now:%Y%m%d%H%M%S}-{secrets.token_hex(3)}"
+
+
+def deploy(
+    home: Home,
+    ref: str,
+    *,
+    devices: list[str] | None = None,
+    profile: str | None = None,
+    labels: dict[str, str] | None = None,
+) -> list[DeploymentPublic]:
+    """Record one pending deployment row per target device of model version ``ref``.
+
+    Exactly one way of choosing targets must be given. Unknown devices, an
+    unknown profile, an unknown model or an empty selection raise before
+    anything is written.
+    """
+    name, version = parse_model_ref(ref)
+    chosen = sum(x is not None and x != [] and x != {} for x in (devices, profile, labels))
+    if chosen != 1:
+        raise ConfigError("choose the targets with exactly one of --device, --profile or --label")
+    if profile is not None:
+        home.profile(profile)  # raises NotFound for a profile that does not exist
+    with home.session(write=True) as session:
+        row = find_version(session, name, version)
+        targets = _targets(session, devices=devices, profile=profile, labels=labels)
+        deployment_id = new_deployment_id()
+        out: list[DeploymentPublic] = []
+        for device in targets:
+            variant = _variant_for(session, row.id, device.profile)  # type: ignore[arg-type]
+            _supersede_unfinished(session, device)
+            session.add(
+                Deployment(
+                    deployment_id=deployment_id,
+                    device_id=device.id,  # type: ignore[arg-type]
+                    variant_id=variant.id,  # type: ignore[arg-type]
+                )
+            )
+            out.append(
+                DeploymentPublic(
+                    deployment_id=deployment_id,
+                    device=device.name,
+                    profile=device.profile,
+                    model=f"{name}:{version}/{variant.name}",
+                    state=DeploymentState.PENDING.value,
+                )
+            )
+        return out
+
+
+def _targets(
+    session: Session,
+    *,
+    devices: list[str] | None,
+    profile: str | None,
+    labels: dict[str, str] | None,
+) -> list[Device]:
+    if devices:
+        found = session.exec(select(Device).where(col(Device.name).in_(devices))).all()
+        missing = sorted(set(devices) - {d.name for d in found})
+        if missing:
+            raise NotFound(f"unknown device(s): {', '.join(missing)}")
+        return sorted(found, key=lambda d: d.name)
+    query = select(Device).order_by(Device.name)
+    if profile is not None:
+        query = query.where(Device.profile == profile)
+    wanted = (labels or {}).items()
+    found = [d for d in session.exec(query).all() if wanted <= (d.labels or {}).items()]
+    if not found:
+        what = (
+            f"profile {profile!r}"
+            if profile
+            else "labels " + " ".join(f"{k}={v}" for k, v in sorted(wanted))
+        )
+        raise NotFound(f"no device matches {what}")
+    return found
+
+
+def _variant_for(session: Session, model_version_id: int, profile: str) -> Variant:
+    """The variant made for the device's profile if there is one, else the original."""
+    variants = session.exec(
+        select(Variant)
+        .where(Variant.model_version_id == model_version_id)
+        .order_by(col(Variant.id))
+    ).all()
+    for wanted in (lambda v: v.profile == profile, lambda v: v.name == ORIGINAL_VARIANT):
+        for v in variants:
+            if wanted(v):
+                return v
+    if not variants:
+        raise NotFound("the model version has no deployable variant")
+    return variants[0]
+
+
+def _supersede_unfinished(session: Session, device: Device) -> None:
+    """A device gets one deployment at a time: older pending ones will never be sent."""
+    for old in session.exec(
+        select(Deployment).where(
+            Deployment.device_id == device.id,
+            Deployment.state == DeploymentState.PENDING.value,
+        )
+    ).all():
+        old.state = DeploymentState.SUPERSEDED.value
+        old.updated_at = datetime.now(UTC)
+        session.add(old)
