@@ -101,6 +101,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # the agent CLI in a subprocess
 def test_cli_reports_a_bad_config_without_a_traceback(tmp_path):
     out = _cli("run", "--config", str(tmp_path / "missing.toml"))
     assert out.returncode == 2
@@ -108,6 +109,7 @@ def test_cli_reports_a_bad_config_without_a_traceback(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.slow  # the agent CLI in a subprocess
 def test_cli_check_config_hides_secrets(tmp_path):
     path = write(tmp_path, broker_password="hunter2", artifact_token="tok-123")
     out = _cli("check-config", "--config", str(path))
@@ -116,6 +118,7 @@ def test_cli_check_config_hides_secrets(tmp_path):
     assert "hunter2" not in out.stdout and "tok-123" not in out.stdout
 
 
+@pytest.mark.slow  # the agent CLI in a subprocess
 def test_cli_help_on_every_command():
     for args in ([], ["run"], ["check-config"]):
         out = _cli(*args, "--help")

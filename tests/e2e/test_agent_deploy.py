@@ -7,8 +7,11 @@ from collections import Counter
 
 import httpx
 import numpy as np
+import pytest
 
 from edgefleet.harness import digits, infer_digits, write_digits_model
+
+pytestmark = pytest.mark.slow  # agent subprocesses
 
 
 def test_deploy_serves_and_swap_drops_no_request(tmp_path, make_agent, operator, observer):

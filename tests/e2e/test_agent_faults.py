@@ -5,8 +5,11 @@ from __future__ import annotations
 import time
 
 import httpx
+import pytest
 
 from edgefleet.harness import write_digits_model
+
+pytestmark = pytest.mark.slow  # agent subprocesses, a killed broker
 
 
 def _wait(predicate, timeout: float = 30.0, what: str = "condition"):

@@ -14,6 +14,8 @@ from edgefleet import shared
 from edgefleet.harness import digits, digits_model, infer_digits, smoke_sample, write_digits_model
 from edgefleet.shared import ArtifactRef, IOSignature, TensorSpec
 
+pytestmark = pytest.mark.slow  # agent subprocesses
+
 
 def _other_key_same_id(operator, manifest):
     """Signed by a stranger who claims the operator's key id."""
