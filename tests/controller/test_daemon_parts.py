@@ -30,13 +30,13 @@ from edgefleet.controller.fleet import add_device
 from edgefleet.controller.registry import DeviceCreate
 from edgefleet.controller.rollout import dispatch_pending, resend_unconfirmed
 from edgefleet.shared import (
+    N_BUCKETS,
     LatencyHistogram,
     ModelRef,
     ModelStats,
     StatusMessage,
     TelemetryMessage,
 )
-from edgefleet.shared._histogram import N_BUCKETS
 from edgefleet.shared.errors import BrokerError
 
 

@@ -31,7 +31,8 @@
     ├── BenchmarkFailed              no latency figures from a device
     └── RegistryError                the controller's database
         ├── NotFound
-        └── AlreadyExists
+        ├── AlreadyExists
+        └── Conflict                 a write broke a constraint (another writer won)
 
 Every class has a stable ``code`` that goes into events, exit codes and JSON
 output; messages are for people, codes are for programs.
@@ -47,6 +48,7 @@ __all__ = [
     "BrokerError",
     "ChecksumMismatch",
     "ConfigError",
+    "Conflict",
     "CrashedWhileLoading",
     "DeploymentError",
     "DeviceOffline",
@@ -221,3 +223,10 @@ class NotFound(RegistryError):
 
 class AlreadyExists(RegistryError):
     code = "already_exists"
+
+
+class Conflict(RegistryError):
+    """A write the database refused by a constraint, usually because another writer got there
+    first; translated from SQLAlchemy's ``IntegrityError`` where sessions are opened."""
+
+    code = "conflict"

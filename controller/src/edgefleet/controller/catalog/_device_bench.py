@@ -20,6 +20,7 @@ from edgefleet.shared import (
     ArtifactRef,
     BenchmarkCommand,
     BenchmarkOrder,
+    DeviceState,
     EventMessage,
     IOSignature,
     ModelRef,
@@ -29,11 +30,15 @@ from edgefleet.shared import (
     broker_endpoint,
 )
 from edgefleet.shared.errors import (
+    ArtifactError,
     BenchmarkFailed,
     BrokerError,
+    ChecksumMismatch,
     ConfigError,
     DeviceOffline,
+    DownloadError,
     MessageError,
+    SizeExceeded,
 )
 
 from ..compress import REFERENCE, Candidate, Progress
@@ -51,7 +56,7 @@ CONNECT_WAIT_S = 10.0
 STATUS_WAIT_S = 3.0
 # orders stay valid this long past the timeout, so a device clock a little ahead still takes them
 CLOCK_SLACK_S = 60
-_ARTIFACT_CODES = {"download_failed", "artifact", "checksum_mismatch", "size_exceeded"}
+_ARTIFACT_CODES = {e.code for e in (ArtifactError, DownloadError, ChecksumMismatch, SizeExceeded)}
 
 
 class DeviceLink:
@@ -224,11 +229,11 @@ class DeviceBenchmarks:
             # a signature the device cannot verify is refused before it reads the order's id
             ours = message is not None and (
                 message.deployment_id == benchmark_id
-                or (message.deployment_id == "" and message.state == "rejected")
+                or (message.deployment_id == "" and message.state == DeviceState.REJECTED)
             )
             if message is None or not ours:
                 continue
-            if message.state == "benchmarked":
+            if message.state == DeviceState.BENCHMARKED:
                 return _figures(message)
             if not message.ok:
                 return f"{message.error_code or 'failed'}: {message.message}"

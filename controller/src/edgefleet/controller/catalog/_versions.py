@@ -5,11 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from edgefleet.shared import IOSignature, SmokeTest
-from edgefleet.shared.errors import AlreadyExists, ConfigError, NotFound
+from edgefleet.shared.errors import AlreadyExists, ConfigError, Conflict, NotFound
 
 from ..home import Home
 from ..registry import (
@@ -84,7 +83,7 @@ def add_model(
             )
             session.flush()
             return _public(session, model, row)
-    except IntegrityError as exc:  # someone added the same version meanwhile
+    except Conflict as exc:  # someone added the same version meanwhile
         raise AlreadyExists(f"model {name}:{version} already exists") from exc
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from edgefleet.shared.errors import ConfigError, ModelError
 
@@ -19,8 +19,6 @@ from . import _metrics
 from ._data import EvalData, load_eval_data, split_eval_data
 from ._measure import file_size, open_session, run_outputs, time_side_by_side
 from ._onnx_passes import (
-    CALIBRATION_METHODS,
-    CalibrationMethodName,
     Candidate,
     PassFailed,
     QuantizationInput,
@@ -29,7 +27,9 @@ from ._onnx_passes import (
     quantize_int8_dynamic,
     quantize_int8_static,
 )
+from ._options import PassOptions
 from ._select import Measured, Objective, breaches, check_objective, choose
+from ._torch_candidates import torch_candidates
 
 if TYPE_CHECKING:
     import torch
@@ -38,26 +38,10 @@ Progress = Callable[[str, int, int], None]
 # Latency measured somewhere else (a device): every candidate in, the reference first; out,
 # each one's (p50 ms, p95 ms) there, or why it could not be measured there
 Measure = Callable[[list[Candidate]], Mapping[str, tuple[float, float] | str]]
-TORCH_PASSES = ("prune", "distill")
 REFERENCE = "fp32"
 # ISA features meaning the CPU has VNNI int8 dot products; without them, x86 int8 needs
 # reduce-range to avoid saturating the u8s8 kernels
 VNNI_FEATURES = frozenset({"avx-vnni", "avx512-vnni", "avx512vnni", "vnni", "amx"})
-
-
-@dataclass(frozen=True)
-class PassOptions:
-    """Knobs of the passes; the defaults suit small vision models."""
-
-    prune_ratio: float = 0.5
-    prune_epochs: int = 20
-    distill_epochs: int = 30
-    distill_temperature: float = 4.0
-    distill_alpha: float = 0.7
-    graph_opt_level: Literal["basic", "extended"] = "basic"
-    calibration_methods: tuple[CalibrationMethodName, ...] = CALIBRATION_METHODS
-    per_channel: tuple[bool, ...] = (False, True)
-    reduce_range: bool | None = None  # None: decided by the profile's ISA features
 
 
 @dataclass
@@ -159,7 +143,7 @@ def compress(
 
     skipped: list[dict[str, str]] = []
     bases = [reference]
-    bases += _torch_candidates(
+    bases += torch_candidates(
         allowed, torch_model, student, calibration, out_dir, options, seed, notify, skipped
     )
     candidates = list(bases)
@@ -223,90 +207,6 @@ def local_threads(profile_threads: int) -> int:
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(profile_threads, cores or 1))
-
-
-def _torch_candidates(
-    allowed: list[str],
-    torch_model: torch.nn.Module | None,
-    student: torch.nn.Module | None,
-    train: EvalData,
-    out_dir: Path,
-    options: PassOptions,
-    seed: int,
-    notify: Progress,
-    skipped: list[dict[str, str]],
-) -> list[Candidate]:
-    wanted = [p for p in TORCH_PASSES if p in allowed]
-    if not wanted:
-        return []
-    if torch_model is None:
-        skipped += [{"candidate": p, "why": "needs the PyTorch model"} for p in wanted]
-        return []
-    from . import _torch_passes as tp
-
-    found: list[Candidate] = []
-    example = train.inputs[:1]
-    try:
-        if "prune" in wanted:
-            pruned = tp.prune_channels(
-                torch_model,
-                train,
-                ratio=options.prune_ratio,
-                epochs=options.prune_epochs,
-                seed=seed,
-                progress=lambda d, t: notify("prune: fine-tune", d, t),
-            )
-            cand = tp.export_onnx(
-                pruned, example, out_dir / "pruned.onnx", input_name=train.input_name, name="pruned"
-            )
-            recipe = {
-                "pass": "prune",
-                "library": "torch-pruning",
-                "importance": "magnitude-l1",
-                "ratio": options.prune_ratio,
-                "fine_tune_epochs": options.prune_epochs,
-                "parameters": [tp.count_parameters(torch_model), tp.count_parameters(pruned)],
-                "seed": seed,
-            }
-            found.append(Candidate(cand.name, cand.path, {"steps": [recipe]}))
-        if "distill" in wanted:
-            # without a given architecture the student is the pruned network, untrained
-            base = student
-            student_kind = "given"
-            if base is None:
-                base = tp.prune_channels(torch_model, train, ratio=options.prune_ratio, epochs=0)
-                student_kind = f"pruned-{options.prune_ratio}"
-            distilled = tp.distill(
-                torch_model,
-                base,
-                train,
-                temperature=options.distill_temperature,
-                alpha=options.distill_alpha,
-                epochs=options.distill_epochs,
-                seed=seed,
-                progress=lambda d, t: notify("distill", d, t),
-            )
-            cand = tp.export_onnx(
-                distilled,
-                example,
-                out_dir / "distilled.onnx",
-                input_name=train.input_name,
-                name="distilled",
-            )
-            recipe = {
-                "pass": "distill",
-                "student": student_kind,
-                "temperature": options.distill_temperature,
-                "alpha": options.distill_alpha if train.labels is not None else 1.0,
-                "hard_labels": train.labels is not None,
-                "epochs": options.distill_epochs,
-                "parameters": [tp.count_parameters(torch_model), tp.count_parameters(distilled)],
-                "seed": seed,
-            }
-            found.append(Candidate(cand.name, cand.path, {"steps": [recipe]}))
-    except PassFailed as exc:
-        skipped.append({"candidate": "torch passes", "why": exc.message})
-    return found
 
 
 def _onnx_jobs(

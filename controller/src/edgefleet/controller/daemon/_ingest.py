@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
-from edgefleet.shared import EventMessage, StatusMessage, TelemetryMessage
+from edgefleet.shared import DeviceState, EventMessage, StatusMessage, TelemetryMessage
 
 from ..registry import FINISHED_STATES, Deployment, DeploymentState, Device, Event, Telemetry
 
@@ -24,10 +24,10 @@ Inbound = StatusMessage | EventMessage | TelemetryMessage
 
 # The agent's event states, and what each means for the controller's row.
 _EVENT_TO_STATE = {
-    "committed": DeploymentState.COMMITTED,
-    "failed": DeploymentState.FAILED,
-    "rejected": DeploymentState.FAILED,
-    "rolled_back": DeploymentState.ROLLED_BACK,
+    DeviceState.COMMITTED: DeploymentState.COMMITTED,
+    DeviceState.FAILED: DeploymentState.FAILED,
+    DeviceState.REJECTED: DeploymentState.FAILED,
+    DeviceState.ROLLED_BACK: DeploymentState.ROLLED_BACK,
 }
 
 

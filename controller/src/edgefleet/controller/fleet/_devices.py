@@ -10,11 +10,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from edgefleet.shared import broker_endpoint
-from edgefleet.shared.errors import AlreadyExists, ConfigError, NotFound
+from edgefleet.shared.errors import AlreadyExists, ConfigError, Conflict, NotFound
 
 from ..home import Home, record_profile, toml_value, write_private
 from ..registry import Device, DeviceCreate, DevicePublic
@@ -71,34 +70,33 @@ def add_device(
     if out is not None and out.exists():
         raise ConfigError(f"{out} already exists; remove it or choose another --out")
     token = secrets.token_urlsafe(32)
-    with home.session(write=True) as session:
-        if session.exec(select(Device).where(Device.name == new.name)).first():
-            raise AlreadyExists(f"device {new.name!r} already exists")
-        record_profile(session, profile)
-        session.flush()  # the profile row first: the device's foreign key points at it
-        device = Device(
-            name=new.name,
-            profile=profile.name,
-            labels=dict(new.labels),
-            token_sha256=token_sha256(token),
-            mqtt_password_hash=mosquitto_password_hash(token),
-        )
-        session.add(device)
-        text = agent_config_text(home, device.name, profile.name, token, state_dir=state_dir)
-        if out is not None:
-            write_private(out, text)  # mode 0600: it holds the device's token
-        try:
+    try:
+        with home.session(write=True) as session:
+            if session.exec(select(Device).where(Device.name == new.name)).first():
+                raise AlreadyExists(f"device {new.name!r} already exists")
+            record_profile(session, profile)
+            session.flush()  # the profile row first: the device's foreign key points at it
+            device = Device(
+                name=new.name,
+                profile=profile.name,
+                labels=dict(new.labels),
+                token_sha256=token_sha256(token),
+                mqtt_password_hash=mosquitto_password_hash(token),
+            )
+            session.add(device)
+            text = agent_config_text(home, device.name, profile.name, token, state_dir=state_dir)
+            if out is not None:
+                write_private(out, text)  # mode 0600: it holds the device's token
             session.flush()
             public = DevicePublic.of(device)
-            session.commit()
-        except IntegrityError as exc:  # enrolled by someone else since we looked
-            if out is not None:
-                out.unlink(missing_ok=True)
-            raise AlreadyExists(f"device {new.name!r} already exists") from exc
-        except BaseException:
-            if out is not None:
-                out.unlink(missing_ok=True)
-            raise
+    except Conflict as exc:  # enrolled by someone else since we looked
+        if out is not None:
+            out.unlink(missing_ok=True)
+        raise AlreadyExists(f"device {new.name!r} already exists") from exc
+    except BaseException:
+        if out is not None:
+            out.unlink(missing_ok=True)
+        raise
     return EnrolledDevice(device=public, agent_config=text, written_to=out)
 
 

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlmodel import Session
 
-from edgefleet.shared.errors import ConfigError, RegistryError
+from edgefleet.shared.errors import ConfigError, Conflict, RegistryError
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -100,7 +100,8 @@ def write_lock(conn: sa.Connection) -> None:
 @contextmanager
 def session_scope(engine: Engine, *, write: bool = False) -> Iterator[Session]:
     """A session that commits on success, rolls back on error, and turns SQLAlchemy's
-    operational trouble into :class:`RegistryError`.
+    errors into edgefleet's: a broken constraint into :class:`Conflict` (callers that know
+    which constraint it was say so), other trouble into :class:`RegistryError`.
 
     ``write=True`` takes SQLite's write lock when the transaction begins: a transaction
     that reads and then writes while another process commits would otherwise fail at
@@ -111,9 +112,9 @@ def session_scope(engine: Engine, *, write: bool = False) -> Iterator[Session]:
     try:
         yield session
         session.commit()
-    except sa.exc.IntegrityError:
+    except sa.exc.IntegrityError as exc:
         session.rollback()
-        raise  # callers know which constraint means what
+        raise Conflict(f"the registry refused a conflicting write: {describe_error(exc)}") from exc
     except SQLAlchemyError as exc:
         session.rollback()
         raise RegistryError(f"database error: {describe_error(exc)}") from exc
