@@ -168,7 +168,7 @@ def parse_signed_document(payload: bytes) -> Manifest | RollbackOrder | Benchmar
     try:
         return _DOCUMENT.validate_json(payload)
     except ValidationError as exc:
-        raise MessageError(f"signed document is malformed: {_first_error(exc)}") from exc
+        raise MessageError(f"signed document is malformed: {first_error(exc)}") from exc
 
 
 def check_document(
@@ -194,7 +194,7 @@ def check_document(
         )
 
 
-def _first_error(exc: ValidationError) -> str:
+def first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "(root)"
     return f"{where}: {err['msg']}"

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from ._histogram import N_BUCKETS
-from ._manifest import ModelRef, _first_error
+from ._manifest import ModelRef, first_error
 from ._signing import SignedBlob
 from ._states import DeviceState
 from .errors import MessageError
@@ -170,4 +170,4 @@ def decode(payload: bytes) -> Message:
     try:
         return _MESSAGE.validate_python(raw)
     except ValidationError as exc:
-        raise MessageError(f"invalid {raw.get('kind', 'message')!s}: {_first_error(exc)}") from exc
+        raise MessageError(f"invalid {raw.get('kind', 'message')!s}: {first_error(exc)}") from exc
