@@ -7,9 +7,12 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 FORBIDDEN = ("torch", "sqlalchemy", "sqlmodel", "typer", "edgefleet.controller")
 
 
+@pytest.mark.slow  # starts the agent in a subprocess
 def test_importing_and_starting_the_agent_loads_nothing_forbidden(tmp_path, broker):
     from edgefleet import shared
 
@@ -30,7 +33,7 @@ def test_importing_and_starting_the_agent_loads_nothing_forbidden(tmp_path, brok
         import edgefleet.agent
         from edgefleet.agent import Agent, load_config
         from pathlib import Path
-        agent = Agent(load_config(Path({str(config)!r})))
+        agent = Agent.from_config(load_config(Path({str(config)!r})))
         agent.start()
         ok = agent.link.wait_connected(10)
         agent.stop()

@@ -40,37 +40,76 @@ def test_sigkill_during_download_resumes_with_range(
     assert httpx.get(f"{agent.url}/v1/model").json()["deployment_id"] == m.deployment_id
 
 
-def test_sigkill_during_load_fails_candidate_and_keeps_last_good(
-    tmp_path, make_agent, operator, observer
+# The agent's test-only hook holds it in a named state, where it is SIGKILLed.
+TEST_MODE = {"EDGEFLEET_AGENT_TEST_MODE": "1"}
+PAUSE_IN = "EDGEFLEET_AGENT_TEST_PAUSE_IN"
+
+DEATH_CASES = [
+    # killed in, command, end state after the restart, error code, which model serves then
+    ("downloading", "deploy", "committed", None, "new"),
+    ("verifying", "deploy", "committed", None, "new"),
+    ("loading", "deploy", "failed", "crashed_while_loading", "last good"),
+    ("testing", "deploy", "failed", "crashed_while_loading", "last good"),
+    ("switching", "deploy", "committed", None, "new"),
+    ("rolling_back", "rollback", "rolled_back", None, "last good"),
+]
+
+
+@pytest.mark.parametrize(
+    ("killed_in", "command", "end", "code", "serves"), DEATH_CASES, ids=[c[0] for c in DEATH_CASES]
+)
+def test_sigkill_in_state_then_restart(
+    tmp_path, make_agent, operator, observer, killed_in, command, end, code, serves
 ):
+    """SIGKILL in each state the agent can be stopped in; the restart ends where it should."""
+    device = f"dev-{killed_in.replace('_', '-')}"
     v1 = write_digits_model(tmp_path / "v1.onnx", seed=1)
     v2 = write_digits_model(tmp_path / "v2.onnx", seed=2)
-    # the agent stops in LOADING for a minute: long enough to be killed there
-    agent = make_agent("dev-ld", env={"EDGEFLEET_AGENT_PAUSE_IN": "loading:60"})
-    m1 = operator.manifest("dev-ld", v1)
-    agent.stop()
-    agent.env.pop("EDGEFLEET_AGENT_PAUSE_IN")
-    agent.start()
-    operator.send("dev-ld", operator.deploy_payload(m1))
+    agent = make_agent(device, env=dict(TEST_MODE))
+    m1 = operator.deploy(device, v1)
     observer.wait_event(m1.deployment_id, "committed")
-    agent.stop()
+    last_good = m1.deployment_id
+    if command == "rollback":  # something to roll back from
+        m2 = operator.deploy(device, v2, version="2.0.0")
+        observer.wait_event(m2.deployment_id, "committed")
 
-    agent.env["EDGEFLEET_AGENT_PAUSE_IN"] = "loading:60"
+    agent.stop()
+    agent.env[PAUSE_IN] = f"{killed_in}:60"
     agent.start()
-    m2 = operator.deploy("dev-ld", v2, version="2.0.0")
-    _wait(lambda: agent.state().get("current", {}).get("state") == "loading", what="loading")
+    if command == "deploy":
+        m2 = operator.deploy(device, v2, version="2.0.0")
+        target = m2.deployment_id
+    else:
+        target, payload = operator.rollback_payload(device)
+        operator.send(device, payload)
+    _wait(
+        lambda: (
+            agent.state().get("current", {}).get("deployment_id") == target
+            and agent.state()["current"]["state"] == killed_in
+        ),
+        what=killed_in,
+    )
     agent.kill()
 
-    agent.env.pop("EDGEFLEET_AGENT_PAUSE_IN")
+    agent.env.pop(PAUSE_IN)
     agent.start()
-    failed = observer.wait_event(m2.deployment_id, "failed")
-    assert failed.error_code == "crashed_while_loading"
+    finished = observer.wait_event(target, end, timeout=60)
+    assert finished.error_code == code
     agent.wait_serving()
-    assert httpx.get(f"{agent.url}/v1/model").json()["deployment_id"] == m1.deployment_id
+    serving = httpx.get(f"{agent.url}/v1/model").json()["deployment_id"]
+    assert serving == (m2.deployment_id if serves == "new" else last_good)
     # the device is not stuck: a later deployment goes through
     v3 = write_digits_model(tmp_path / "v3.onnx", seed=3)
-    m3 = operator.deploy("dev-ld", v3, version="3.0.0")
+    m3 = operator.deploy(device, v3, version="3.0.0")
     observer.wait_event(m3.deployment_id, "committed")
+
+
+def test_pause_hook_is_ignored_without_test_mode(tmp_path, make_agent, operator, observer):
+    """The hook is for tests only: without the test-mode switch a deployment runs straight on."""
+    v1 = write_digits_model(tmp_path / "v1.onnx", seed=1)
+    make_agent("dev-prod", env={PAUSE_IN: "loading:60"})
+    m1 = operator.deploy("dev-prod", v1)
+    observer.wait_event(m1.deployment_id, "committed", timeout=20)
 
 
 def test_broker_killed_mid_deployment_completes(

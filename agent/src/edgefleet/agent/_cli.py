@@ -78,7 +78,7 @@ def _run(config: AgentConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     try:
-        agent = Agent(config)
+        agent = Agent.from_config(config)
         agent.start()
     except EdgefleetError as exc:
         print(f"edgefleet-agent: error: {exc}", file=sys.stderr)

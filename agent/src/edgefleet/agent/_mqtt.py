@@ -21,24 +21,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from ._link import Inbound, Outbound
+
 log = logging.getLogger("edgefleet.agent.mqtt")
-
-
-@dataclass(frozen=True)
-class Inbound:
-    """A message from the broker: its topic, its bytes, and how to acknowledge it."""
-
-    topic: str
-    payload: bytes
-    ack: Callable[[], None]
-
-
-@dataclass(frozen=True)
-class Outbound:
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,21 +48,17 @@ def backoff_delay(attempt: int, low: float, high: float, rng: random.Random) -> 
     return ceiling / 2 + rng.uniform(0, ceiling / 2)
 
 
+def _unset() -> Outbound:
+    raise RuntimeError("the MQTT link was not started")
+
+
 class MqttLink:
-    def __init__(
-        self,
-        settings: BrokerSettings,
-        *,
-        subscriptions: list[str],
-        on_message: Callable[[Inbound], None],
-        birth: Callable[[], Outbound],
-        will: Callable[[], Outbound],
-    ) -> None:
+    def __init__(self, settings: BrokerSettings, *, subscriptions: list[str]) -> None:
         self._settings = settings
         self._subscriptions = subscriptions
-        self._on_message = on_message
-        self._birth = birth
-        self._will = will
+        self._on_message: Callable[[Inbound], None] = lambda message: None
+        self._birth: Callable[[], Outbound] = _unset
+        self._will: Callable[[], Outbound] = _unset
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._generation = 0
@@ -107,7 +88,14 @@ class MqttLink:
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
-    def start(self) -> None:
+    def start(
+        self,
+        *,
+        on_message: Callable[[Inbound], None],
+        birth: Callable[[], Outbound],
+        will: Callable[[], Outbound],
+    ) -> None:
+        self._on_message, self._birth, self._will = on_message, birth, will
         self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
         self._thread.start()
 
