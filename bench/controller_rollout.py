@@ -97,13 +97,11 @@ def ingest(messages: int, n_devices: int = 20) -> tuple[float, float, float]:
         for d in devices:
             fleet.add_device(d, "rpi4")
         fleet.start_daemon()
-        time.sleep(1.0)  # the daemon subscribes
         db = sqlite3.connect(fleet.home / "registry.db", timeout=30)
 
         def count() -> int:
             return int(db.execute("SELECT count(*) FROM telemetry").fetchone()[0])
 
-        base = count()
         stats = ModelStats(
             model=ModelRef(name="digits", version="1.0.0"),
             deployment_id="dep-bench",
@@ -113,21 +111,21 @@ def ingest(messages: int, n_devices: int = 20) -> tuple[float, float, float]:
             p95_ms=0.4,
             p99_ms=0.6,
         )
+
+        def telemetry(device: str, sent_at: datetime) -> tuple[str, bytes]:
+            message = TelemetryMessage(
+                device_id=device,
+                sent_at=sent_at,
+                interval_s=10.0,
+                models=[stats],
+                system=SystemStats(cpu_percent=12.5, memory_used_bytes=1 << 28),
+            )
+            return shared.telemetry_topic(device), shared.encode(message)
+
         # every message a new interval (its own sent_at): redeliveries are stored only once
         start = datetime.now(UTC)
         payloads = [
-            (
-                shared.telemetry_topic(devices[i % n_devices]),
-                shared.encode(
-                    TelemetryMessage(
-                        device_id=devices[i % n_devices],
-                        sent_at=start + timedelta(seconds=10 * (i // n_devices)),
-                        interval_s=10.0,
-                        models=[stats],
-                        system=SystemStats(cpu_percent=12.5, memory_used_bytes=1 << 28),
-                    )
-                ),
-            )
+            telemetry(devices[i % n_devices], start + timedelta(seconds=10 * (i // n_devices)))
             for i in range(messages)
         ]
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{uuid.uuid4().hex[:6]}")
@@ -135,6 +133,17 @@ def ingest(messages: int, n_devices: int = 20) -> tuple[float, float, float]:
         client.max_queued_messages_set(0)
         client.connect("127.0.0.1", fleet.broker.port)
         client.loop_start()
+
+        # the daemon has subscribed once a probe is stored; the probe is one interval, so
+        # sending it again until then adds one row at most
+        probe = telemetry(devices[0], start - timedelta(days=1))
+
+        def probe_stored() -> bool:
+            client.publish(*probe, qos=1)
+            return count() > 0
+
+        wait_until(probe_stored, 30, "the daemon stores no telemetry")
+        base = count()
         t0 = time.monotonic()
         infos = []
         for start in range(0, messages, WINDOW):
