@@ -15,10 +15,10 @@ import httpx
 import numpy as np
 import pytest
 
-from edgefleet.harness import digits, free_port, infer_digits, write_digits_model
+from edgefleet.harness import digits, free_port, infer_digits, wait_until, write_digits_model
 
 from .conftest import files_under, sqlite_snapshot
-from .test_e2e_serve import Fleet, wait_until
+from .test_e2e_serve import Fleet
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]  # serve and agent processes
 
