@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._config import AgentConfig, load_config
 from ._lifecycle import TRANSITIONS, DeploymentRecord, Outcome, State, drive, next_state
+from ._link import Inbound, Link, Outbound
 
 if TYPE_CHECKING:
     from ._agent import Agent
@@ -21,6 +22,9 @@ __all__ = [
     "Agent",
     "AgentConfig",
     "DeploymentRecord",
+    "Inbound",
+    "Link",
+    "Outbound",
     "Outcome",
     "State",
     "drive",

@@ -1,0 +1,192 @@
+"""An agent in-process: a fake MQTT link that records, artifacts over httpx.MockTransport,
+real ONNX models and a real state folder."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from edgefleet import shared
+from edgefleet.agent import Agent, AgentConfig, Inbound, Outbound
+from edgefleet.harness import DIGITS_IO, smoke_sample
+from edgefleet.shared import (
+    ArtifactRef,
+    BenchmarkCommand,
+    BenchmarkOrder,
+    DeployCommand,
+    EventMessage,
+    Manifest,
+    ModelRef,
+    RollbackCommand,
+    RollbackOrder,
+    RuntimeSettings,
+    StatusMessage,
+)
+
+DEVICE = "dev-inproc"
+BASE_URL = "http://artifacts.test/"
+
+
+class FakeLink:
+    """Stands in for the MQTT link in unit tests: records what the agent publishes."""
+
+    def __init__(self) -> None:
+        self.published: list[Outbound] = []
+        self.on_message: Callable[[Inbound], None] | None = None
+        self.stopped = False
+
+    def start(
+        self,
+        *,
+        on_message: Callable[[Inbound], None],
+        birth: Callable[[], Outbound],
+        will: Callable[[], Outbound],
+    ) -> None:
+        self.on_message = on_message
+        will()
+        self.publish(birth())
+
+    def publish(self, message: Outbound) -> None:
+        self.published.append(message)
+
+    def stop(self, farewell: Outbound | None = None) -> None:
+        self.stopped = True
+
+    def messages(self) -> list[Any]:
+        return [shared.decode(m.payload) for m in list(self.published)]
+
+    def events(self, deployment_id: str | None = None) -> list[EventMessage]:
+        return [
+            m
+            for m in self.messages()
+            if isinstance(m, EventMessage)
+            and (deployment_id is None or m.deployment_id == deployment_id)
+        ]
+
+    def statuses(self) -> list[StatusMessage]:
+        return [m for m in self.messages() if isinstance(m, StatusMessage)]
+
+
+@dataclass
+class Artifacts:
+    """Artifact bodies by URL path, served through httpx.MockTransport."""
+
+    bodies: dict[str, bytes] = field(default_factory=dict)
+    requests: list[str] = field(default_factory=list)
+    down: bool = False  # every request fails to connect
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request.url.path)
+        if self.down:
+            raise httpx.ConnectError("connection refused", request=request)
+        body = self.bodies.get(request.url.path.lstrip("/"))
+        if body is None:
+            return httpx.Response(404)
+        return httpx.Response(200, content=body)
+
+
+class Fleet:
+    """Signs documents for one in-process agent and feeds them to it."""
+
+    def __init__(self, root: Path, models: dict[str, Path]) -> None:
+        self.root = root
+        self.models = models
+        self.key = shared.generate_private_key()
+        self.artifacts = Artifacts()
+        self.link = FakeLink()
+        self.sequence = 0
+        self.config = AgentConfig(
+            device_id=DEVICE,
+            broker_url="mqtt://broker.test:1883",
+            artifact_base_url=BASE_URL,
+            trusted_keys=(shared.public_key_to_text(self.key.public_key()),),
+            state_dir=root / "state",
+            inference_port=0,
+            telemetry_interval_s=0.05,
+            download_attempts=2,
+            download_retry_s=0.0,
+        )
+        self._agents: list[Agent] = []
+
+    def agent(self) -> Agent:
+        """A new agent on the same state folder (a restart), with fresh I/O objects."""
+        http = httpx.Client(
+            base_url=BASE_URL, transport=httpx.MockTransport(self.artifacts.handler)
+        )
+        self.link = FakeLink()
+        agent = Agent(self.config, http=http, link=self.link)
+        self._agents.append(agent)
+        return agent
+
+    def artifact(self, model: str, body: bytes | None = None) -> ArtifactRef:
+        """Publish a model; ``body`` replaces what the server sends for it (a fault)."""
+        data = self.models[model].read_bytes()
+        digest = shared.sha256_bytes(data)
+        url = f"sha256/{digest}"
+        self.artifacts.bodies[url] = data if body is None else body
+        return ArtifactRef(sha256=digest, size=len(data), url=url)
+
+    def _signed(self, **fields: Any) -> dict[str, Any]:
+        now = datetime.now(UTC)
+        self.sequence += 1
+        base = dict(
+            device_id=DEVICE,
+            sequence=self.sequence,
+            issued_at=now,
+            expires_at=now + timedelta(hours=1),
+            key_id=shared.key_id(self.key.public_key()),
+        )
+        return {**base, **fields}
+
+    def manifest(self, model: str, *, body: bytes | None = None, **changes: Any) -> Manifest:
+        fields = self._signed(
+            deployment_id=f"dep-{model}-{uuid.uuid4().hex[:6]}",
+            model=ModelRef(name="digits", version=f"1.0.{model[-1]}"),
+            artifact=self.artifact(model, body),
+            io=DIGITS_IO,
+            smoke_test=smoke_sample(self.models[model]),
+            runtime=RuntimeSettings(intra_op_threads=1, benchmark_runs=3),
+        )
+        return Manifest(**{**fields, **changes})
+
+    def deploy(self, model: str, **kw: Any) -> tuple[str, bytes]:
+        manifest = self.manifest(model, **kw)
+        blob = shared.sign(shared.encode_document(manifest), self.key)
+        return manifest.deployment_id, shared.encode(DeployCommand(signed=blob))
+
+    def rollback(self) -> tuple[str, bytes]:
+        order = RollbackOrder(**self._signed(deployment_id=f"rb-{uuid.uuid4().hex[:6]}"))
+        blob = shared.sign(shared.encode_document(order), self.key)
+        return order.deployment_id, shared.encode(RollbackCommand(signed=blob))
+
+    def benchmark(self, model: str, *, body: bytes | None = None) -> tuple[str, bytes]:
+        fields = self._signed(
+            benchmark_id=f"bench-{uuid.uuid4().hex[:6]}",
+            model=ModelRef(name="digits", version="9.9.9"),
+            artifact=self.artifact(model, body),
+            io=DIGITS_IO,
+            sample=smoke_sample(self.models[model]).inputs,
+            runs=3,
+        )
+        fields.pop("sequence")
+        order = BenchmarkOrder(**fields)
+        blob = shared.sign(shared.encode_document(order), self.key)
+        return order.benchmark_id, shared.encode(BenchmarkCommand(signed=blob))
+
+    def close(self) -> None:
+        for agent in self._agents:
+            agent.http.close()
+
+
+def inbound(payload: bytes, acks: list[bytes] | None = None) -> Inbound:
+    return Inbound(
+        topic=shared.command_topic(DEVICE),
+        payload=payload,
+        ack=lambda: acks.append(payload) if acks is not None else None,
+    )
