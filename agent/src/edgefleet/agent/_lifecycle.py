@@ -14,7 +14,7 @@ from enum import StrEnum
 from pydantic import BaseModel, Field
 
 from edgefleet.shared import DeviceState, SignedBlob
-from edgefleet.shared.errors import CrashedWhileLoading, LoopDetected
+from edgefleet.shared.errors import CrashedWhileLoading, InternalError, LoopDetected
 
 # The lifecycle's states are the device states both sides speak (``DeviceState``);
 # the agent calls them ``State`` for short.
@@ -59,7 +59,7 @@ UNSAFE_TO_RESUME = frozenset({State.LOADING, State.TESTING})
 MAX_SAVES = 40
 
 
-class LifecycleError(Exception):
+class LifecycleError(InternalError):
     """A route missing from the table: a bug, never a user error."""
 
 
