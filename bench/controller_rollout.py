@@ -83,8 +83,8 @@ def rollout(size: int, runs: int) -> list[float]:
         raise
     finally:
         if observer:
-            observer.client.loop_stop()
             observer.client.disconnect()
+            observer.client.loop_stop()
         fleet.close()
 
 

@@ -153,7 +153,9 @@ def test_the_daemon_stopped_mid_deployment_carries_on(fleet: Fleet) -> None:
     fleet.setup({"pi-1": "rpi4", "box-1": "x86-edge"})
     daemon = fleet.start_daemon()
     # pi-1 dawdles after its download, so the daemon goes away in the middle
-    fleet.start_agent("pi-1", EDGEFLEET_AGENT_PAUSE_IN="loading:4")
+    fleet.start_agent(
+        "pi-1", EDGEFLEET_AGENT_TEST_MODE="1", EDGEFLEET_AGENT_TEST_PAUSE_IN="loading:4"
+    )
     fleet.wait_online("pi-1")
 
     fleet.ok("deploy", "digits:1.0.0", "--device", "pi-1")

@@ -330,8 +330,14 @@ class InferenceServer:
         if self._server is not None:
             return
         self._server = _Server(self._address, self._slot, self._stats, self._max_body)
+        # stop() waits for serve_forever's next poll (every 0.5 s by default); a select()
+        # timeout of 0.1 s costs nothing measurable and makes stopping (a swap test, SIGTERM)
+        # five times quicker
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="edgefleet-serving", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="edgefleet-serving",
+            daemon=True,
         )
         self._thread.start()
 

@@ -162,8 +162,9 @@ class Operator:
         return manifest
 
     def close(self) -> None:
-        self.client.loop_stop()
+        # disconnect first: loop_stop() on a live connection waits out paho's select timeout
         self.client.disconnect()
+        self.client.loop_stop()
 
 
 def _mqtt_client(broker_url: str, client_id: str) -> mqtt.Client:
@@ -274,8 +275,9 @@ class Observer:
         )
 
     def close(self) -> None:
-        self.client.loop_stop()
+        # disconnect first: loop_stop() on a live connection waits out paho's select timeout
         self.client.disconnect()
+        self.client.loop_stop()
 
 
 class AgentProcess:

@@ -81,8 +81,12 @@ class ArtifactServer:
         return int(self.httpd.server_address[1])
 
     def start(self) -> ArtifactServer:
+        # stop() waits for serve_forever's next poll (every 0.5 s by default)
         self._thread = threading.Thread(
-            target=self.httpd.serve_forever, name="artifact-http", daemon=True
+            target=self.httpd.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="artifact-http",
+            daemon=True,
         )
         self._thread.start()
         return self
