@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import json
-import time
 from collections.abc import Callable
 
 import pytest
@@ -17,6 +16,7 @@ import pytest
 from edgefleet import shared
 from edgefleet.agent import Agent, Outbound
 from edgefleet.agent._store import AgentState
+from edgefleet.harness import wait_until
 from edgefleet.shared import (
     DeviceState,
     ModelRef,
@@ -240,14 +240,6 @@ def _kill_after_saving(agent: Agent, state: DeviceState) -> None:
     agent.store.save = save  # type: ignore[method-assign]
 
 
-def _wait_for(predicate: Callable[[], object], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.01)
-
-
 @pytest.mark.parametrize(("killed_in", "events", "serves"), RESUME_CASES, ids=str)
 def test_resume_after_restart(fleet: Fleet, killed_in, events, serves) -> None:
     first = fleet.agent()
@@ -260,7 +252,9 @@ def test_resume_after_restart(fleet: Fleet, killed_in, events, serves) -> None:
     second = fleet.agent()  # a restart on the same state folder
     second.start()
     try:
-        _wait_for(lambda: len(fleet.link.events(deployment_id)) >= len(events), "resumed")
+        wait_until(
+            lambda: len(fleet.link.events(deployment_id)) >= len(events), 20, "resumed", every=0.01
+        )
         assert [(e.state, e.error_code) for e in fleet.link.events(deployment_id)] == events
         serving = second.slot.get()
         assert serving is not None
@@ -285,18 +279,25 @@ def test_a_full_disk_while_resuming_is_logged_and_the_agent_goes_on(fleet: Fleet
     second.store.save = disk_full  # type: ignore[method-assign]
     second.start()
     try:
-        _wait_for(lambda: "resuming after a restart failed" in caplog.text, "the logged failure")
+        wait_until(
+            lambda: "resuming after a restart failed" in caplog.text,
+            20,
+            "the logged failure",
+            every=0.01,
+        )
         # the worker still takes commands, and once there is room, deploys again
         second.store.save = real_save  # type: ignore[method-assign]
         assert fleet.link.on_message is not None
         fleet.link.on_message(inbound(shared.encode(PingCommand(nonce="after"))))
         later, payload = fleet.deploy("v2")
         fleet.link.on_message(inbound(payload))
-        _wait_for(
+        wait_until(
             lambda: (
                 (S.COMMITTED, None) in [(e.state, e.error_code) for e in fleet.link.events(later)]
             ),
+            20,
             "a later deployment",
+            every=0.01,
         )
     finally:
         second.stop()
@@ -318,9 +319,11 @@ def test_a_failing_telemetry_round_is_logged_and_the_next_one_goes_out(
     agent.stats.drain = drain  # type: ignore[method-assign]
     agent.start()
     try:
-        _wait_for(
+        wait_until(
             lambda: any(isinstance(m, TelemetryMessage) for m in fleet.link.messages()),
+            20,
             "telemetry after a failed round",
+            every=0.01,
         )
         assert "telemetry failed" in caplog.text
     finally:
