@@ -165,7 +165,9 @@ class Fleet:
         blob = shared.sign(shared.encode_document(order), self.key)
         return order.deployment_id, shared.encode(RollbackCommand(signed=blob))
 
-    def benchmark(self, model: str, *, body: bytes | None = None) -> tuple[str, bytes]:
+    def benchmark(
+        self, model: str, *, body: bytes | None = None, **changes: Any
+    ) -> tuple[str, bytes]:
         fields = self._signed(
             benchmark_id=f"bench-{uuid.uuid4().hex[:6]}",
             model=ModelRef(name="digits", version="9.9.9"),
@@ -175,7 +177,7 @@ class Fleet:
             runs=3,
         )
         fields.pop("sequence")
-        order = BenchmarkOrder(**fields)
+        order = BenchmarkOrder(**{**fields, **changes})
         blob = shared.sign(shared.encode_document(order), self.key)
         return order.benchmark_id, shared.encode(BenchmarkCommand(signed=blob))
 

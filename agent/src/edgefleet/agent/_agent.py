@@ -309,8 +309,7 @@ class Agent:
                 record.error_code,
                 record.error,
             )
-        keep = {r.sha256 for r in (self.state.active, self.state.previous) if r}
-        self.store.prune_models(keep)
+        self.store.prune_models()  # keeps every file a record refers to
 
     def _save_record(self, record: DeploymentRecord) -> None:
         with self._lock:

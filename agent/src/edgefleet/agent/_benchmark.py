@@ -17,22 +17,23 @@ from ._runtime import benchmark, check_signature, load_model
 def run_benchmark(order: BenchmarkOrder, fetcher: ArtifactFetcher, reporter: Reporter) -> None:
     """Fetch, load, check and time the ordered model; report the figures or the failure.
 
-    An artifact the device did not already hold is deleted afterwards.
+    The artifact is deleted afterwards unless a record (the active, previous or deploying
+    model) refers to it; while the benchmark runs, nothing deletes it.
     """
     artifact = order.artifact
-    keep = fetcher.is_stored(artifact)
     reporter.event(order.benchmark_id, DeviceState.BENCHMARKING)
     try:
-        path = fetcher.fetch(artifact)
-        model = load_model(
-            path,
-            ref=order.model,
-            deployment_id=order.benchmark_id,
-            sha256=artifact.sha256,
-            runtime=order.runtime,
-        )
-        check_signature(model, order.io)
-        result = benchmark(model, order.sample, order.runs)
+        with fetcher.holding(artifact):
+            path = fetcher.fetch(artifact)
+            model = load_model(
+                path,
+                ref=order.model,
+                deployment_id=order.benchmark_id,
+                sha256=artifact.sha256,
+                runtime=order.runtime,
+            )
+            check_signature(model, order.io)
+            result = benchmark(model, order.sample, order.runs)
     except EdgefleetError as exc:
         reporter.event(
             order.benchmark_id,
@@ -43,8 +44,7 @@ def run_benchmark(order: BenchmarkOrder, fetcher: ArtifactFetcher, reporter: Rep
         )
         return
     finally:
-        if not keep:
-            fetcher.discard(artifact)
+        fetcher.discard(artifact)
     reporter.event(
         order.benchmark_id,
         DeviceState.BENCHMARKED,

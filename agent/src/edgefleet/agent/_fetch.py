@@ -7,6 +7,7 @@ benchmarks run both at once. Either way a file enters the model store only verif
 from __future__ import annotations
 
 import os
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
@@ -42,7 +43,10 @@ class ArtifactFetcher:
     def verify(self, artifact: ArtifactRef) -> Path:
         """Check the downloaded (or already stored) file and move it into the store.
 
-        A file that does not match is deleted, so a retry starts from nothing.
+        A download that does not match is deleted, so a retry starts from nothing. A stored
+        file is deleted only when its bytes no longer hash to its name: one that does is
+        intact, and a manifest naming its hash with another size is wrong, not the file,
+        which the active or previous model may well be.
         """
         final = self._store.model_path(artifact.sha256)
         source = final if final.exists() else self._store.part_path(artifact.sha256)
@@ -52,7 +56,10 @@ class ArtifactFetcher:
             raise ArtifactMissing("the downloaded file is gone") from exc
         digest = sha256_file(source)
         if size != artifact.size or digest != artifact.sha256:
-            source.unlink(missing_ok=True)
+            if source != final:
+                source.unlink(missing_ok=True)
+            elif digest != artifact.sha256:
+                self._store.remove_damaged(artifact.sha256)
             raise ChecksumMismatch(
                 f"artifact has {size} bytes and sha256 {digest[:12]}…, "
                 f"manifest says {artifact.size} bytes and {artifact.sha256[:12]}…"
@@ -67,7 +74,11 @@ class ArtifactFetcher:
             self.download(artifact)
         return self.verify(artifact)
 
+    def holding(self, artifact: ArtifactRef) -> AbstractContextManager[None]:
+        """Keep the artifact's files from being deleted while a one-off use runs."""
+        return self._store.holding(artifact.sha256)
+
     def discard(self, artifact: ArtifactRef) -> None:
-        """Forget an artifact fetched for a one-off use (a benchmark)."""
-        self._store.part_path(artifact.sha256).unlink(missing_ok=True)
-        self._store.model_path(artifact.sha256).unlink(missing_ok=True)
+        """Forget an artifact fetched for a one-off use (a benchmark), unless a record
+        (the active, previous or deploying model) refers to it."""
+        self._store.remove_model(artifact.sha256)

@@ -1,21 +1,32 @@
-"""The agent's persisted state: one JSON file, replaced atomically.
+"""The agent's persisted state: one JSON file, replaced atomically; and its model files.
 
 Written with temp file, fsync, rename and a directory fsync, so after a power
 cut the file holds either the old state or the new one, never half of each.
+A model file is deleted only when no record refers to it (see :meth:`StateStore.in_use`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError
 
-from edgefleet.shared import ModelRef, RuntimeSettings, ServingModel, fsync_dir
-from edgefleet.shared.errors import ConfigError
+from edgefleet.shared import (
+    Manifest,
+    ModelRef,
+    RuntimeSettings,
+    ServingModel,
+    fsync_dir,
+    parse_signed_document,
+)
+from edgefleet.shared.errors import ConfigError, MessageError
 
-from ._lifecycle import DeploymentRecord
+from ._lifecycle import TERMINAL, DeploymentRecord
 
 RECENT_IDS = 256  # deployment ids remembered for de-duplication of QoS 1 redeliveries
 
@@ -44,6 +55,18 @@ class AgentState(BaseModel):
             self.recent_ids.append(deployment_id)
             del self.recent_ids[:-RECENT_IDS]
 
+    def referenced(self) -> set[str]:
+        """The sha256 of every model file a record here still needs: the active and previous
+        models (a rollback loads the previous one) and the deployment in progress."""
+        needed = {r.sha256 for r in (self.active, self.previous) if r is not None}
+        current = self.current
+        if current is not None and current.state not in TERMINAL:
+            with contextlib.suppress(MessageError):  # accepted before, so it parses
+                doc = parse_signed_document(current.signed.payload_bytes())
+                if isinstance(doc, Manifest):
+                    needed.add(doc.artifact.sha256)
+        return needed
+
     def knows(self, deployment_id: str) -> bool:
         return deployment_id in self.recent_ids or (
             self.current is not None and self.current.deployment_id == deployment_id
@@ -60,6 +83,9 @@ class StateStore:
         self.downloads = root / "downloads"
         for folder in (root, self.models, self.downloads):
             folder.mkdir(parents=True, exist_ok=True)
+        self._state: AgentState | None = None  # the state last loaded or saved: the live one
+        self._held: Counter[str] = Counter()  # files in use outside the state (benchmarks)
+        self._held_lock = threading.Lock()
 
     def model_path(self, sha256: str) -> Path:
         return self.models / f"{sha256}.onnx"
@@ -71,18 +97,21 @@ class StateStore:
         try:
             text = self.path.read_text()
         except FileNotFoundError:
-            return AgentState()
+            self._state = AgentState()
+            return self._state
         except OSError as exc:
             raise ConfigError(f"cannot read agent state {self.path}: {exc}") from exc
         try:
-            return AgentState.model_validate_json(text)
+            self._state = AgentState.model_validate_json(text)
         except ValidationError as exc:
             raise ConfigError(
                 f"agent state {self.path} is corrupt ({exc.error_count()} problems); "
                 "move it aside to start fresh"
             ) from exc
+        return self._state
 
     def save(self, state: AgentState) -> None:
+        self._state = state
         data = state.model_dump_json(indent=1).encode()
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "wb") as fh:
@@ -92,8 +121,41 @@ class StateStore:
         os.replace(tmp, self.path)
         fsync_dir(self.root)
 
-    def prune_models(self, keep: set[str]) -> None:
-        """Delete stored models and partial downloads that no one will need again."""
+    @contextlib.contextmanager
+    def holding(self, sha256: str) -> Iterator[None]:
+        """Mark a model file in use for the duration (a benchmark that is not in the state)."""
+        with self._held_lock:
+            self._held[sha256] += 1
+        try:
+            yield
+        finally:
+            with self._held_lock:
+                self._held[sha256] -= 1
+                if self._held[sha256] <= 0:
+                    del self._held[sha256]
+
+    def in_use(self) -> set[str]:
+        """Model files some record refers to: never deleted."""
+        referenced = self._state.referenced() if self._state is not None else set()
+        with self._held_lock:
+            return referenced | set(self._held)
+
+    def remove_model(self, sha256: str) -> bool:
+        """Delete a model and its partial download unless a record refers to it."""
+        if sha256 in self.in_use():
+            return False
+        self.part_path(sha256).unlink(missing_ok=True)
+        self.model_path(sha256).unlink(missing_ok=True)
+        return True
+
+    def remove_damaged(self, sha256: str) -> None:
+        """Delete a stored file whose bytes no longer hash to its name: no record can use it,
+        and while it stays, a redeploy would find it stored and never download it again."""
+        self.model_path(sha256).unlink(missing_ok=True)
+
+    def prune_models(self) -> None:
+        """Delete stored models and partial downloads that no record refers to."""
+        keep = self.in_use()
         for path in list(self.models.glob("*.onnx")) + list(self.downloads.glob("*.part")):
             if path.name.split(".")[0] not in keep:
                 with contextlib.suppress(OSError):
