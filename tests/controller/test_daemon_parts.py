@@ -367,6 +367,7 @@ def test_artifact_server_needs_a_device_token_and_serves_ranges(
     home: Home, fleet: dict[str, str], server: ArtifactServer
 ) -> None:
     path, data = _artifact(home)
+    record_deployment(home, "digits:1.0.0", devices=["pi-1"])  # a device reads only its own
     base = f"http://127.0.0.1:{server.port}"
     assert httpx.get(f"{base}/healthz").status_code == 200
     url = f"{base}/artifacts/{path}"
@@ -413,6 +414,7 @@ def test_removed_device_token_stops_working(
     home: Home, fleet: dict[str, str], server: ArtifactServer
 ) -> None:
     path, _ = _artifact(home)
+    record_deployment(home, "digits:1.0.0", devices=["box-1"])
     url = f"http://127.0.0.1:{server.port}/artifacts/{path}"
     auth = {"Authorization": f"Bearer {fleet['box-1']}"}
     assert httpx.get(url, headers=auth).status_code == 200

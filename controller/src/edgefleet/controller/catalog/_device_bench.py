@@ -13,7 +13,10 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+
+from sqlmodel import col, delete, select
 
 from edgefleet import shared
 from edgefleet.shared import (
@@ -38,14 +41,15 @@ from edgefleet.shared.errors import (
     DeviceOffline,
     DownloadError,
     MessageError,
+    NotFound,
     SizeExceeded,
 )
 
 from ..compress import REFERENCE, Candidate, Progress
-from ..fleet import get_device
+from ..fleet import cli_broker_user, get_device
 from ..home import DeviceProfile, Home
 from ..mqtt import MqttLink, Received, Session
-from ..registry import Artifact, ArtifactStore
+from ..registry import Artifact, ArtifactGrant, ArtifactStore, Device
 from ._onnx import read_signature
 
 log = logging.getLogger("edgefleet.controller.remote_measure")
@@ -68,8 +72,11 @@ class DeviceLink:
         self.device = device
         self.command_topic = shared.command_topic(device, prefix)
         self.inbox: queue.Queue[StatusMessage | EventMessage] = queue.Queue()
+        endpoint = broker_endpoint(broker_url)
+        if endpoint.username:  # the daemon's user has the daemon's session: never take it
+            endpoint = replace(endpoint, username=cli_broker_user(endpoint.username))
         self._link = MqttLink(
-            broker_endpoint(broker_url),
+            endpoint,
             # nothing to keep: the orders' answers are awaited now or never
             Session(client_id=f"edgefleet-compress-{uuid.uuid4().hex[:10]}"),
             subscriptions=[
@@ -84,9 +91,13 @@ class DeviceLink:
             self._link.start(blocking=True)
             self._link.wait_ready(CONNECT_WAIT_S)
         except BrokerError as exc:
-            raise BrokerError(
-                f"{exc} (set broker_url in config.toml or EDGEFLEET_BROKER_URL)"
-            ) from exc
+            hint = "set broker_url in config.toml or EDGEFLEET_BROKER_URL"
+            if "authori" in str(exc).lower():
+                hint = (
+                    "the command line logs in as the controller's user with '-cli' appended: "
+                    "run `edgefleet broker config` again and reload Mosquitto"
+                )
+            raise BrokerError(f"{exc} ({hint})") from exc
 
     def publish(self, payload: bytes) -> None:
         self._link.publish(self.command_topic, payload, timeout_s=CONNECT_WAIT_S)
@@ -189,12 +200,14 @@ class DeviceBenchmarks:
             self.added.add(sha)
         stored = self.home.store.put_file(candidate.path)
         now = datetime.now(UTC)
+        expires_at = now + timedelta(seconds=self.timeout_s + CLOCK_SLACK_S)
+        self._grant(stored.sha256, now, expires_at)
         key = self.home.signing_key()
         return BenchmarkOrder(
             benchmark_id=f"bench-{uuid.uuid4().hex[:12]}",
             device_id=self.device,
             issued_at=now,
-            expires_at=now + timedelta(seconds=self.timeout_s + CLOCK_SLACK_S),
+            expires_at=expires_at,
             key_id=shared.key_id(key.public_key()),
             model=ModelRef(name=self.model, version=self.version, variant=candidate.name[:64]),
             artifact=ArtifactRef(
@@ -207,6 +220,18 @@ class DeviceBenchmarks:
             runtime=self.profile.runtime,
             runs=self.runs,
         )
+
+    def _grant(self, sha256: str, now: datetime, expires_at: datetime) -> None:
+        """Let this device, and no other, fetch the candidate for as long as the order is
+        valid (a device's token reads only what was sent to it); expired grants go."""
+        with self.home.session(write=True) as session:
+            device_id = session.exec(select(Device.id).where(Device.name == self.device)).first()
+            if device_id is None:
+                raise NotFound(f"device {self.device} was removed while measuring")
+            session.exec(delete(ArtifactGrant).where(col(ArtifactGrant.expires_at) < now))
+            session.add(
+                ArtifactGrant(device_id=device_id, artifact_sha256=sha256, expires_at=expires_at)
+            )
 
     def _settle(self) -> None:
         """Read what came while nobody waited (the local measurement can take minutes): the

@@ -1,46 +1,100 @@
 """The daemon's HTTP server: artifacts for devices (content-addressed, Range, bearer token)
 and ``/healthz``.
 
-Only ``<prefix>sha256/ab/<64 hex>`` is ever mapped to a file, so no request
-can reach anything else on disk. A token is valid when its sha256 is a
-device's ``token_sha256``.
+Only ``<prefix>sha256/ab/<64 hex>`` is ever mapped to a file, so no request can reach
+anything else on disk. A token is a device's when its sha256 is that device's
+``token_sha256``, and it reads only that device's artifacts (``registry_token_check``); any
+other artifact answers 404, exactly like a missing one, so a device cannot learn what
+exists. Every connection is bounded in time (idle, head, send) and its head in bytes.
 """
 
 from __future__ import annotations
 
 import hmac
+import io
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable
+from datetime import datetime
+from enum import Enum
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import col, select
+
+from edgefleet.shared.errors import EdgefleetError
 
 from ..fleet import token_sha256
-from ..registry import ArtifactStore, Device
+from ..registry import (
+    ArtifactGrant,
+    ArtifactStore,
+    Deployment,
+    Device,
+    Variant,
+    as_utc,
+    session_scope,
+    utcnow,
+)
 from ._metrics import Metrics
+from ._wire import DeadlineReader, HeadBudget, HeadTooLarge, NoRange, parse_range
 
 log = logging.getLogger("edgefleet.controller.http")
 
 _CHUNK = 1 << 16
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# Production bounds, each an ArtifactServer parameter. A device fetching an artifact sends
+# its request at once; only a stuck or hostile client comes near these.
+IDLE_TIMEOUT_S = 30.0  # a connection (new or kept alive) that starts no request
+HEAD_TIMEOUT_S = 10.0  # from a request's first byte to the end of its headers
+SEND_TIMEOUT_S = 30.0  # for each 64 KiB of the body: a reader slower than ~2 KiB/s is cut
+MAX_HEAD_BYTES = 16 * 1024  # request line and headers together
 
-TokenCheck = Callable[[str], str | None]  # token -> device name, or None
+
+class Access(Enum):
+    """What a bearer token may do with one artifact."""
+
+    UNKNOWN_TOKEN = "unknown_token"  # no device's token: 401
+    HIDDEN = "hidden"  # a device's, but not its artifact: 404, as if it did not exist
+    GRANTED = "granted"
 
 
-def registry_token_check(engine: Engine) -> TokenCheck:
-    def check(token: str) -> str | None:
+AccessCheck = Callable[[str, str], Access]  # (bearer token, artifact sha256) -> access
+
+
+def registry_token_check(engine: Engine, *, clock: Callable[[], datetime] = utcnow) -> AccessCheck:
+    """Decide from the registry: a device reads the artifact of any of its deployment rows
+    (finished ones too: it may be told to roll back to one) and a benchmark candidate while
+    the grant recorded with the order lasts; nothing else."""
+
+    def check(token: str, sha256: str) -> Access:
         digest = token_sha256(token)
-        with Session(engine) as session:
+        with session_scope(engine) as session:
             device = session.exec(select(Device).where(Device.token_sha256 == digest)).first()
             # the lookup is by hash; compare again in constant time for good measure
-            if device and hmac.compare_digest(device.token_sha256, digest):
-                return device.name
-        return None
+            if device is None or not hmac.compare_digest(device.token_sha256, digest):
+                return Access.UNKNOWN_TOKEN
+            deployed = session.exec(
+                select(Deployment.id)
+                .join(Variant, col(Variant.id) == col(Deployment.variant_id))
+                .where(Deployment.device_id == device.id, Variant.artifact_sha256 == sha256)
+                .limit(1)
+            ).first()
+            if deployed is not None:
+                return Access.GRANTED
+            expiries = session.exec(
+                select(ArtifactGrant.expires_at).where(
+                    ArtifactGrant.device_id == device.id,
+                    ArtifactGrant.artifact_sha256 == sha256,
+                )
+            ).all()
+        now = clock()
+        if any((as_utc(expires) or now) > now for expires in expiries):
+            return Access.GRANTED
+        return Access.HIDDEN
 
     return check
 
@@ -51,13 +105,17 @@ class ArtifactServer:
     def __init__(
         self,
         store: ArtifactStore,
-        check_token: TokenCheck,
+        check_access: AccessCheck,
         *,
         host: str = "127.0.0.1",
         port: int = 0,
         prefix: str = "/artifacts/",
         metrics: Metrics | None = None,
         metrics_text: Callable[[], str] | None = None,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+        head_timeout_s: float = HEAD_TIMEOUT_S,
+        send_timeout_s: float = SEND_TIMEOUT_S,
+        max_head_bytes: int = MAX_HEAD_BYTES,
     ) -> None:
         prefix = "/" + prefix.strip("/") + "/" if prefix.strip("/") else "/"
         path_re = re.compile("^" + re.escape(prefix) + r"sha256/([0-9a-f]{2})/([0-9a-f]{64})$")
@@ -66,7 +124,11 @@ class ArtifactServer:
             (_Handler,),
             {
                 "store": store,
-                "check_token": staticmethod(check_token),
+                "check_access": staticmethod(check_access),
+                "idle_timeout_s": idle_timeout_s,
+                "head_timeout_s": head_timeout_s,
+                "send_timeout_s": send_timeout_s,
+                "max_head_bytes": max_head_bytes,
                 "path_re": path_re,
                 "metrics": metrics or Metrics(),
                 "metrics_text": staticmethod(metrics_text) if metrics_text else None,
@@ -100,15 +162,86 @@ class ArtifactServer:
 
 class _Handler(BaseHTTPRequestHandler):
     store: ArtifactStore
-    check_token: TokenCheck
+    check_access: AccessCheck
     path_re: re.Pattern[str]
     metrics: Metrics
     metrics_text: Callable[[], str] | None
-    protocol_version = "HTTP/1.1"
+    idle_timeout_s: float
+    head_timeout_s: float
+    send_timeout_s: float
+    max_head_bytes: int
+    protocol_version = "HTTP/1.1"  # keep-alive: handle() loops until close_connection
     server_version = "edgefleet-controller"
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the plain reader, replaced by one that keeps the head's deadline
+        self.wire = DeadlineReader(self.connection)
+        self.rfile = self.buffered = io.BufferedReader(self.wire)
+
+    def handle_one_request(self) -> None:
+        """``BaseHTTPRequestHandler``'s, with bounds: the stdlib waits forever for a kept-alive
+        connection's next request and lets a head trickle in a byte at a time."""
+        self.command, self.request_version, self.requestline = "", "HTTP/1.1", ""
+        try:
+            self.wire.deadline = None
+            self.connection.settimeout(self.idle_timeout_s)
+            if not self.buffered.peek(1):  # the client closed the connection
+                self.close_connection = True
+                return
+            self.wire.deadline = time.monotonic() + self.head_timeout_s
+            if not self._read_head():
+                return
+            self.wire.deadline = None
+            self.connection.settimeout(self.send_timeout_s)
+            method = getattr(self, f"do_{self.command}", None)
+            if method is None:
+                self.send_error(HTTPStatus.NOT_IMPLEMENTED, f"unsupported method {self.command!r}")
+                return
+            if (
+                self.headers.get("Content-Length", "0") != "0"
+                or "Transfer-Encoding" in self.headers
+            ):
+                self.close_connection = True  # a body left unread must not pass for a request
+            method()
+            self.wfile.flush()
+        except TimeoutError:
+            if self.wire.deadline is not None:  # in the middle of a request: say so, then close
+                self._give_up(HTTPStatus.REQUEST_TIMEOUT)
+            self.close_connection = True
+        except OSError as exc:  # reset or broken pipe: the client went away
+            log.debug("%s: connection lost: %s", self.address_string(), exc)
+            self.close_connection = True
+
+    def _read_head(self) -> bool:
+        """Read and parse the request line and headers within ``max_head_bytes``; False when
+        there is no request to serve (the answer, if one is due, was sent)."""
+        buffered = self.rfile
+        self.rfile = HeadBudget(buffered, self.max_head_bytes)  # type: ignore[assignment]
+        try:
+            try:
+                self.raw_requestline = self.rfile.readline(65537)
+            except HeadTooLarge:
+                self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
+                return False
+            if not self.raw_requestline:
+                self.close_connection = True
+                return False
+            # over the budget in the headers: parse_request answers 431 and closes
+            return self.parse_request()
+        finally:
+            self.rfile = buffered
+
+    def _give_up(self, status: HTTPStatus) -> None:
+        self.wire.deadline = None
+        try:
+            self.connection.settimeout(self.send_timeout_s)
+            self.send_error(status)
+        except OSError:
+            pass  # the client is gone as well: nobody to tell
 
     def do_GET(self) -> None:
         self._serve(body=True)
@@ -133,9 +266,19 @@ class _Handler(BaseHTTPRequestHandler):
         if match is None or match.group(2)[:2] != match.group(1):
             self._reply(HTTPStatus.NOT_FOUND, b"not found\n", body=body)
             return
-        auth = self.headers.get("Authorization", "")
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip() or not self.check_token(token.strip()):
+        sha = match.group(2)
+        scheme, _, token = self.headers.get("Authorization", "").partition(" ")
+        token = token.strip()
+        try:
+            if scheme.lower() != "bearer" or not token:
+                access = Access.UNKNOWN_TOKEN
+            else:
+                access = self.check_access(token, sha)
+        except EdgefleetError as exc:
+            log.error("cannot check a token for %s: %s", sha[:12], exc)
+            self._reply(HTTPStatus.SERVICE_UNAVAILABLE, b"try again later\n", body=body)
+            return
+        if access is Access.UNKNOWN_TOKEN:
             self._reply(
                 HTTPStatus.UNAUTHORIZED,
                 b"a device token is required\n",
@@ -143,11 +286,10 @@ class _Handler(BaseHTTPRequestHandler):
                 headers={"WWW-Authenticate": 'Bearer realm="edgefleet"'},
             )
             return
-        sha = match.group(2)
         file = self.store.path_of(sha)
-        try:
-            fh = open(file, "rb")  # noqa: SIM115 - closed below
-        except OSError:
+        # not this device's artifact: the very answer a missing file gets, so none can tell
+        fh = _open(file) if access is Access.GRANTED else None
+        if fh is None:
             self._reply(HTTPStatus.NOT_FOUND, b"no such artifact\n", body=body)
             return
         with fh:
@@ -158,12 +300,13 @@ class _Handler(BaseHTTPRequestHandler):
                 "Content-Type": "application/octet-stream",
                 "Accept-Ranges": "bytes",
                 "ETag": f'"{sha}"',
-                "Cache-Control": "public, max-age=31536000, immutable",
+                # private: a shared cache must not hand one device's artifact to another
+                "Cache-Control": "private, max-age=31536000, immutable",
             }
             wanted = self.headers.get("Range")
-            if wanted:
-                parsed = _parse_range(wanted, size)
-                if parsed is None:
+            parsed = parse_range(wanted, size) if wanted else NoRange.IGNORED
+            if parsed is not NoRange.IGNORED:
+                if parsed is NoRange.UNSATISFIABLE:
                     headers["Content-Range"] = f"bytes */{size}"
                     self._reply(
                         HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE, b"", body=body, headers=headers
@@ -214,21 +357,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(payload)
 
 
-def _parse_range(header: str, size: int) -> tuple[int, int] | None:
-    """One ``bytes=`` range → (first, last) inclusive, or None if it cannot be served."""
-    match = _RANGE.fullmatch(header.strip())
-    if match is None or size == 0:
+def _open(file: Path) -> BinaryIO | None:
+    try:
+        return open(file, "rb")  # the caller closes it
+    except OSError:
         return None
-    first, last = match.groups()
-    if first == "" and last == "":
-        return None
-    if first == "":  # the last N bytes
-        n = int(last)
-        if n == 0:
-            return None
-        return max(0, size - n), size - 1
-    start = int(first)
-    end = size - 1 if last == "" else min(int(last), size - 1)
-    if start >= size or end < start:
-        return None
-    return start, end

@@ -69,6 +69,9 @@ def add_device(
     profile = home.profile(new.profile)
     if out is not None and out.exists():
         raise ConfigError(f"{out} already exists; remove it or choose another --out")
+    # Two secrets: the broker's password file and the artifact server each hold only a
+    # hash of their own, so one leaking (say, over a plaintext link) does not give the other.
+    password = secrets.token_urlsafe(32)
     token = secrets.token_urlsafe(32)
     try:
         with home.session(write=True) as session:
@@ -81,12 +84,15 @@ def add_device(
                 profile=profile.name,
                 labels=dict(new.labels),
                 token_sha256=token_sha256(token),
-                mqtt_password_hash=mosquitto_password_hash(token),
+                mqtt_password_hash=mosquitto_password_hash(password),
             )
             session.add(device)
-            text = agent_config_text(home, device.name, profile.name, token, state_dir=state_dir)
+            text = agent_config_text(
+                home, device.name, profile.name,
+                broker_password=password, artifact_token=token, state_dir=state_dir,
+            )  # fmt: skip
             if out is not None:
-                write_private(out, text)  # mode 0600: it holds the device's token
+                write_private(out, text)  # mode 0600: it holds the device's secrets
             session.flush()
             public = DevicePublic.of(device)
     except Conflict as exc:  # enrolled by someone else since we looked
@@ -101,7 +107,13 @@ def add_device(
 
 
 def agent_config_text(
-    home: Home, device_id: str, profile: str, token: str, *, state_dir: str
+    home: Home,
+    device_id: str,
+    profile: str,
+    *,
+    broker_password: str,
+    artifact_token: str,
+    state_dir: str,
 ) -> str:
     """The agent's ``agent.toml`` (keys as in ``edgefleet.agent``'s config)."""
     s = home.settings
@@ -110,9 +122,9 @@ def agent_config_text(
         ("profile", profile),
         ("broker_url", broker_endpoint(s.broker_url).public_url),  # never the controller's login
         ("broker_username", device_id),
-        ("broker_password", token),
+        ("broker_password", broker_password),
         ("artifact_base_url", s.artifact_url),
-        ("artifact_token", token),
+        ("artifact_token", artifact_token),
         ("trusted_keys", [home.public_key_text()]),
         ("state_dir", state_dir),
         ("topic_prefix", s.topic_prefix),

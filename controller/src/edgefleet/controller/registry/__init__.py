@@ -17,6 +17,7 @@ from ._shapes import (
 from ._tables import (
     FINISHED_STATES,
     Artifact,
+    ArtifactGrant,
     Deployment,
     DeploymentState,
     Device,
@@ -35,6 +36,7 @@ __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "Artifact",
+    "ArtifactGrant",
     "ArtifactStore",
     "Deployment",
     "DeploymentPublic",

@@ -191,6 +191,26 @@ def _v4(conn: sa.Connection) -> None:
     _add_column(conn, "variant", sa.Column("smoke_test", sa.JSON, nullable=True))
 
 
+def _v5(conn: sa.Connection) -> None:
+    """Artifacts a device may read besides its deployments' (benchmark candidates), until when."""
+    md = sa.MetaData()
+    sa.Table("device", md, sa.Column("id", sa.Integer, primary_key=True))
+    sa.Table(
+        "artifact_grant",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column(
+            "device_id", sa.Integer, sa.ForeignKey("device.id", ondelete="CASCADE"), nullable=False
+        ),
+        # no foreign key: benchmark candidates are in the store without an artifact row
+        sa.Column("artifact_sha256", sa.String(64), nullable=False),
+        _when("expires_at"),
+        _when("created_at"),
+        sa.Index("ix_artifact_grant_device_sha", "device_id", "artifact_sha256"),
+    )
+    md.tables["artifact_grant"].create(conn)
+
+
 def _add_column(conn: sa.Connection, table: str, column: sa.Column) -> None:
     ddl = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
     conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {ddl}"))
@@ -201,6 +221,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "deployments, events, telemetry, device status", _v2),
     Migration(3, "the command sent for each deployment row, kept for resending", _v3),
     Migration(4, "a smoke test of its own for each compressed variant", _v4),
+    Migration(5, "artifact grants: what a device may read besides its deployments", _v5),
 )
 LATEST = MIGRATIONS[-1].version
 

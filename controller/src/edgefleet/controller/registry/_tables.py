@@ -160,6 +160,20 @@ class Deployment(SQLModel, table=True):
     payload: bytes | None = Field(default=None, sa_type=sa.LargeBinary)
 
 
+class ArtifactGrant(SQLModel, table=True):
+    """A device may read one artifact until ``expires_at`` (schema 5): the candidates of a
+    benchmark order sent to it. Its deployments' artifacts need no grant."""
+
+    __tablename__ = "artifact_grant"
+    __table_args__ = (sa.Index("ix_artifact_grant_device_sha", "device_id", "artifact_sha256"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: int = Field(foreign_key="device.id", ondelete="CASCADE")
+    artifact_sha256: str = Field(max_length=64)
+    expires_at: datetime = _when()
+    created_at: datetime = _when(default_factory=utcnow)
+
+
 class Event(SQLModel, table=True):
     __tablename__ = "event"
 
