@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError
 from sqlmodel import Session
 
 from edgefleet.shared import (
@@ -84,8 +85,12 @@ def init_home(settings: Settings) -> InitReport:
     try:
         for folder in (home, settings.artifacts_dir, settings.profiles_dir):
             if not folder.is_dir():
-                folder.mkdir(parents=True)
+                folder.mkdir(mode=0o700, parents=True)
                 created.append(f"{folder}/")
+        # the registry, the key and config.toml are nobody else's business; an older
+        # edgefleet made the home with the umask's mode, so set it every time
+        home.chmod(0o700)
+        _private_database(settings.database_url, fix=True)
         keys = settings.private_key_path.parent
         if not keys.is_dir():
             keys.mkdir(mode=0o700, parents=True)
@@ -124,12 +129,52 @@ def _write_private_key(path: Path, key: Ed25519PrivateKey) -> None:
         os.fsync(fh.fileno())
 
 
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL; None for other databases, memory, or a URL that
+    ``create_engine`` will refuse with its own message."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).expanduser()
+
+
+def _private_database(url: str, *, fix: bool = False) -> None:
+    """Create a SQLite registry file mode 0600 before SQLite does (it would use the umask's
+    0644); SQLite gives its -wal and -shm files the mode of the database. ``fix``: also
+    tighten an existing file and its side files."""
+    path = _sqlite_file(url)
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileExistsError:
+            if fix:
+                for side in (path, *(path.with_name(path.name + s) for s in _SQLITE_SIDES)):
+                    if side.exists():
+                        side.chmod(0o600)
+            return
+        os.fchmod(fd, 0o600)  # whatever the umask
+        os.close(fd)  # an empty file is an empty SQLite database
+    except OSError as exc:
+        raise ConfigError(f"cannot create the registry {path}: {exc.strerror or exc}") from exc
+
+
+_SQLITE_SIDES = ("-wal", "-shm", "-journal")
+
+
 def open_home(settings: Settings, *, require_init: bool = True) -> Home:
     """Open the registry, bringing its schema up to date first."""
     if require_init and not settings.is_initialised:
         raise ConfigError(
             f"{settings.home} is not an edgefleet home (no config.toml); run `edgefleet init`"
         )
+    _private_database(settings.database_url)
     engine = create_engine(settings.database_url)
     try:
         applied = upgrade(engine)
