@@ -209,7 +209,9 @@ class _Handler(BaseHTTPRequestHandler):
             method()
             self.wfile.flush()
         except TimeoutError:
-            if self.wire.deadline is not None:  # in the middle of a request: say so, then close
+            midway = self.wire.deadline is not None
+            log.debug("%s: timed out, closing the connection", self.address_string())
+            if midway:  # the client started a request: say why it gets no answer, then close
                 self._give_up(HTTPStatus.REQUEST_TIMEOUT)
             self.close_connection = True
         except OSError as exc:  # reset or broken pipe: the client went away
