@@ -15,15 +15,20 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edgefleet.shared import IOSignature, ModelRef, RuntimeSettings, SmokeTest, TensorData
+from edgefleet.shared import (
+    IOSignature,
+    ModelRef,
+    RuntimeSettings,
+    SmokeTest,
+    TensorData,
+    find_external_data,
+)
 from edgefleet.shared.errors import (
     ExternalDataError,
     ModelLoadError,
     SignatureMismatch,
     SmokeTestFailed,
 )
-
-from ._onnx_scan import find_external_data
 
 # ONNX Runtime type strings -> numpy dtype names.
 _ORT_TYPES = {
@@ -89,10 +94,10 @@ def load_model(
 ) -> LoadedModel:
     """Build a session from the file's bytes with the manifest's runtime settings."""
     data = path.read_bytes()
-    external = find_external_data(data)
+    external = find_external_data(data)  # ModelLoadError for a file it cannot walk
     if external:
         raise ExternalDataError(
-            f"model references external data ({', '.join(sorted(external)[:3])}); refused"
+            f"model references external data ({'; '.join(external[:3])}); refused"
         )
     options = ort.SessionOptions()
     options.intra_op_num_threads = runtime.intra_op_threads

@@ -36,6 +36,7 @@ from ._messages import (
     decode,
     encode,
 )
+from ._onnx_scan import find_external_data
 from ._signing import (
     SignedBlob,
     generate_private_key,
@@ -108,6 +109,7 @@ __all__ = [
     "encode",
     "encode_document",
     "events_topic",
+    "find_external_data",
     "fleet_topic",
     "fsync_dir",
     "generate_private_key",

@@ -10,7 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from edgefleet.shared import IOSignature, SmokeTest, TensorData, TensorSpec
+from edgefleet.shared import (
+    IOSignature,
+    SmokeTest,
+    TensorData,
+    TensorSpec,
+    find_external_data,
+)
 from edgefleet.shared.errors import (
     ConfigError,
     ExternalDataError,
@@ -129,17 +135,20 @@ def _signature(session: Any) -> IOSignature:
 
 
 def _refuse_external_data(path: Path) -> None:
-    import onnx
-    from onnx.external_data_helper import uses_external_data
-
+    """The scan the agent runs too (``edgefleet.shared.find_external_data``): initializers,
+    Constant and other tensor attributes, subgraphs and model-local functions."""
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise ModelLoadError(f"{path.name} is not an ONNX model: {first_line(exc)}") from exc
-    tensors = list(model.graph.initializer)
-    if any(uses_external_data(t) for t in tensors):
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read model file {path}: {exc.strerror}") from exc
+    try:
+        external = find_external_data(data)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{path.name} is not an ONNX model: {exc}") from exc
+    if external:
         raise ExternalDataError(
-            f"{path.name} keeps weights in external files; save it as a single file"
+            f"{path.name} keeps weights in external files ({'; '.join(external[:3])}); "
+            "save it as a single file"
         )
 
 
