@@ -7,6 +7,7 @@ import os
 import queue
 import subprocess
 import sys
+import threading
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,8 @@ from urllib.parse import quote
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edgefleet import shared
 from edgefleet.harness import Broker, free_port
@@ -52,15 +55,30 @@ def secured(
 class Client:
     """A paho client that records its CONNACK and queues what it receives."""
 
-    def __init__(self, port: int, user: str | None, password: str | None) -> None:
+    def __init__(
+        self,
+        port: int,
+        user: str | None,
+        password: str | None,
+        *,
+        client_id: str = "",
+        persistent: bool = False,
+    ) -> None:
         self.inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self.connack: queue.Queue[bool] = queue.Queue()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.disconnected = threading.Event()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+        )
         if user is not None:
             self.client.username_pw_set(user, password)
         self.client.on_connect = lambda c, u, f, reason, p: self.connack.put(not reason.is_failure)
         self.client.on_message = lambda c, u, m: self.inbox.put((m.topic, bytes(m.payload)))
-        self.client.connect("127.0.0.1", port)
+        self.client.on_disconnect = lambda *_: self.disconnected.set()
+        props = Properties(PacketTypes.CONNECT)
+        if persistent:
+            props.SessionExpiryInterval = 3600
+        self.client.connect("127.0.0.1", port, clean_start=not persistent, properties=props)
         self.client.loop_start()
 
     def accepted(self) -> bool:
@@ -92,14 +110,98 @@ def test_the_files_name_every_device_and_the_controller(
 ) -> None:
     folder = tmp_path / "mosquitto.d"
     passwd = (folder / "passwd").read_text().splitlines()
-    assert [line.split(":")[0] for line in passwd] == ["edgefleet-controller", "pi-1", "pi-2"]
+    users = [line.split(":")[0] for line in passwd]
+    assert users == ["edgefleet-controller", "edgefleet-controller-cli", "pi-1", "pi-2"]
     assert all(line.split(":", 1)[1].startswith("$7$101$") for line in passwd)
     assert "s3cret" not in (folder / "passwd").read_text()  # hashes only
     acl = (folder / "acl").read_text()
     assert "user edgefleet-controller\ntopic readwrite edgefleet/v1/#" in acl
     assert "pattern read edgefleet/v1/devices/%u/cmd" in acl
+    assert "user edgefleet-controller-cli\ntopic read edgefleet/v1/devices/+/status" in acl
+    conf = (folder / "edgefleet.conf").read_text()
+    broker, _ = secured
+    assert f"listener {broker.port} 127.0.0.1\nuse_username_as_clientid true" in conf.replace(
+        "# a client's id is its user name: no one can take over another's session\n", ""
+    )
+    assert f"max_packet_size {shared.MAX_MESSAGE_BYTES + 64 * 1024}" in conf
     for path in folder.iterdir():
         assert path.stat().st_mode & 0o777 == 0o640
+
+
+def test_no_client_can_take_over_another_ones_session(
+    secured: tuple[Broker, dict[str, dict[str, str]]],
+) -> None:
+    """An enrolled device that connects with another device's client id, or the
+    controller's, gets its own user name as its id: the victims stay connected and a
+    command queued in a device's persistent session while it is away still reaches it."""
+    broker, configs = secured
+    pi1, pi2 = configs["pi-1"], configs["pi-2"]
+    victim = Client(broker.port, "pi-1", pi1["broker_password"], client_id="pi-1", persistent=True)
+    controller = Client(broker.port, *CONTROLLER, client_id="edgefleet-controller")
+    assert victim.accepted() and controller.accepted()
+    victim.subscribe(shared.command_topic("pi-1"))
+    victim.close()  # away; its session keeps what is sent meanwhile
+    controller.publish(shared.command_topic("pi-1"), b"queued while away")
+
+    impostors = [
+        Client(broker.port, "pi-2", pi2["broker_password"], client_id=taken, persistent=False)
+        for taken in ("pi-1", "edgefleet-controller")
+    ]
+    assert all(impostor.accepted() for impostor in impostors)
+    for impostor in impostors:  # each took the id "pi-2"; the second pushed the first out
+        impostor.close()
+
+    back = Client(broker.port, "pi-1", pi1["broker_password"], client_id="pi-1", persistent=True)
+    assert back.accepted()
+    assert back.inbox.get(timeout=10) == (shared.command_topic("pi-1"), b"queued while away")
+    controller.publish(shared.command_topic("pi-1"), b"after")
+    assert back.received_until(b"after") == [(shared.command_topic("pi-1"), b"after")]
+    assert not controller.disconnected.is_set()  # never kicked off by an impostor
+    for c in (back, controller):
+        c.close()
+
+
+def test_a_packet_larger_than_any_message_is_refused_and_its_sender_cut_off(
+    secured: tuple[Broker, dict[str, dict[str, str]]],
+) -> None:
+    broker, configs = secured
+    controller = Client(broker.port, *CONTROLLER)
+    device = Client(broker.port, "pi-1", configs["pi-1"]["broker_password"])
+    assert controller.accepted() and device.accepted()
+    controller.subscribe(shared.events_topic("pi-1"))
+    device.client.publish(shared.events_topic("pi-1"), b"x" * (2 * shared.MAX_MESSAGE_BYTES))
+    assert device.disconnected.wait(10)
+    honest = Client(broker.port, "pi-2", configs["pi-2"]["broker_password"])
+    assert honest.accepted()
+    controller.subscribe(shared.events_topic("pi-2"))
+    honest.publish(shared.events_topic("pi-2"), b"small")
+    assert controller.received_until(b"small") == [(shared.events_topic("pi-2"), b"small")]
+    for c in (controller, device, honest):
+        c.close()
+
+
+def test_the_command_line_user_reads_devices_and_writes_their_commands_only(
+    secured: tuple[Broker, dict[str, dict[str, str]]],
+) -> None:
+    broker, configs = secured
+    user, password = CONTROLLER
+    cli_user = Client(broker.port, f"{user}-cli", password)
+    device = Client(broker.port, "pi-1", configs["pi-1"]["broker_password"])
+    assert cli_user.accepted() and device.accepted()
+    cli_user.subscribe(shared.events_topic("pi-1"))
+    device.subscribe(shared.command_topic("pi-1"))
+    device.subscribe(shared.status_topic("pi-1"))
+    cli_user.publish(shared.status_topic("pi-1"), b"forged status")  # refused by the ACL
+    cli_user.publish(shared.command_topic("pi-1"), b"benchmark this")
+    device.publish(shared.events_topic("pi-1"), b"benchmarked")
+    assert device.received_until(b"benchmark this") == [
+        (shared.command_topic("pi-1"), b"benchmark this")
+    ]
+    assert cli_user.received_until(b"benchmarked") == [
+        (shared.events_topic("pi-1"), b"benchmarked")
+    ]
+    for c in (cli_user, device):
+        c.close()
 
 
 def test_mosquitto_enforces_who_may_say_what(

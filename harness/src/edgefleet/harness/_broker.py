@@ -55,12 +55,15 @@ class Broker:
         self.conf = workdir / "mosquitto.conf"
         # as root, Mosquitto drops to its own user before reading password and ACL files,
         # which it could not reach inside pytest's private tmp folders
+        # `edgefleet broker config`'s files define the listener themselves (on the port of
+        # the broker_url they were made for: pass the same port here)
         access = (
-            f"include_dir {include_dir}\nuser root\n" if include_dir else "allow_anonymous true\n"
+            f"include_dir {include_dir}\nuser root\n"
+            if include_dir
+            else f"allow_anonymous true\nlistener {self.port} 127.0.0.1\n"
         )
         self.conf.write_text(
-            access + f"listener {self.port} 127.0.0.1\n"
-            "persistence true\n"
+            access + "persistence true\n"
             f"persistence_location {workdir}/\n"
             "autosave_interval 1\n"
             "max_queued_messages 10000\n"

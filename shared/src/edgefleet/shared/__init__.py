@@ -20,6 +20,7 @@ from ._manifest import (
 )
 from ._messages import (
     MAX_MESSAGE_BYTES,
+    MAX_TEXT,
     SCHEMA_VERSION,
     BenchmarkCommand,
     Command,
@@ -70,6 +71,7 @@ __all__ = [
     "BUCKET_BOUNDS_MS",
     "DEFAULT_PREFIX",
     "MAX_MESSAGE_BYTES",
+    "MAX_TEXT",
     "N_BUCKETS",
     "SCHEMA_VERSION",
     "ArtifactRef",

@@ -104,16 +104,27 @@ def broker_config(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Folder for passwd, acl and edgefleet.conf.")
     ],
+    bind: Annotated[
+        str | None,
+        typer.Option(
+            "--bind",
+            metavar="ADDRESS",
+            help="The listener's address; by default broker_url's host when that is an IP "
+            "address, every interface otherwise.",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Write Mosquitto's password file and ACL: every device may read only its command topic
     and write only its own status, events and telemetry; the controller (the user in
-    broker_url) may do everything under the topic prefix; nobody else gets in.
+    broker_url) may do everything under the topic prefix; nobody else gets in. The file
+    edgefleet.conf also defines the listener of broker_url's port, where a client's id is
+    its user name, so no client can take over another's session.
 
     Run again after `device add` or `device remove`, then reload Mosquitto (SIGHUP).
     """
     with opened_home(ctx) as home:
-        written = fleet.write_broker_config(home, out)
+        written = fleet.write_broker_config(home, out, bind=bind)
     if as_json:
         print_json({k: v if isinstance(v, int) else str(v) for k, v in vars(written).items()})
         return
@@ -123,5 +134,7 @@ def broker_config(
     out_.print(
         f"use it: `include_dir {written.folder}` in mosquitto.conf (or copy edgefleet.conf "
         "into /etc/mosquitto/conf.d/); the mosquitto user must be able to read the folder "
-        "and the files (mode 0640, group mosquitto when it exists); reload with SIGHUP"
+        "and the files (mode 0640, group mosquitto when it exists); edgefleet.conf defines "
+        f"the listener `{written.listener}`, so mosquitto.conf must not define that port "
+        "again; restart Mosquitto the first time, then reload it with SIGHUP"
     )

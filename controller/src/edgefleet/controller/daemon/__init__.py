@@ -2,6 +2,7 @@
 the HTTP server for artifacts, ``/metrics`` and ``/healthz``, and the metrics it counts."""
 
 from ._http import ArtifactServer, registry_token_check
+from ._inbox import DeadLetter, DeviceRates, Inbox, RateLimit
 from ._ingest import Inbound, ingest, ingest_many
 from ._loop import CLIENT_ID, Daemon, Job, run_jobs, serve
 from ._metrics import Metrics
@@ -10,9 +11,13 @@ __all__ = [
     "CLIENT_ID",
     "ArtifactServer",
     "Daemon",
+    "DeadLetter",
+    "DeviceRates",
     "Inbound",
+    "Inbox",
     "Job",
     "Metrics",
+    "RateLimit",
     "ingest",
     "ingest_many",
     "registry_token_check",

@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from edgefleet import shared
-from edgefleet.shared import Channel, EventMessage, StatusMessage, TelemetryMessage
-from edgefleet.shared.errors import BrokerError, EdgefleetError, MessageError
+from edgefleet.shared import Channel
+from edgefleet.shared.errors import BrokerError, EdgefleetError
 
 from ..home import Home
 from ..mqtt import MqttLink, Received, Session
 from ..rollout import dispatch_pending, resend_unconfirmed
 from ._http import ArtifactServer, registry_token_check
-from ._ingest import Inbound, ingest_many
+from ._inbox import DeviceRates, Inbox, RateLimit
 from ._metrics import Metrics
 
 log = logging.getLogger("edgefleet.controller.daemon")
@@ -72,7 +72,7 @@ class Daemon:
     ) -> None:
         self.home = home
         self.settings = home.settings
-        self._inbox: queue.Queue[Received | None] = queue.Queue()
+        self._received: queue.Queue[Received | None] = queue.Queue()
         self._resend_due = threading.Event()  # set on every connect and unconfirmed publish
         self._writer: threading.Thread | None = None
         self.metrics = Metrics()
@@ -91,9 +91,13 @@ class Daemon:
             # events sent while we were down are kept for us, and acknowledged only once stored
             Session(client_id=client_id, persistent=True, manual_ack=True),
             subscriptions=[(shared.fleet_topic(ch, prefix), 1) for ch in _INGESTED],
-            on_message=self._inbox.put,
+            on_message=self._received.put,
             on_connected=self._resend_due.set,
         )
+        limit = RateLimit(
+            self.settings.ingest_rate_per_device, self.settings.ingest_burst_per_device
+        )
+        self.inbox = Inbox(home, self.metrics, self.link.ack, DeviceRates(limit))
         self.jobs = [
             Job("resend", dispatch_interval_s, self._resend),
             Job("dispatch", dispatch_interval_s, self._dispatch),
@@ -117,7 +121,7 @@ class Daemon:
         log.info("stopping")
         # Write and acknowledge what has arrived; anything after the marker stays unacknowledged
         # and the broker delivers it again next time (persistent session).
-        self._inbox.put(None)
+        self._received.put(None)
         if self._writer:
             self._writer.join(timeout=30)
         self.link.close()
@@ -160,7 +164,7 @@ class Daemon:
     def _write_loop(self) -> None:
         done = False
         while not done:
-            first = self._inbox.get()
+            first = self._received.get()
             batch: list[Received] = []
             if first is None:
                 done = True
@@ -168,7 +172,7 @@ class Daemon:
                 batch.append(first)
             while len(batch) < _BATCH:
                 try:
-                    item = self._inbox.get_nowait()
+                    item = self._received.get_nowait()
                 except queue.Empty:
                     break
                 if item is None:
@@ -179,34 +183,7 @@ class Daemon:
                 self._write(batch)
 
     def _write(self, batch: list[Received]) -> None:
-        decoded: list[tuple[str, Inbound]] = []
-        for item in batch:
-            try:
-                device, _channel = shared.parse_topic(item.topic, self.settings.topic_prefix)
-                message = shared.decode(item.payload)
-                if not isinstance(message, StatusMessage | EventMessage | TelemetryMessage):
-                    raise MessageError(f"unexpected {message.kind} message")
-                decoded.append((device, message))
-            except MessageError as exc:
-                log.warning("dropped a message on %s: %s", item.topic, exc)
-                self.metrics.inc("edgefleet_messages_dropped_total")
-        for attempt in range(5):
-            try:
-                with self.home.session(write=True) as session:
-                    ingest_many(session, decoded)
-                break
-            except EdgefleetError as exc:
-                log.error("writing %d messages failed (attempt %d): %s", len(batch), attempt, exc)
-                time.sleep(0.2 * (attempt + 1))
-            except Exception:  # a bug must not stop ingest; the broker redelivers unacked
-                log.exception("writing %d messages failed", len(batch))
-                return
-        else:
-            return  # not acknowledged: redelivered after a reconnect
-        for _, message in decoded:
-            self.metrics.inc("edgefleet_messages_ingested_total", kind=message.kind)
-        for item in batch:
-            self.link.ack(item)
+        self.inbox.write(batch)
 
 
 def serve(home: Home, stop: threading.Event) -> None:

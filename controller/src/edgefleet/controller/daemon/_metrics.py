@@ -18,7 +18,10 @@ from ..registry import Deployment, Device
 
 _HELP = {
     "edgefleet_messages_ingested_total": "Messages from devices written to the registry.",
-    "edgefleet_messages_dropped_total": "Messages from devices that could not be decoded.",
+    "edgefleet_messages_dead_lettered_total": (
+        "Messages from devices acknowledged without being stored, by reason: invalid, "
+        "rate_limited (over the device's share) or unstorable (refused by the registry)."
+    ),
     "edgefleet_deployments_dispatched_total": "Signed manifests published to devices.",
     "edgefleet_deployments_resent_total": (
         "Stored manifests published again on connecting, not yet confirmed by their device."

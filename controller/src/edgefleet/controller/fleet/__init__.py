@@ -1,7 +1,7 @@
 """The fleet: enrolling devices (credentials and agent config), the broker's password file
 and ACL, and the read side — what runs where, how fast, and what the devices reported."""
 
-from ._broker_files import BrokerConfig, write_broker_config
+from ._broker_files import BrokerConfig, cli_broker_user, write_broker_config
 from ._devices import (
     DEFAULT_STATE_DIR,
     EnrolledDevice,
@@ -22,6 +22,7 @@ __all__ = [
     "EnrolledDevice",
     "add_device",
     "agent_config_text",
+    "cli_broker_user",
     "fleet_status",
     "follow_events",
     "get_device",

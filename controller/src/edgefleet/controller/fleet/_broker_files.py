@@ -5,11 +5,16 @@ controller; these files keep a device from speaking for another one (its status,
 events and telemetry) and keep strangers off the broker:
 
 - ``passwd``: Mosquitto's ``password_file``: each device (user name = device id, password =
-  the token in its agent.toml, stored here only as the ``$7$`` hash made at enrolment) and the
-  controller, whose user name and password come from ``broker_url``;
-- ``acl``: the controller reads and writes everything under the topic prefix; a device
-  reads only its command topic and writes only its own status, events and telemetry;
-- ``edgefleet.conf``: the lines that turn both on, for Mosquitto's ``include_dir``.
+  the one in its agent.toml, stored here only as the ``$7$`` hash made at enrolment), the
+  controller's daemon, whose user name and password come from ``broker_url``, and the
+  CLI's short sessions (``--measure-on``) as ``<that user>-cli`` with the same password;
+- ``acl``: the daemon reads and writes everything under the topic prefix; the CLI reads
+  devices' status and events and writes their commands; a device reads only its command
+  topic and writes only its own status, events and telemetry;
+- ``edgefleet.conf``: the lines that turn both on, for Mosquitto's ``include_dir``, and the
+  listener of ``broker_url``'s port, on which a client's id is its user name
+  (``use_username_as_clientid``): no one can take over another's session, and packets
+  larger than a protocol message can be are refused.
 
 The files are mode 0640 and, where a ``mosquitto`` group exists and we may, in that group:
 Mosquitto reads them after dropping root.
@@ -19,6 +24,7 @@ Regenerate after ``device add`` or ``device remove`` and send Mosquitto SIGHUP t
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +40,15 @@ from ._devices import mosquitto_password_hash
 
 BROKER_GROUP = "mosquitto"
 DEVICE_WRITES = (Channel.STATUS, Channel.EVENTS, Channel.TELEMETRY)
+CLI_USER_SUFFIX = "-cli"
+# the largest message plus room for the topic, properties and the MQTT header
+MAX_PACKET_BYTES = shared.MAX_MESSAGE_BYTES + 64 * 1024
+
+
+def cli_broker_user(controller_user: str) -> str:
+    """The user the CLI's short MQTT sessions log in as: the broker binds client ids to user
+    names, so they must not share the daemon's, whose session they would take over."""
+    return controller_user + CLI_USER_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -44,20 +59,26 @@ class BrokerConfig:
     conf_file: Path
     controller_user: str
     devices: int
+    listener: str  # "port" or "port address"
 
 
-def write_broker_config(home: Home, folder: Path) -> BrokerConfig:
+def write_broker_config(home: Home, folder: Path, *, bind: str | None = None) -> BrokerConfig:
     """Write ``passwd``, ``acl`` and ``edgefleet.conf`` into ``folder`` (created if missing;
-    files mode 0640, replaced atomically)."""
+    files mode 0640, replaced atomically).
+
+    The listener takes ``broker_url``'s port, on ``bind`` (an address; by default
+    ``broker_url``'s host when that is an IP address, every interface otherwise)."""
     user, password = controller_credentials(home.settings.broker_url)
+    cli_user = cli_broker_user(user)
     with home.session() as session:
         devices = session.exec(
             select(Device.name, Device.mqtt_password_hash).order_by(col(Device.name))
         ).all()
-    if any(name == user for name, _ in devices):
+    taken = [name for name, _ in devices if name in (user, cli_user)]
+    if taken:
         raise ConfigError(
-            f"a device is named {user!r} like the controller's broker user; "
-            "give the controller another user name in broker_url"
+            f"a device is named {taken[0]!r} like one of the controller's broker users "
+            f"({user}, {cli_user}); give the controller another user name in broker_url"
         )
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -65,13 +86,19 @@ def write_broker_config(home: Home, folder: Path) -> BrokerConfig:
         raise ConfigError(f"cannot create {folder}: {exc.strerror or exc}") from exc
     folder = folder.resolve()
     prefix = home.settings.topic_prefix
-    lines = [f"{user}:{mosquitto_password_hash(password)}"]
+    lines = [f"{u}:{mosquitto_password_hash(password)}" for u in (user, cli_user)]
     lines += [f"{name}:{digest}" for name, digest in devices]
     acl = [
         "# edgefleet: written by `edgefleet broker config`; regenerate rather than edit",
-        "# the controller",
+        "# the controller's daemon",
         f"user {user}",
         f"topic readwrite {prefix}/#",
+        "",
+        "# the controller's command line (on-device benchmarks)",
+        f"user {cli_user}",
+        f"topic read {prefix}/devices/+/{Channel.STATUS.value}",
+        f"topic read {prefix}/devices/+/{Channel.EVENTS.value}",
+        f"topic write {prefix}/devices/+/{Channel.CMD.value}",
         "",
         "# every device, by its user name (= device id): its own topics only",
         f"pattern read {prefix}/devices/%u/{Channel.CMD.value}",
@@ -84,6 +111,7 @@ def write_broker_config(home: Home, folder: Path) -> BrokerConfig:
         conf_file=folder / "edgefleet.conf",
         controller_user=user,
         devices=len(devices),
+        listener=_listener(home.settings.broker_url, bind),
     )
     conf = [
         "# edgefleet: clients must log in, and the ACL says what each may do",
@@ -93,11 +121,33 @@ def write_broker_config(home: Home, folder: Path) -> BrokerConfig:
         f"acl_file {result.acl_file}",
         "# enough room for a fleet's telemetry while the controller is busy",
         "max_queued_messages 10000",
+        "# no message of the protocol is larger: a client sending more is disconnected",
+        f"max_packet_size {MAX_PACKET_BYTES}",
+        "",
+        "# the listener of broker_url; its options follow it",
+        f"listener {result.listener}",
+        "# a client's id is its user name: no one can take over another's session",
+        "use_username_as_clientid true",
     ]
     _write(result.password_file, "\n".join(lines) + "\n")
     _write(result.acl_file, "\n".join(acl) + "\n")
     _write(result.conf_file, "\n".join(conf) + "\n")
     return result
+
+
+def _listener(broker_url: str, bind: str | None) -> str:
+    broker = broker_endpoint(broker_url)
+    if bind is None:
+        try:
+            bind = str(ipaddress.ip_address(broker.host))
+        except ValueError:
+            bind = ""  # a host name: every interface
+    elif bind:
+        try:
+            bind = str(ipaddress.ip_address(bind))
+        except ValueError:
+            raise ConfigError(f"--bind {bind!r} is not an IP address") from None
+    return f"{broker.port} {bind}".strip()
 
 
 def controller_credentials(broker_url: str) -> tuple[str, str]:

@@ -40,6 +40,10 @@ class Settings:
     http_host: str = "127.0.0.1"
     http_port: int = 8471
     manifest_ttl_s: int = 24 * 3600
+    # Each device's share of ingest: a burst of this many messages, then this many a
+    # second (a device sends a status, ~8 events per deployment and telemetry every 10 s).
+    ingest_burst_per_device: int = 600
+    ingest_rate_per_device: float = 20.0
 
     @property
     def config_path(self) -> Path:
@@ -64,6 +68,9 @@ class Settings:
     @property
     def is_initialised(self) -> bool:
         return self.config_path.is_file()
+
+
+_DEFAULTS = Settings(home=Path("."), database_url="")
 
 
 def default_home(env: Mapping[str, str] | None = None) -> Path:
@@ -97,13 +104,22 @@ def load_settings(home: Path | None = None, env: Mapping[str, str] | None = None
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s): {', '.join(unknown)}")
     values.setdefault("database_url", default_database_url(home))
-    for key in ("http_port", "manifest_ttl_s"):
-        if key in values and (isinstance(values[key], bool) or not isinstance(values[key], int)):
-            raise ConfigError(f"{path}: {key} must be an integer")
-    for key in known - {"http_port", "manifest_ttl_s"}:
-        if key in values and not isinstance(values[key], str):
-            raise ConfigError(f"{path}: {key} must be a string")
+    for f in fields(Settings):
+        if f.name in values:
+            values[f.name] = _typed(path, f.name, values[f.name], type(getattr(_DEFAULTS, f.name)))
     return _checked(Settings(home=home, **values))
+
+
+def _typed(path: Path, key: str, value: object, kind: type) -> object:
+    """``value`` if it is a ``kind`` (an int for a float too); a ConfigError otherwise."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, kind):
+        what = {int: "an integer", float: "a number", str: "a string"}[kind]
+        raise ConfigError(f"{path}: {key} must be {what}")
+    if kind in (int, float) and value < 0:  # type: ignore[operator]
+        raise ConfigError(f"{path}: {key} must not be negative")
+    return value
 
 
 def _checked(settings: Settings) -> Settings:
