@@ -11,7 +11,7 @@ import threading
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -274,9 +274,24 @@ def test_a_real_agent_logs_in_with_its_agent_toml(
         controller.close()
 
 
-def test_without_controller_credentials_nothing_is_written(
+def test_init_makes_the_controllers_broker_login(
     cli: Cli, initialised: Path, tmp_path: Path
 ) -> None:
+    """The documented setup is never anonymous: `init` writes a broker login into
+    config.toml (mode 0600), and `broker config` works right after it."""
+    config = tomllib.loads((initialised / "config.toml").read_text())
+    login = urlsplit(config["broker_url"])
+    assert login.username == "edgefleet-controller" and len(login.password or "") >= 24
+    assert (initialised / "config.toml").stat().st_mode & 0o777 == 0o600
+    cli.ok("broker", "config", "--out", str(tmp_path / "d"))
+    users = [line.split(":")[0] for line in (tmp_path / "d" / "passwd").read_text().splitlines()]
+    assert users == ["edgefleet-controller", "edgefleet-controller-cli"]
+
+
+def test_without_controller_credentials_nothing_is_written(
+    cli: Cli, initialised: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGEFLEET_BROKER_URL", "mqtt://127.0.0.1:1883")
     result = cli("broker", "config", "--out", str(tmp_path / "d"))
     assert result.exit_code == 2
     assert "broker_url has no user name and password" in result.stderr

@@ -49,10 +49,12 @@ device_app = typer.Typer(help="Enrol, list, show and remove devices.", no_args_i
 model_app = typer.Typer(help="Add, list and show models and their versions.", no_args_is_help=True)
 profile_app = typer.Typer(help="List and show device profiles.", no_args_is_help=True)
 broker_app = typer.Typer(help="Files for the MQTT broker (Mosquitto).", no_args_is_help=True)
+tls_app = typer.Typer(help="The private CA and certificate for TLS.", no_args_is_help=True)
 app.add_typer(device_app, name="device")
 app.add_typer(model_app, name="model")
 app.add_typer(profile_app, name="profile")
 app.add_typer(broker_app, name="broker")
+app.add_typer(tls_app, name="tls")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 

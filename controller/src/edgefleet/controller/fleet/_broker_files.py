@@ -129,10 +129,42 @@ def write_broker_config(home: Home, folder: Path, *, bind: str | None = None) ->
         "# a client's id is its user name: no one can take over another's session",
         "use_username_as_clientid true",
     ]
+    if broker_endpoint(home.settings.broker_url).tls:
+        conf += _tls_lines(home, folder)
     _write(result.password_file, "\n".join(lines) + "\n")
     _write(result.acl_file, "\n".join(acl) + "\n")
     _write(result.conf_file, "\n".join(conf) + "\n")
     return result
+
+
+def _tls_lines(home: Home, folder: Path) -> list[str]:
+    """For an ``mqtts://`` broker_url: the listener speaks TLS with the home's certificate,
+    copied beside the other files so Mosquitto can read it after dropping root."""
+    host = broker_endpoint(home.settings.broker_url).host
+    tls = home.tls()
+    if tls is None:
+        raise ConfigError(
+            "broker_url is mqtts:// but this home has no certificate yet: run "
+            "`edgefleet tls init` first"
+        )
+    if host not in tls.names:
+        raise ConfigError(
+            f"the server certificate is for {', '.join(tls.names)}, not {host}: run "
+            f"`edgefleet tls init --san {host}`"
+        )
+    copies = {"ca.pem": tls.ca_cert, "server.pem": tls.server_cert, "server.key": tls.server_key}
+    for name, source in copies.items():
+        try:
+            _write(folder / name, source.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read {source}: {exc.strerror or exc}") from exc
+    return [
+        "# TLS with the certificate `edgefleet tls init` made (devices trust its CA)",
+        f"cafile {folder / 'ca.pem'}",
+        f"certfile {folder / 'server.pem'}",
+        f"keyfile {folder / 'server.key'}",
+        "tls_version tlsv1.2",
+    ]
 
 
 def _listener(broker_url: str, bind: str | None) -> str:

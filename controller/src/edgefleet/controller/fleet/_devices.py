@@ -131,6 +131,9 @@ def agent_config_text(
         ("inference_port", 8470),
         ("telemetry_interval_s", 10.0),
     ]
+    ca = home.tls_ca()
+    if ca is not None:  # the operator's own CA: the device trusts it for mqtts and https
+        values.append(("tls_ca", ca))
     head = [
         f"# edgefleet agent config for device {device_id!r} (profile {profile}).",
         "# It holds this device's credentials: keep it private (mode 0600).",

@@ -14,9 +14,19 @@ from ._profiles import (
     load_profiles,
     record_profile,
 )
-from ._settings import HOME_ENV, Settings, config_text, load_settings, toml_value
+from ._settings import (
+    CONTROLLER_USER,
+    HOME_ENV,
+    Settings,
+    config_text,
+    load_settings,
+    toml_value,
+    with_controller_login,
+)
+from ._tls import TlsFiles, ensure_tls, existing_tls
 
 __all__ = [
+    "CONTROLLER_USER",
     "HOME_ENV",
     "Budgets",
     "Compression",
@@ -24,9 +34,12 @@ __all__ = [
     "Home",
     "InitReport",
     "Settings",
+    "TlsFiles",
     "available_profiles",
     "builtin_profiles_dir",
     "config_text",
+    "ensure_tls",
+    "existing_tls",
     "get_profile",
     "init_home",
     "load_profile",
@@ -35,5 +48,6 @@ __all__ = [
     "open_home",
     "record_profile",
     "toml_value",
+    "with_controller_login",
     "write_private",
 ]

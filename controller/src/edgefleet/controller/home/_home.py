@@ -25,7 +25,8 @@ from edgefleet.shared.errors import ConfigError
 from ..registry import ArtifactStore, create_engine, describe_url, session_scope, upgrade
 from ._files import write_private
 from ._profiles import DeviceProfile, builtin_profiles_dir, get_profile, load_profiles
-from ._settings import Settings, config_text
+from ._settings import Settings, config_text, with_controller_login
+from ._tls import TlsFiles, existing_tls
 
 
 @dataclass
@@ -61,6 +62,15 @@ class Home:
     def public_key_text(self) -> str:
         return public_key_to_text(self.signing_key().public_key())
 
+    def tls(self) -> TlsFiles | None:
+        """The home's CA and server certificate (``edgefleet tls init``), if it has them."""
+        return existing_tls(self.settings.home)
+
+    def tls_ca(self) -> str | None:
+        """The CA's PEM that devices and the controller's clients trust, if there is one."""
+        tls = self.tls()
+        return tls.ca_pem() if tls else None
+
     def close(self) -> None:
         self.engine.dispose()
 
@@ -95,7 +105,9 @@ def init_home(settings: Settings) -> InitReport:
         if not keys.is_dir():
             keys.mkdir(mode=0o700, parents=True)
         if not settings.config_path.exists():
-            write_private(settings.config_path, config_text(settings))  # may hold broker login
+            # the broker login is made here, so the documented setup is never anonymous
+            text = config_text(with_controller_login(settings))
+            write_private(settings.config_path, text)
             created.append(str(settings.config_path))
         if not settings.private_key_path.exists():
             _write_private_key(settings.private_key_path, generate_private_key())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -136,6 +137,20 @@ def _checked(settings: Settings) -> Settings:
     if not settings.artifact_url.endswith("/"):
         settings = replace(settings, artifact_url=settings.artifact_url + "/")
     return settings
+
+
+CONTROLLER_USER = "edgefleet-controller"
+
+
+def with_controller_login(settings: Settings) -> Settings:
+    """``settings`` with a fresh broker login for the controller in ``broker_url`` when it has
+    none: user ``edgefleet-controller`` and a random password (``broker config`` writes both
+    into Mosquitto's password file)."""
+    parts = urlsplit(settings.broker_url)
+    if parts.username:
+        return settings
+    login = f"{CONTROLLER_USER}:{secrets.token_urlsafe(24)}@"
+    return replace(settings, broker_url=parts._replace(netloc=login + parts.netloc).geturl())
 
 
 def config_text(settings: Settings) -> str:

@@ -6,6 +6,7 @@ frozen :class:`Received`, and paho's failures become ``BrokerError``."""
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -73,8 +74,13 @@ class MqttLink:
         on_message: Handler | None = None,
         on_connected: Callable[[], None] | None = None,
         on_disconnected: Callable[[], None] | None = None,
+        tls_ca: str | None = None,
     ) -> None:
+        """``tls_ca``: the PEM of the CA that signed the broker's certificate (the operator's
+        own, see ``home.ensure_tls``); without it an ``mqtts://`` broker is checked against
+        the system's CAs."""
         self.endpoint = endpoint
+        self.tls_ca = tls_ca
         self.session = session
         self.subscriptions = list(subscriptions)
         self._on_message_handler = on_message
@@ -110,7 +116,7 @@ class MqttLink:
             props.SessionExpiryInterval = self.session.session_expiry_s
         try:
             if broker.tls:
-                self._client.tls_set()
+                self._client.tls_set_context(ssl.create_default_context(cadata=self.tls_ca))
             connect = self._client.connect if blocking else self._client.connect_async
             connect(
                 broker.host,
@@ -119,7 +125,7 @@ class MqttLink:
                 clean_start=not self.session.persistent,
                 properties=props,
             )
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             raise BrokerError(f"cannot reach the broker at {broker.public_url}: {exc}") from exc
         self._client.loop_start()
 
