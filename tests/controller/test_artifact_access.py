@@ -188,8 +188,13 @@ def test_a_benchmark_candidate_is_readable_by_its_device_until_the_order_expires
     assert (grant.device_id, grant.artifact_sha256) == (device.id, sha)
     assert int(grant.expires_at.replace(tzinfo=UTC).timestamp()) == seen["expires"]
 
+    assert _get(server, sha, fleet["pi-1"]["artifact_token"]).status_code == 200
     clock.now = grant.expires_at.replace(tzinfo=UTC) + timedelta(seconds=1)
     assert _get(server, sha, fleet["pi-1"]["artifact_token"]).status_code == 404
+
+    bench.discard()  # the run is over: its grants go with its files
+    with home.session() as s:
+        assert s.exec(select(ArtifactGrant)).all() == []
 
 
 def test_a_device_enrolled_with_one_secret_for_both_keeps_working(

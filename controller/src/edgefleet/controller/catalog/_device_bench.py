@@ -151,6 +151,7 @@ class DeviceBenchmarks:
         self.timeout_s = timeout_s
         self.notify = progress or (lambda _stage, _done, _total: None)
         self.added: set[str] = set()  # sha256 of files this run put into the store
+        self.grants: list[int] = []  # the device's grants this run's orders recorded
 
     def check_online(self) -> None:
         """Raise ``DeviceOffline`` unless the device's retained status says it is connected."""
@@ -174,11 +175,16 @@ class DeviceBenchmarks:
         return results
 
     def discard(self, keep: str | None = None) -> None:
-        """Remove the files this run added, except ``keep`` and any a registry row names."""
-        with self.home.session() as session:
+        """Remove the files this run added, except ``keep`` and any a registry row names, and
+        the grants its orders gave the device: the benchmarks are over (a variant deployed
+        later is the device's through its deployment)."""
+        with self.home.session(write=True) as session:
             named = {
                 sha for sha in self.added if sha == keep or session.get(Artifact, sha) is not None
             }
+            if self.grants:
+                session.exec(delete(ArtifactGrant).where(col(ArtifactGrant.id).in_(self.grants)))
+        self.grants.clear()
         for sha in self.added - named:
             self.home.store.path_of(sha).unlink(missing_ok=True)
         self.added.clear()
@@ -229,9 +235,13 @@ class DeviceBenchmarks:
             if device_id is None:
                 raise NotFound(f"device {self.device} was removed while measuring")
             session.exec(delete(ArtifactGrant).where(col(ArtifactGrant.expires_at) < now))
-            session.add(
-                ArtifactGrant(device_id=device_id, artifact_sha256=sha256, expires_at=expires_at)
+            grant = ArtifactGrant(
+                device_id=device_id, artifact_sha256=sha256, expires_at=expires_at
             )
+            session.add(grant)
+            session.flush()
+            assert grant.id is not None  # the flush gave it one
+            self.grants.append(grant.id)
 
     def _settle(self) -> None:
         """Read what came while nobody waited (the local measurement can take minutes): the
