@@ -15,6 +15,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from edgefleet.agent._admission import InferenceLimits
 from edgefleet.agent._runtime import LoadedModel, load_model
 from edgefleet.agent._serving import InferenceServer
 from edgefleet.agent._slot import ModelSlot
@@ -209,7 +210,7 @@ def test_non_json_body_is_400(http: httpx.Client) -> None:
 
 
 def test_protocol_errors(slot: ModelSlot, stats: RequestStats) -> None:
-    with InferenceServer(slot, stats, max_body_bytes=1024) as server:
+    with InferenceServer(slot, stats, limits=InferenceLimits(max_body_bytes=1024)) as server:
         with httpx.Client(base_url=server.url) as http:
             r = http.post(
                 "/v1/infer", content=b"x" * 2048, headers={"Content-Type": "application/json"}

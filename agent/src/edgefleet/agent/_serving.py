@@ -1,71 +1,61 @@
 """Local inference over HTTP on loopback for applications on the device (JSON and .npy).
 
-The model comes from a :class:`ModelSlot`; tensors are decoded and encoded in ``_tensors``.
+The model comes from a :class:`ModelSlot`; tensors are decoded and encoded in ``_tensors``;
+who may ask and how much at once is ``_admission``'s. Hostile input gets a 4xx or a 503,
+never a 500: a 500 means the model failed on input that fit its signature.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import socket
-import socketserver
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, quote, urlsplit
 
 import numpy as np
 
-from edgefleet.shared.errors import InvalidInput
+from edgefleet.shared.errors import InputTooLarge, InvalidInput
 
+from ._admission import (
+    RETRY_AFTER_S,
+    CappedHTTPServer,
+    InferenceLimits,
+    host_allowed,
+    host_names,
+)
 from ._runtime import LoadedModel, short_error
 from ._slot import ModelSlot
 from ._telemetry import RequestStats
 from ._tensors import (
+    JSON_TYPE,
+    NPY_TYPE,
+    NPY_TYPES,
+    Call,
+    body_limit,
     check_feeds,
-    feeds_from_json,
-    feeds_from_npy,
-    npy_bytes,
-    outputs_document,
-    pick_output,
+    encode_outputs,
+    json_bytes,
+    parse_call,
 )
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 64 << 20
-JSON_TYPE = "application/json"
-NPY_TYPE = "application/x-npy"
-NPY_TYPES = frozenset({NPY_TYPE, "application/octet-stream"})
 _ROUTES = {"/healthz": "GET", "/v1/model": "GET", "/v1/infer": "POST"}
 # Printable ASCII except '%'; anything else in a model name is percent-encoded so a
 # header can neither fail to encode nor be split.
 _HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 
 
-# -- request bodies to feeds --------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Call:
-    feeds: dict[str, np.ndarray]
-    npy_output: str | None  # None: answer in JSON with every output
-
-
-def _parse_call(model: LoadedModel, body: bytes, content_type: str, query: dict[str, str]) -> _Call:
-    if content_type == JSON_TYPE:
-        return _Call(feeds_from_json(body, model), None)
-    if content_type in NPY_TYPES:
-        output = pick_output(model, query.get("output"))
-        return _Call(feeds_from_npy(body, model, query.get("input")), output)
-    raise _Reply(
-        HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
-        f"Content-Type must be {JSON_TYPE} or {NPY_TYPE}, not {content_type or 'missing'!r}",
-    )
+def _check_media(content_type: str) -> None:
+    if content_type != JSON_TYPE and content_type not in NPY_TYPES:
+        raise _Reply(
+            HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            f"Content-Type must be {JSON_TYPE} or {NPY_TYPE}, not {content_type or 'missing'!r}",
+        )
 
 
 # -- HTTP ----------------------------------------------------------------------------
@@ -80,31 +70,20 @@ class _Reply(Exception):
         self.code = code
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    # Bursts of new connections from local apps wait in the backlog instead of being refused.
-    request_queue_size = 128
-
+class _Server(CappedHTTPServer):
     def __init__(
-        self, address: tuple[str, int], slot: ModelSlot, stats: RequestStats, max_body: int
+        self,
+        address: tuple[str, int],
+        slot: ModelSlot,
+        stats: RequestStats,
+        limits: InferenceLimits,
     ) -> None:
         self.slot = slot
         self.stats = stats
-        self.max_body = max_body
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
-        super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves the host's FQDN, which can stall for
-        # seconds on a device with no working DNS; the name is never used here.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name, self.server_port = str(host), int(port)
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        # Clients that hang up mid-response are routine; anything else is a bug worth a trace.
-        log.debug("error while serving %s", client_address, exc_info=True)
+        self.limits = limits
+        self.hosts = host_names(address[0])
+        self.inflight = threading.BoundedSemaphore(limits.max_inflight)
+        super().__init__(address, _Handler, max_connections=limits.max_connections)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -119,12 +98,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        with self.server.connections_lock:
-            self.server.connections.add(self.connection)
+        self.server.track(self.connection)
 
     def finish(self) -> None:
-        with self.server.connections_lock:
-            self.server.connections.discard(self.connection)
+        self.server.untrack(self.connection)
         super().finish()
 
     def log_message(self, format: str, *args: object) -> None:
@@ -148,7 +125,18 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         url = urlsplit(self.path)
         allowed = _ROUTES.get(url.path)
-        if allowed is None or method != allowed:
+        hosts = self.headers.get_all("Host") or []
+        if not host_allowed(hosts, self.server.hosts, self.server.server_port):
+            self.close_connection = self._has_body()
+            reply = _Reply(
+                HTTPStatus.BAD_REQUEST,
+                "bad_host",
+                "this endpoint answers only to Host "
+                + ", ".join(sorted(self.server.hosts))
+                + f" (port {self.server.server_port})",
+            )
+            self._send_error(reply)
+        elif allowed is None or method != allowed:
             # A request body left unread would be taken for the next request.
             self.close_connection = self._has_body()
             if allowed is None:
@@ -174,33 +162,52 @@ class _Handler(BaseHTTPRequestHandler):
             self._infer({k: v[-1] for k, v in parse_qs(url.query).items()})
 
     def _infer(self, query: dict[str, str]) -> None:
-        started = time.perf_counter()
-        try:
-            body = self._read_body()
-        except _Reply as reply:
-            self.close_connection = True  # the unread body cannot be skipped reliably
-            model = self.server.slot.get()
-            if model is not None:
-                self.server.stats.record(model, _ms_since(started), ok=False)
-            self._send_error(reply, model)
-            return
         model = self.server.slot.get()  # the one reference this request uses throughout
         if model is None:
+            self.close_connection = self._has_body()
             self._send_error(_NO_MODEL)
             return
+        limits = self.server.limits
         content_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        started = time.perf_counter()
+        try:  # everything known before the body is read: refused without reading it
+            _check_media(content_type)
+            limit = body_limit(
+                model,
+                as_json=content_type == JSON_TYPE,
+                npy_input=query.get("input"),
+                max_batch=limits.max_batch,
+            )
+            length = self._content_length(min(limit, limits.max_body_bytes))
+        except (InvalidInput, _Reply) as exc:
+            self.close_connection = True  # the unread body cannot be skipped reliably
+            self.server.stats.record(model, _ms_since(started), ok=False)
+            self._send_error(_failure(exc), model)
+            return
+        if not self.server.inflight.acquire(timeout=limits.busy_wait_s):
+            self.close_connection = True
+            self._send_error(_BUSY, model, headers={"Retry-After": str(RETRY_AFTER_S)})
+            return
+        try:
+            self._run_call(model, query, content_type, length)
+        finally:
+            self.server.inflight.release()
+
+    def _run_call(
+        self, model: LoadedModel, query: dict[str, str], content_type: str, length: int
+    ) -> None:
         elapsed: float | None = None
         started = time.perf_counter()
         try:
-            call = _parse_call(model, body, content_type, query)
-            check_feeds(model, call.feeds)
+            body = self._read_body(length)
+            call = parse_call(model, body, content_type, query, self.server.limits.max_batch)
+            del body  # the feeds are what the model needs; the bytes can go
+            check_feeds(model, call.feeds, self.server.limits.max_batch)
             outputs = _run(model, call.feeds)
             elapsed = _ms_since(started)
             content, response_type, headers = _encode(model, outputs, call)
-        except InvalidInput as exc:
-            failure = _Reply(HTTPStatus.BAD_REQUEST, exc.code, str(exc))
-        except _Reply as reply:
-            failure = reply
+        except (InvalidInput, _Reply) as exc:
+            failure = _failure(exc)
         except Exception as exc:  # a bug here must still answer, and count against the model
             log.exception("unexpected error while serving an inference request")
             failure = _Reply(HTTPStatus.INTERNAL_SERVER_ERROR, "internal", short_error(exc))
@@ -217,23 +224,28 @@ class _Handler(BaseHTTPRequestHandler):
         declared = self.headers.get("Content-Length", "0").strip()
         return bool(self.headers.get("Transfer-Encoding")) or declared not in ("", "0")
 
-    def _read_body(self) -> bytes:
-        declared = self.headers.get("Content-Length")
-        if declared is None or self.headers.get("Transfer-Encoding"):
+    def _content_length(self, limit: int) -> int:
+        declared = self.headers.get_all("Content-Length") or []
+        if not declared or self.headers.get("Transfer-Encoding"):
             raise _Reply(
                 HTTPStatus.LENGTH_REQUIRED, "length_required", "send the body with a Content-Length"
             )
-        length = int(declared) if declared.strip().isdigit() else -1
-        if length < 0:
+        text = declared[0].strip()
+        if len(declared) != 1 or not (text.isascii() and text.isdigit()) or len(text) > 18:
             raise _Reply(HTTPStatus.BAD_REQUEST, "bad_request", "Content-Length is not a length")
-        if length > self.server.max_body:
+        length = int(text)
+        if length > limit:
             raise _Reply(
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                 "too_large",
-                f"a body of {length} bytes exceeds the limit of {self.server.max_body}",
+                f"a body of {length} bytes exceeds this model's limit of {limit}",
             )
+        return length
+
+    def _read_body(self, length: int) -> bytes:
         body = self.rfile.read(length)
         if len(body) != length:
+            self.close_connection = True
             raise _Reply(HTTPStatus.BAD_REQUEST, "bad_request", "the body ended early")
         return body
 
@@ -249,7 +261,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_json(
         self, status: HTTPStatus, payload: object, headers: dict[str, str] | None = None
     ) -> None:
-        self._send(status, _json_bytes(payload), JSON_TYPE, headers or {})
+        self._send(status, json_bytes(payload), JSON_TYPE, headers or {})
 
     def _send(
         self, status: HTTPStatus, content: bytes, content_type: str, headers: dict[str, str]
@@ -266,6 +278,18 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 _NO_MODEL = _Reply(HTTPStatus.SERVICE_UNAVAILABLE, "no_model", "no model is serving yet")
+_BUSY = _Reply(HTTPStatus.SERVICE_UNAVAILABLE, "busy", "too many requests at once; retry shortly")
+
+
+def _failure(exc: InvalidInput | _Reply) -> _Reply:
+    if isinstance(exc, _Reply):
+        return exc
+    status = (
+        HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+        if isinstance(exc, InputTooLarge)
+        else HTTPStatus.BAD_REQUEST
+    )
+    return _Reply(status, exc.code, str(exc))
 
 
 def _run(model: LoadedModel, feeds: dict[str, np.ndarray]) -> Mapping[str, object]:
@@ -280,12 +304,11 @@ def _run(model: LoadedModel, feeds: dict[str, np.ndarray]) -> Mapping[str, objec
 
 
 def _encode(
-    model: LoadedModel, outputs: Mapping[str, object], call: _Call
+    model: LoadedModel, outputs: Mapping[str, object], call: Call
 ) -> tuple[bytes, str, dict[str, str]]:
-    if call.npy_output is None:
-        return _json_bytes(outputs_document(model, outputs)), JSON_TYPE, {}
+    content, content_type = encode_outputs(model, outputs, call)
     name = call.npy_output
-    return npy_bytes(name, outputs[name]), NPY_TYPE, {"X-Edgefleet-Output": _header(name)}
+    return content, content_type, {} if name is None else {"X-Edgefleet-Output": _header(name)}
 
 
 def _model_headers(model: LoadedModel) -> dict[str, str]:
@@ -297,10 +320,6 @@ def _model_headers(model: LoadedModel) -> dict[str, str]:
 
 def _header(value: str) -> str:
     return quote(value, safe=_HEADER_SAFE)
-
-
-def _json_bytes(payload: object) -> bytes:
-    return json.dumps(payload, separators=(",", ":")).encode()
 
 
 def _ms_since(started: float) -> float:
@@ -317,19 +336,19 @@ class InferenceServer:
         host: str = "127.0.0.1",
         port: int = 0,
         *,
-        max_body_bytes: int = MAX_BODY_BYTES,
+        limits: InferenceLimits | None = None,
     ) -> None:
         self._slot = slot
         self._stats = stats
         self._address = (host, port)
-        self._max_body = max_body_bytes
+        self._limits = limits or InferenceLimits()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         if self._server is not None:
             return
-        self._server = _Server(self._address, self._slot, self._stats, self._max_body)
+        self._server = _Server(self._address, self._slot, self._stats, self._limits)
         # stop() waits for serve_forever's next poll (every 0.5 s by default); a select()
         # timeout of 0.1 s costs nothing measurable and makes stopping (a swap test, SIGTERM)
         # five times quicker
@@ -347,12 +366,7 @@ class InferenceServer:
             return
         self._server = self._thread = None
         server.shutdown()
-        # Keep-alive connections would otherwise go on serving after the listener closed.
-        with server.connections_lock:
-            connections = list(server.connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):  # already closed by the client
-                connection.shutdown(socket.SHUT_RDWR)
+        server.close_connections()
         server.server_close()
         if thread is not None:
             thread.join()

@@ -22,6 +22,7 @@
     │   ├── SmokeTestFailed          wrong answer on the reference sample
     │   ├── CrashedWhileLoading      the agent died loading or testing it
     │   └── InvalidInput             a request that does not fit the model
+    │       └── InputTooLarge        more than the model's inputs can hold
     ├── DeploymentError              the lifecycle cannot go on
     │   ├── LoopDetected             a deployment that keeps coming back
     │   ├── NoCandidate              nothing loaded to test
@@ -55,6 +56,7 @@ __all__ = [
     "DownloadError",
     "EdgefleetError",
     "ExternalDataError",
+    "InputTooLarge",
     "InternalError",
     "InvalidInput",
     "LoopDetected",
@@ -177,6 +179,12 @@ class CrashedWhileLoading(ModelError):
 
 class InvalidInput(ModelError):
     code = "invalid_input"
+
+
+class InputTooLarge(InvalidInput):
+    """A request bigger than the model's declared input shapes allow (the HTTP layer's 413)."""
+
+    code = "input_too_large"
 
 
 class DeploymentError(EdgefleetError):
