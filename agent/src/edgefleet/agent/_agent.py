@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import ssl
 import threading
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -33,7 +34,7 @@ from ._death_test import DeathTestPause
 from ._fetch import ArtifactFetcher
 from ._lifecycle import START, TERMINAL, DeploymentRecord, State, drive
 from ._link import Inbound, Link
-from ._mqtt import BrokerSettings, MqttLink
+from ._mqtt import BrokerSettings, MqttLink, tls_context
 from ._reporting import Reporter
 from ._serving import InferenceServer
 from ._slot import ModelSlot
@@ -50,9 +51,13 @@ def artifact_client(config: AgentConfig) -> httpx.Client:
     headers = {"User-Agent": f"edgefleet-agent/{AGENT_VERSION}"}
     if config.artifact_token:
         headers["Authorization"] = f"Bearer {config.artifact_token}"
+    verify: ssl.SSLContext | bool = True
+    if config.tls_ca and config.artifact_base_url.startswith("https:"):
+        verify = tls_context(None, config.tls_ca)
     return httpx.Client(
         base_url=config.artifact_base_url,
         headers=headers,
+        verify=verify,
         timeout=httpx.Timeout(
             config.download_timeout_s, connect=min(10.0, config.download_timeout_s)
         ),
@@ -69,6 +74,7 @@ def broker_link(config: AgentConfig) -> MqttLink:
         client_id=config.device_id,
         tls=tls,
         ca_file=config.broker_ca_file,
+        ca_pem=config.tls_ca,
         username=config.broker_username,
         password=config.broker_password,
         keepalive_s=config.keepalive_s,

@@ -27,6 +27,9 @@ class AgentConfig:
     broker_username: str | None = None
     broker_password: str | None = field(default=None, repr=False)
     broker_ca_file: str | None = None
+    # the operator's CA (PEM), written by `edgefleet device add` when the controller has one:
+    # trusted for mqtts:// and https:// besides the system's CAs
+    tls_ca: str | None = field(default=None, repr=False)
     artifact_token: str | None = field(default=None, repr=False)
     inference_host: str = "127.0.0.1"
     inference_port: int = 8470

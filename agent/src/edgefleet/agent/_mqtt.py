@@ -33,12 +33,21 @@ class BrokerSettings:
     client_id: str
     tls: bool = False
     ca_file: str | None = None
+    ca_pem: str | None = None  # the operator's CA, from agent.toml's tls_ca
     username: str | None = None
     password: str | None = None
     keepalive_s: int = 30
     session_expiry_s: int = 7 * 24 * 3600
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
+
+
+def tls_context(ca_file: str | None, ca_pem: str | None) -> ssl.SSLContext:
+    """A client context that verifies the server against ``ca_file`` and/or ``ca_pem`` (the
+    operator's own CA), or the system's CAs when neither is given."""
+    if ca_file is None and ca_pem is None:
+        return ssl.create_default_context()
+    return ssl.create_default_context(cafile=ca_file, cadata=ca_pem)
 
 
 def backoff_delay(attempt: int, low: float, high: float, rng: random.Random) -> float:
@@ -75,7 +84,7 @@ class MqttLink:
         if settings.username:
             client.username_pw_set(settings.username, settings.password)
         if settings.tls:
-            client.tls_set(ca_certs=settings.ca_file, cert_reqs=ssl.CERT_REQUIRED)
+            client.tls_set_context(tls_context(settings.ca_file, settings.ca_pem))
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message

@@ -67,7 +67,9 @@ class DeviceLink:
     """A short, clean MQTT session subscribed to one device's status and events, whose
     messages are decoded and queued for the caller."""
 
-    def __init__(self, broker_url: str, device: str, prefix: str) -> None:
+    def __init__(
+        self, broker_url: str, device: str, prefix: str, *, tls_ca: str | None = None
+    ) -> None:
         self.broker_url = broker_url
         self.device = device
         self.command_topic = shared.command_topic(device, prefix)
@@ -84,6 +86,7 @@ class DeviceLink:
                 (shared.events_topic(device, prefix), 1),
             ],
             on_message=self._on_message,
+            tls_ca=tls_ca,
         )
 
     def open(self) -> None:
@@ -310,7 +313,7 @@ def device_benchmarks(
             "measure on a device of the profile you compress for"
         )
     settings = home.settings
-    link = DeviceLink(settings.broker_url, target.name, settings.topic_prefix)
+    link = DeviceLink(settings.broker_url, target.name, settings.topic_prefix, tls_ca=home.tls_ca())
     link.open()
     try:
         bench = DeviceBenchmarks(

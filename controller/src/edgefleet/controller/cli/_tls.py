@@ -29,7 +29,8 @@ def tls_init(
 ) -> None:
     """Create the private CA (once) and the server certificate for TLS.
 
-    The certificate names the hosts of broker_url and artifact_url and every --san. Then use mqtts:// and https:// in config.toml, run `edgefleet broker config` for the TLS
+    The certificate names the hosts of broker_url and artifact_url and every --san. Then
+    use mqtts:// and https:// in config.toml, run `edgefleet broker config` for the TLS
     listener, and enrol devices (or enrol them again): their agent.toml carries the CA.
     """
     from urllib.parse import urlsplit

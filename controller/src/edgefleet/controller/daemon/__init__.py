@@ -1,7 +1,8 @@
 """``edgefleet serve``: the daemon's loop (jobs on one clock), MQTT ingest into the registry,
 the HTTP server for artifacts, ``/metrics`` and ``/healthz``, and the metrics it counts."""
 
-from ._http import ArtifactServer, registry_token_check
+from ._access import Access, registry_token_check
+from ._http import ArtifactServer, server_tls_context
 from ._inbox import DeadLetter, DeviceRates, Inbox, RateLimit
 from ._ingest import Inbound, ingest, ingest_many
 from ._loop import CLIENT_ID, Daemon, Job, run_jobs, serve
@@ -9,6 +10,7 @@ from ._metrics import Metrics
 
 __all__ = [
     "CLIENT_ID",
+    "Access",
     "ArtifactServer",
     "Daemon",
     "DeadLetter",
@@ -23,4 +25,5 @@ __all__ = [
     "registry_token_check",
     "run_jobs",
     "serve",
+    "server_tls_context",
 ]

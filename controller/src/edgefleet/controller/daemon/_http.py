@@ -10,36 +10,22 @@ exists. Every connection is bounded in time (idle, head, send) and its head in b
 
 from __future__ import annotations
 
-import hmac
 import io
 import logging
 import re
+import ssl
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
-from enum import Enum
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from sqlalchemy.engine import Engine
-from sqlmodel import col, select
+from edgefleet.shared.errors import ConfigError, EdgefleetError
 
-from edgefleet.shared.errors import EdgefleetError
-
-from ..fleet import token_sha256
-from ..registry import (
-    ArtifactGrant,
-    ArtifactStore,
-    Deployment,
-    Device,
-    Variant,
-    as_utc,
-    session_scope,
-    utcnow,
-)
+from ..registry import ArtifactStore
+from ._access import Access, AccessCheck
 from ._metrics import Metrics
 from ._wire import DeadlineReader, HeadBudget, HeadTooLarge, NoRange, parse_range
 
@@ -52,51 +38,6 @@ IDLE_TIMEOUT_S = 30.0  # a connection (new or kept alive) that starts no request
 HEAD_TIMEOUT_S = 10.0  # from a request's first byte to the end of its headers
 SEND_TIMEOUT_S = 30.0  # for each 64 KiB of the body: a reader slower than ~2 KiB/s is cut
 MAX_HEAD_BYTES = 16 * 1024  # request line and headers together
-
-
-class Access(Enum):
-    """What a bearer token may do with one artifact."""
-
-    UNKNOWN_TOKEN = "unknown_token"  # no device's token: 401
-    HIDDEN = "hidden"  # a device's, but not its artifact: 404, as if it did not exist
-    GRANTED = "granted"
-
-
-AccessCheck = Callable[[str, str], Access]  # (bearer token, artifact sha256) -> access
-
-
-def registry_token_check(engine: Engine, *, clock: Callable[[], datetime] = utcnow) -> AccessCheck:
-    """Decide from the registry: a device reads the artifact of any of its deployment rows
-    (finished ones too: it may be told to roll back to one) and a benchmark candidate while
-    the grant recorded with the order lasts; nothing else."""
-
-    def check(token: str, sha256: str) -> Access:
-        digest = token_sha256(token)
-        with session_scope(engine) as session:
-            device = session.exec(select(Device).where(Device.token_sha256 == digest)).first()
-            # the lookup is by hash; compare again in constant time for good measure
-            if device is None or not hmac.compare_digest(device.token_sha256, digest):
-                return Access.UNKNOWN_TOKEN
-            deployed = session.exec(
-                select(Deployment.id)
-                .join(Variant, col(Variant.id) == col(Deployment.variant_id))
-                .where(Deployment.device_id == device.id, Variant.artifact_sha256 == sha256)
-                .limit(1)
-            ).first()
-            if deployed is not None:
-                return Access.GRANTED
-            expiries = session.exec(
-                select(ArtifactGrant.expires_at).where(
-                    ArtifactGrant.device_id == device.id,
-                    ArtifactGrant.artifact_sha256 == sha256,
-                )
-            ).all()
-        now = clock()
-        if any((as_utc(expires) or now) > now for expires in expiries):
-            return Access.GRANTED
-        return Access.HIDDEN
-
-    return check
 
 
 class ArtifactServer:
@@ -116,7 +57,9 @@ class ArtifactServer:
         head_timeout_s: float = HEAD_TIMEOUT_S,
         send_timeout_s: float = SEND_TIMEOUT_S,
         max_head_bytes: int = MAX_HEAD_BYTES,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """``tls``: serve HTTPS with this server-side context (see ``server_tls_context``)."""
         prefix = "/" + prefix.strip("/") + "/" if prefix.strip("/") else "/"
         path_re = re.compile("^" + re.escape(prefix) + r"sha256/([0-9a-f]{2})/([0-9a-f]{64})$")
         handler = type(
@@ -134,7 +77,8 @@ class ArtifactServer:
                 "metrics_text": staticmethod(metrics_text) if metrics_text else None,
             },
         )
-        self.httpd = ThreadingHTTPServer((host, port), handler)
+        self.httpd = _Server((host, port), handler)
+        self.httpd.tls = tls
         self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -160,6 +104,27 @@ class ArtifactServer:
             self._thread.join(timeout=5)
 
 
+def server_tls_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
+    """A TLS 1.2+ server context for the certificate ``edgefleet tls init`` made."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the TLS certificate {cert_file}: {exc}") from exc
+    return context
+
+
+class _Server(ThreadingHTTPServer):
+    tls: ssl.SSLContext | None = None
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, address = super().get_request()
+        if self.tls is not None:  # the handshake happens on the connection's own thread
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
+
+
 class _Handler(BaseHTTPRequestHandler):
     store: ArtifactStore
     check_access: AccessCheck
@@ -177,10 +142,22 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s " + format, self.address_string(), *args)
 
     def setup(self) -> None:
+        self.handshake_failed = False
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(self.head_timeout_s)
+            try:
+                self.request.do_handshake()
+            except OSError as exc:  # ssl.SSLError too: not TLS, a bad client, too slow
+                log.debug("%s: TLS handshake failed: %s", self.client_address[0], exc)
+                self.handshake_failed = True
         super().setup()
         self.rfile.close()  # the plain reader, replaced by one that keeps the head's deadline
         self.wire = DeadlineReader(self.connection)
         self.rfile = self.buffered = io.BufferedReader(self.wire)
+
+    def handle(self) -> None:
+        if not self.handshake_failed:
+            super().handle()
 
     def handle_one_request(self) -> None:
         """``BaseHTTPRequestHandler``'s, with bounds: the stdlib waits forever for a kept-alive

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -19,12 +20,13 @@ from urllib.parse import urlsplit
 
 from edgefleet import shared
 from edgefleet.shared import Channel
-from edgefleet.shared.errors import BrokerError, EdgefleetError
+from edgefleet.shared.errors import BrokerError, ConfigError, EdgefleetError
 
 from ..home import Home
 from ..mqtt import MqttLink, Received, Session
 from ..rollout import dispatch_pending, resend_unconfirmed
-from ._http import ArtifactServer, registry_token_check
+from ._access import registry_token_check
+from ._http import ArtifactServer, server_tls_context
 from ._inbox import DeviceRates, Inbox, RateLimit
 from ._metrics import Metrics
 
@@ -84,6 +86,7 @@ class Daemon:
             prefix=urlsplit(self.settings.artifact_url).path or "/",
             metrics=self.metrics,
             metrics_text=lambda: self.metrics.render(home.engine),
+            tls=_artifact_tls(home),
         )
         prefix = self.settings.topic_prefix
         self.link = MqttLink(
@@ -93,6 +96,7 @@ class Daemon:
             subscriptions=[(shared.fleet_topic(ch, prefix), 1) for ch in _INGESTED],
             on_message=self._received.put,
             on_connected=self._resend_due.set,
+            tls_ca=home.tls_ca(),
         )
         limit = RateLimit(
             self.settings.ingest_rate_per_device, self.settings.ingest_burst_per_device
@@ -184,6 +188,18 @@ class Daemon:
 
     def _write(self, batch: list[Received]) -> None:
         self.inbox.write(batch)
+
+
+def _artifact_tls(home: Home) -> ssl.SSLContext | None:
+    """HTTPS for an ``https://`` artifact_url, with the certificate `edgefleet tls init` made."""
+    if urlsplit(home.settings.artifact_url).scheme != "https":
+        return None
+    tls = home.tls()
+    if tls is None:
+        raise ConfigError(
+            "artifact_url is https:// but this home has no certificate: run `edgefleet tls init`"
+        )
+    return server_tls_context(tls.server_cert, tls.server_key)
 
 
 def serve(home: Home, stop: threading.Event) -> None:
