@@ -15,6 +15,7 @@ Run: .venv/bin/python bench/controller_rollout.py [--sizes 1,10,50] [--runs 3] [
 from __future__ import annotations
 
 import argparse
+import re
 import sqlite3
 import statistics
 import sys
@@ -95,8 +96,14 @@ def ingest(messages: int, n_devices: int = 20) -> tuple[float, float, float]:
         fleet.init()
         # each device here sends a thousand messages as fast as it can: far past the share
         # a real device gets (its burst and rate), which would cut this to a trickle
-        with (fleet.home / "config.toml").open("a") as config:
-            config.write("ingest_burst_per_device = 1000000\n")
+        config = fleet.home / "config.toml"
+        config.write_text(
+            re.sub(
+                r"(?m)^ingest_burst_per_device = .*$",
+                "ingest_burst_per_device = 1000000",
+                config.read_text(),
+            )
+        )
         devices = [f"tel-{i:03d}" for i in range(n_devices)]
         for d in devices:
             fleet.add_device(d, "rpi4")
