@@ -33,6 +33,7 @@ from edgefleet.shared import (
     TelemetryMessage,
     TensorData,
     TensorSpec,
+    TrustUpdate,
 )
 from edgefleet.shared.errors import MessageError
 
@@ -85,6 +86,13 @@ DOCUMENTS: list[Any] = [
         io=IO,
         sample={"input": TensorData.from_numpy(np.zeros((1, 64), np.float32))},
         runs=3,
+    ),
+    TrustUpdate(
+        **SIGNED,
+        update_id="trust-1",
+        version=2,
+        keys=[shared.public_key_to_text(KEY.public_key())],
+        revoked=["0123456789abcdef"],
     ),
 ]
 MESSAGES: list[Any] = [
@@ -170,6 +178,9 @@ def test_the_document_parser_raises_only_message_error(payload: bytes) -> None:
     blob = shared.sign(payload, KEY)
     with contextlib.suppress(MessageError):
         shared.check_document(doc, blob, device_id=DEVICE, last_sequence=2, now=NOW)
+    if isinstance(doc, TrustUpdate):
+        with contextlib.suppress(MessageError):
+            shared.check_trust_update(doc, blob, device_id=DEVICE, version=1, now=NOW)
 
 
 @FUZZ

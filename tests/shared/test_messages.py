@@ -253,6 +253,7 @@ def test_device_states_keep_their_wire_values() -> None:
         "benchmarking",
         "benchmarked",
         "benchmark_failed",
+        "trust_updated",
     ]
 
 

@@ -1,4 +1,5 @@
-"""The signed documents: a deployment manifest, a rollback order, a benchmark order.
+"""The signed documents: a deployment manifest, a rollback order, a benchmark order, and a
+trust update (the keys a device trusts, TUF-style: signed by a key it trusts now).
 
 Each is JSON bytes signed by the controller (see ``_signing``). The receiver
 verifies the bytes, then parses them with :func:`parse_signed_document`, then
@@ -10,18 +11,29 @@ from __future__ import annotations
 import base64
 import re
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from ._signing import SignedBlob
-from .errors import ManifestExpired, MessageError, ReplayedSequence, SignatureError, WrongDevice
+from ._signing import SignedBlob, raw_public_key
+from ._signing import key_id as id_of_key
+from .errors import (
+    ConfigError,
+    ManifestExpired,
+    MessageError,
+    ReplayedSequence,
+    SignatureError,
+    WrongDevice,
+)
 
 if TYPE_CHECKING:  # numpy is optional for shared; agent and controller both have it
     import numpy as np
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_KEY_ID = re.compile(r"^[0-9a-f]{16}$")
+MAX_TRUSTED_KEYS = 8
+MAX_REVOKED_KEYS = 256
 
 
 class _Frozen(BaseModel):
@@ -155,15 +167,52 @@ class BenchmarkOrder(_Signed):
     runs: int = Field(default=50, ge=1, le=10_000)
 
 
-SignedDocument = Annotated[Manifest | RollbackOrder | BenchmarkOrder, Field(discriminator="kind")]
+class TrustUpdate(_Signed):
+    """The whole set of keys a device trusts from now on, and the key ids it must never trust
+    again. Signed by a key the device trusts now; ``version`` rises by one per device and
+    update, so an old update cannot be replayed to bring back a retired key."""
+
+    kind: Literal["trust"] = "trust"
+    update_id: str = Field(pattern=_ID.pattern)
+    version: int = Field(ge=1)
+    keys: list[str] = Field(min_length=1, max_length=MAX_TRUSTED_KEYS)  # base64 of 32 raw bytes
+    revoked: list[str] = Field(default_factory=list, max_length=MAX_REVOKED_KEYS)  # key ids
+
+    @field_validator("keys")
+    @classmethod
+    def _keys(cls, v: list[str]) -> list[str]:
+        for text in v:
+            try:
+                raw_public_key(text)
+            except ConfigError as exc:
+                raise ValueError(exc.message) from exc
+        return v
+
+    @field_validator("revoked")
+    @classmethod
+    def _key_ids(cls, v: list[str]) -> list[str]:
+        if not all(_KEY_ID.fullmatch(k) for k in v):
+            raise ValueError("a revoked key id must be 16 lowercase hex digits")
+        return v
+
+    def key_ids(self) -> list[str]:
+        return [id_of_key(raw_public_key(k)) for k in self.keys]
+
+    def keyring(self) -> dict[str, Any]:
+        """The keys of this update by key id (Ed25519 public keys)."""
+        return {id_of_key(k): k for k in (raw_public_key(text) for text in self.keys)}
+
+
+AnyDocument = Manifest | RollbackOrder | BenchmarkOrder | TrustUpdate
+SignedDocument = Annotated[AnyDocument, Field(discriminator="kind")]
 _DOCUMENT = TypeAdapter(SignedDocument)
 
 
-def encode_document(doc: Manifest | RollbackOrder | BenchmarkOrder) -> bytes:
+def encode_document(doc: AnyDocument) -> bytes:
     return doc.model_dump_json().encode()
 
 
-def parse_signed_document(payload: bytes) -> Manifest | RollbackOrder | BenchmarkOrder:
+def parse_signed_document(payload: bytes) -> AnyDocument:
     """Parse verified bytes into a typed document."""
     try:
         return _DOCUMENT.validate_json(payload)
@@ -172,7 +221,7 @@ def parse_signed_document(payload: bytes) -> Manifest | RollbackOrder | Benchmar
 
 
 def check_document(
-    doc: Manifest | RollbackOrder | BenchmarkOrder,
+    doc: AnyDocument,
     blob: SignedBlob,
     *,
     device_id: str,
@@ -192,6 +241,25 @@ def check_document(
         raise ReplayedSequence(
             f"sequence {sequence} is not above the last accepted {last_sequence}"
         )
+
+
+def check_trust_update(
+    update: TrustUpdate,
+    blob: SignedBlob,
+    *,
+    device_id: str,
+    version: int,
+    now: datetime | None = None,
+) -> None:
+    """Raise unless ``update`` is for this device, now, above ``version``, and consistent:
+    no key it trusts is among those it revokes. (Its signature is checked before parsing.)"""
+    check_document(update, blob, device_id=device_id, last_sequence=0, now=now)
+    if update.version <= version:
+        raise ReplayedSequence(
+            f"trust version {update.version} is not above the applied {version}"
+        )
+    if set(update.key_ids()) & set(update.revoked):
+        raise MessageError("a trust update may not trust a key it revokes")
 
 
 def first_error(exc: ValidationError) -> str:

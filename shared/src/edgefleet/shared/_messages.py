@@ -106,6 +106,13 @@ class BenchmarkCommand(_Message):
     signed: SignedBlob
 
 
+class TrustCommand(_Message):
+    """A signed :class:`~edgefleet.shared.TrustUpdate`: the keys the device trusts from now on."""
+
+    kind: Literal["trust"] = "trust"
+    signed: SignedBlob
+
+
 class PingCommand(_Message):
     """Ask the agent to publish its status again."""
 
@@ -113,7 +120,7 @@ class PingCommand(_Message):
     nonce: str = ""
 
 
-Command = DeployCommand | RollbackCommand | BenchmarkCommand | PingCommand
+Command = DeployCommand | RollbackCommand | BenchmarkCommand | TrustCommand | PingCommand
 
 # -- agent -> controller ---------------------------------------------------------
 
@@ -206,6 +213,7 @@ Message = Annotated[
     DeployCommand
     | RollbackCommand
     | BenchmarkCommand
+    | TrustCommand
     | PingCommand
     | StatusMessage
     | EventMessage

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from pydantic import BaseModel, ConfigDict
 
-from .errors import ConfigError, SignatureError, UnknownKeyError
+from .errors import ConfigError, KeyRevoked, SignatureError, UnknownKeyError
 
 _RAW = serialization.Encoding.Raw, serialization.PublicFormat.Raw
 
@@ -79,6 +79,17 @@ def public_key_to_text(key: Ed25519PublicKey) -> str:
     return base64.b64encode(key.public_bytes(*_RAW)).decode("ascii")
 
 
+def raw_public_key(text: str) -> Ed25519PublicKey:
+    """Read a public key given only as base64 of its 32 raw bytes (what a trust update holds)."""
+    try:
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError) as exc:
+        raise ConfigError("a key must be base64 of 32 raw bytes") from exc
+    if len(raw) != 32:
+        raise ConfigError("a key must be base64 of 32 raw bytes")
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
 def load_public_key(text: str) -> Ed25519PublicKey:
     """Read a public key given as raw base64, as PEM text, or as a path to a PEM file."""
     text = text.strip()
@@ -114,8 +125,18 @@ def sign(payload: bytes, private_key: Ed25519PrivateKey) -> SignedBlob:
     )
 
 
-def verify(blob: SignedBlob, keyring: Mapping[str, Ed25519PublicKey]) -> bytes:
-    """Return the payload bytes if a pinned key signed them; raise otherwise."""
+def verify(
+    blob: SignedBlob,
+    keyring: Mapping[str, Ed25519PublicKey],
+    *,
+    revoked: Collection[str] = (),
+) -> bytes:
+    """Return the payload bytes if a pinned key signed them; raise otherwise.
+
+    A key id in ``revoked`` is refused with :class:`KeyRevoked` whatever the keyring
+    holds, so a revoked key that is still written in a config file never comes back."""
+    if blob.key_id in revoked:
+        raise KeyRevoked(f"signed with key {blob.key_id!r}, which a trust update revoked")
     public_key = keyring.get(blob.key_id)
     if public_key is None:
         raise UnknownKeyError(f"signed with key {blob.key_id!r}, which this device does not trust")

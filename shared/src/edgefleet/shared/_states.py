@@ -28,3 +28,5 @@ class DeviceState(StrEnum):
     BENCHMARKING = "benchmarking"
     BENCHMARKED = "benchmarked"
     BENCHMARK_FAILED = "benchmark_failed"
+    # a signed trust update (the keys the device trusts) applied; refused ones are REJECTED
+    TRUST_UPDATED = "trust_updated"

@@ -5,7 +5,8 @@
     ├── InternalError                a bug; the agent logs it and carries on
     ├── MessageError                 a payload that is not a valid protocol message
     │   ├── SignatureError           signature missing or not matching
-    │   │   └── UnknownKeyError      signed with a key that is not pinned
+    │   │   ├── UnknownKeyError      signed with a key that is not pinned
+    │   │   └── KeyRevoked           signed with a key a trust update revoked
     │   └── ManifestRejected         well-signed, but not for us now
     │       ├── WrongDevice
     │       ├── ManifestExpired
@@ -33,7 +34,8 @@
     └── RegistryError                the controller's database
         ├── NotFound
         ├── AlreadyExists
-        └── Conflict                 a write broke a constraint (another writer won)
+        ├── Conflict                 a write broke a constraint (another writer won)
+        └── RotationIncomplete       devices have not confirmed the next signing key
 
 Every class has a stable ``code`` that goes into events, exit codes and JSON
 output; messages are for people, codes are for programs.
@@ -59,6 +61,7 @@ __all__ = [
     "InputTooLarge",
     "InternalError",
     "InvalidInput",
+    "KeyRevoked",
     "LoopDetected",
     "ManifestExpired",
     "ManifestRejected",
@@ -70,6 +73,7 @@ __all__ = [
     "NothingToRollBack",
     "RegistryError",
     "ReplayedSequence",
+    "RotationIncomplete",
     "SignatureError",
     "SignatureMismatch",
     "SizeExceeded",
@@ -112,6 +116,12 @@ class SignatureError(MessageError):
 
 class UnknownKeyError(SignatureError):
     code = "unknown_key"
+
+
+class KeyRevoked(SignatureError):
+    """Signed with a key that a trust update revoked: never trusted again on this device."""
+
+    code = "revoked_key"
 
 
 class ManifestRejected(MessageError):
@@ -238,3 +248,9 @@ class Conflict(RegistryError):
     first; translated from SQLAlchemy's ``IntegrityError`` where sessions are opened."""
 
     code = "conflict"
+
+
+class RotationIncomplete(RegistryError):
+    """``key rotate --finish`` while devices have not confirmed the next key (see ``--force``)."""
+
+    code = "rotation_incomplete"
