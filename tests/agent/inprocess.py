@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgefleet import shared
 from edgefleet.agent import Agent, AgentConfig, Inbound, Outbound
@@ -27,6 +28,8 @@ from edgefleet.shared import (
     RollbackOrder,
     RuntimeSettings,
     StatusMessage,
+    TrustCommand,
+    TrustUpdate,
 )
 
 DEVICE = "dev-inproc"
@@ -101,6 +104,7 @@ class Fleet:
         self.artifacts = Artifacts()
         self.link = FakeLink()
         self.sequence = 0
+        self.trust_version = 0
         self.config = AgentConfig(
             device_id=DEVICE,
             broker_url="mqtt://broker.test:1883",
@@ -140,12 +144,20 @@ class Fleet:
             sequence=self.sequence,
             issued_at=now,
             expires_at=now + timedelta(hours=1),
-            key_id=shared.key_id(self.key.public_key()),
+            key_id=shared.key_id(fields.pop("signer", self.key).public_key()),
         )
         return {**base, **fields}
 
-    def manifest(self, model: str, *, body: bytes | None = None, **changes: Any) -> Manifest:
+    def manifest(
+        self,
+        model: str,
+        *,
+        body: bytes | None = None,
+        signer: Ed25519PrivateKey | None = None,
+        **changes: Any,
+    ) -> Manifest:
         fields = self._signed(
+            signer=signer or self.key,
             deployment_id=f"dep-{model}-{uuid.uuid4().hex[:6]}",
             model=ModelRef(name="digits", version=f"1.0.{model[-1]}"),
             artifact=self.artifact(model, body),
@@ -155,9 +167,12 @@ class Fleet:
         )
         return Manifest(**{**fields, **changes})
 
-    def deploy(self, model: str, **kw: Any) -> tuple[str, bytes]:
-        manifest = self.manifest(model, **kw)
-        blob = shared.sign(shared.encode_document(manifest), self.key)
+    def deploy(
+        self, model: str, *, signer: Ed25519PrivateKey | None = None, **kw: Any
+    ) -> tuple[str, bytes]:
+        signer = signer or self.key
+        manifest = self.manifest(model, signer=signer, **kw)
+        blob = shared.sign(shared.encode_document(manifest), signer)
         return manifest.deployment_id, shared.encode(DeployCommand(signed=blob))
 
     def rollback(self) -> tuple[str, bytes]:
@@ -180,6 +195,29 @@ class Fleet:
         order = BenchmarkOrder(**{**fields, **changes})
         blob = shared.sign(shared.encode_document(order), self.key)
         return order.benchmark_id, shared.encode(BenchmarkCommand(signed=blob))
+
+    def trust(
+        self,
+        keys: list[Ed25519PrivateKey],
+        *,
+        signer: Ed25519PrivateKey | None = None,
+        revoked: list[Ed25519PrivateKey] = (),  # type: ignore[assignment]
+        **changes: Any,
+    ) -> tuple[str, bytes]:
+        """A trust update: the next version, trusting ``keys`` and revoking ``revoked``."""
+        signer = signer or self.key
+        self.trust_version += 1
+        fields = self._signed(signer=signer)
+        fields.pop("sequence")
+        fields.update(
+            update_id=f"trust-{uuid.uuid4().hex[:6]}",
+            version=self.trust_version,
+            keys=[shared.public_key_to_text(k.public_key()) for k in keys],
+            revoked=[shared.key_id(k.public_key()) for k in revoked],
+        )
+        update = TrustUpdate(**{**fields, **changes})
+        blob = shared.sign(shared.encode_document(update), signer)
+        return update.update_id, shared.encode(TrustCommand(signed=blob))
 
     def close(self) -> None:
         for agent in self._agents:

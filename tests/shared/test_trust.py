@@ -37,7 +37,9 @@ from edgefleet.shared.errors import (
 from .conftest import DEVICE, NOW
 
 
-def _update(signer: Ed25519PrivateKey, keys: list[Ed25519PrivateKey], **changes: Any) -> TrustUpdate:
+def _update(
+    signer: Ed25519PrivateKey, keys: list[Ed25519PrivateKey], **changes: Any
+) -> TrustUpdate:
     fields: dict[str, Any] = {
         "device_id": DEVICE,
         "key_id": key_id(signer.public_key()),
@@ -97,7 +99,7 @@ def test_malformed_updates_are_refused_when_parsed(
 def test_checks(private_key: Ed25519PrivateKey, other_key: Ed25519PrivateKey) -> None:
     update = _update(private_key, [private_key, other_key], version=3)
     _check(update, private_key, version=2)
-    with pytest.raises(ReplayedSequence, match="trust version 3 .* 3"):
+    with pytest.raises(ReplayedSequence, match=r"trust version 3 .* 3"):
         _check(update, private_key, version=3)
     with pytest.raises(ReplayedSequence):
         _check(update, private_key, version=9)

@@ -24,8 +24,10 @@ from edgefleet.shared import (
     PingCommand,
     RollbackCommand,
     SignedBlob,
+    TrustCommand,
+    TrustUpdate,
 )
-from edgefleet.shared.errors import EdgefleetError, InternalError, MessageError
+from edgefleet.shared.errors import EdgefleetError, InternalError, KeyRevoked, MessageError
 
 from ._actions import LifecycleActions, load_stored
 from ._benchmark import run_benchmark
@@ -99,9 +101,10 @@ class Agent:
         death_test_pause: DeathTestPause | None = None,
     ) -> None:
         self.config = config
-        self.keyring = config.keyring()
         self.store = StateStore(config.state_dir)
         self.state: AgentState = self.store.load()
+        self.configured_keys = config.keyring()
+        self.keyring = self.state.trust.keyring(self.configured_keys)
         self.slot = ModelSlot()
         self.stats = RequestStats()
         self.server = InferenceServer(
@@ -257,16 +260,66 @@ class Agent:
             self.reporter.publish_status()
         elif isinstance(command, DeployCommand | RollbackCommand | BenchmarkCommand):
             self._handle_signed(command.signed, message.ack)
+        elif isinstance(command, TrustCommand):
+            self._handle_trust(command.signed)
         else:
             self.reporter.rejection(
                 "", MessageError.code, f"agents take no {command.kind!r} messages"
             )
 
-    def _handle_signed(self, blob: SignedBlob, ack: Callable[[], None]) -> None:
+    def _verified(self, blob: SignedBlob) -> shared.AnyDocument | None:
+        """The document inside ``blob`` if a trusted, unrevoked key signed it; else report."""
         try:
-            doc = shared.parse_signed_document(shared.verify(blob, self.keyring))
+            payload = shared.verify(blob, self.keyring, revoked=self.state.trust.revoked)
+            return shared.parse_signed_document(payload)
         except MessageError as exc:
             self.reporter.rejection("", exc.code, str(exc))
+            return None
+
+    def _handle_trust(self, blob: SignedBlob) -> None:
+        """Apply a trust update: persisted before it is answered, and only ever forwards."""
+        doc = self._verified(blob)
+        if doc is None:
+            return
+        if not isinstance(doc, TrustUpdate):
+            self.reporter.rejection(
+                "", MessageError.code, "a trust command must hold a trust update"
+            )
+            return
+        trust = self.state.trust
+        if trust.is_current(doc):
+            log.info("duplicate delivery of trust update %s answered again", doc.update_id)
+            self.reporter.trust(doc.update_id, doc.version, doc.key_ids(), trust.revoked)
+            return
+        try:
+            shared.check_trust_update(
+                doc, blob, device_id=self.config.device_id, version=trust.version
+            )
+            after = trust.applied(doc)
+            keyring = after.keyring(self.configured_keys)
+            if not keyring:
+                raise KeyRevoked("the update trusts only keys revoked before")
+        except MessageError as exc:
+            self.reporter.rejection(doc.update_id, exc.code, str(exc))
+            return
+        with self._lock:
+            self.state.trust = after
+            self.store.save(self.state)
+        self.keyring = keyring
+        log.info(
+            "trust update %s applied: version %d, keys %s, revoked %s",
+            doc.update_id, doc.version, sorted(keyring), after.revoked,
+        )  # fmt: skip
+        self.reporter.trust(doc.update_id, doc.version, doc.key_ids(), after.revoked)
+
+    def _handle_signed(self, blob: SignedBlob, ack: Callable[[], None]) -> None:
+        doc = self._verified(blob)
+        if doc is None:
+            return
+        if isinstance(doc, TrustUpdate):
+            self.reporter.rejection(
+                doc.update_id, MessageError.code, "a trust update must come in a trust command"
+            )
             return
         doc_id = doc.benchmark_id if isinstance(doc, BenchmarkOrder) else doc.deployment_id
         if self.state.knows(doc_id):

@@ -63,6 +63,15 @@ class Reporter:
             details=record.details,
         )
 
+    def trust(self, update_id: str, version: int, key_ids: list[str], revoked: list[str]) -> None:
+        """Announce the trust update now in force (also the answer to a redelivered one)."""
+        details: dict[str, float | int | str | None] = {
+            "version": version,
+            "keys": ",".join(key_ids)[:500],
+            "revoked": ",".join(revoked)[-500:],  # the newest ids when there are many
+        }
+        self.event(update_id, DeviceState.TRUST_UPDATED, details=details)
+
     def rejection(self, deployment_id: str, code: str, message: str) -> None:
         self.event(deployment_id, DeviceState.REJECTED, ok=False, code=code, message=message)
 

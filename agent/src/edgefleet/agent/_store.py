@@ -27,6 +27,7 @@ from edgefleet.shared import (
 from edgefleet.shared.errors import ConfigError, MessageError
 
 from ._lifecycle import TERMINAL, DeploymentRecord
+from ._trust import TrustState
 
 RECENT_IDS = 256  # deployment ids remembered for de-duplication of QoS 1 redeliveries
 
@@ -49,6 +50,7 @@ class AgentState(BaseModel):
     previous: ServingRecord | None = None
     current: DeploymentRecord | None = None
     recent_ids: list[str] = Field(default_factory=list)
+    trust: TrustState = Field(default_factory=TrustState)  # the last trust update applied
 
     def remember(self, deployment_id: str) -> None:
         if deployment_id not in self.recent_ids:

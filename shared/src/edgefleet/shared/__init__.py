@@ -3,6 +3,7 @@
 from ._hashing import fsync_dir, is_sha256, sha256_bytes, sha256_file
 from ._histogram import BUCKET_BOUNDS_MS, N_BUCKETS, LatencyHistogram, merge_counts
 from ._manifest import (
+    AnyDocument,
     ArtifactRef,
     BenchmarkOrder,
     IOSignature,
@@ -78,6 +79,7 @@ __all__ = [
     "MAX_TEXT",
     "N_BUCKETS",
     "SCHEMA_VERSION",
+    "AnyDocument",
     "ArtifactRef",
     "BenchmarkCommand",
     "BenchmarkOrder",

@@ -255,9 +255,7 @@ def check_trust_update(
     no key it trusts is among those it revokes. (Its signature is checked before parsing.)"""
     check_document(update, blob, device_id=device_id, last_sequence=0, now=now)
     if update.version <= version:
-        raise ReplayedSequence(
-            f"trust version {update.version} is not above the applied {version}"
-        )
+        raise ReplayedSequence(f"trust version {update.version} is not above the applied {version}")
     if set(update.key_ids()) & set(update.revoked):
         raise MessageError("a trust update may not trust a key it revokes")
 
