@@ -15,7 +15,18 @@ import edgefleet.controller
 import edgefleet.shared
 from edgefleet.harness import public_names, ruff_order
 
-PACKAGES = ["registry", "home", "fleet", "catalog", "rollout", "daemon", "mqtt", "cli", "compress"]
+PACKAGES = [
+    "registry",
+    "home",
+    "fleet",
+    "catalog",
+    "rollout",
+    "keys",
+    "daemon",
+    "mqtt",
+    "cli",
+    "compress",
+]
 SOURCES = {
     "controller": Path(edgefleet.controller.__file__).parent,
     "agent": Path(edgefleet.agent.__file__).parent,

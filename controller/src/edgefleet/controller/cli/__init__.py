@@ -1,7 +1,7 @@
 """The ``edgefleet`` command line: one module per noun over the service functions, with
 rendering in one place (``_render``)."""
 
-from . import _compress, _deploy, _device, _model, _profile, _serve, _tls  # noqa: F401
+from . import _compress, _deploy, _device, _key, _model, _profile, _serve, _tls  # noqa: F401
 from ._app import EXIT_FAILURE, EXIT_USAGE, app
 
 

@@ -50,11 +50,15 @@ model_app = typer.Typer(help="Add, list and show models and their versions.", no
 profile_app = typer.Typer(help="List and show device profiles.", no_args_is_help=True)
 broker_app = typer.Typer(help="Files for the MQTT broker (Mosquitto).", no_args_is_help=True)
 tls_app = typer.Typer(help="The private CA and certificate for TLS.", no_args_is_help=True)
+key_app = typer.Typer(
+    help="The signing keys: list them, rotate them on every device.", no_args_is_help=True
+)
 app.add_typer(device_app, name="device")
 app.add_typer(model_app, name="model")
 app.add_typer(profile_app, name="profile")
 app.add_typer(broker_app, name="broker")
 app.add_typer(tls_app, name="tls")
+app.add_typer(key_app, name="key")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 

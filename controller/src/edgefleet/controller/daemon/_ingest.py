@@ -16,7 +16,16 @@ from sqlmodel import Session, col, select
 
 from edgefleet.shared import DeviceState, EventMessage, StatusMessage, TelemetryMessage
 
-from ..registry import FINISHED_STATES, Deployment, DeploymentState, Device, Event, Telemetry
+from ..registry import (
+    FINISHED_STATES,
+    Deployment,
+    DeploymentState,
+    Device,
+    DeviceTrustUpdate,
+    Event,
+    Telemetry,
+    TrustUpdateState,
+)
 
 log = logging.getLogger("edgefleet.controller.ingest")
 
@@ -140,14 +149,45 @@ def _event(session: Session, device: Device, msg: EventMessage, now: datetime) -
             Deployment.deployment_id == msg.deployment_id, Deployment.device_id == device.id
         )
     ).first()
-    if row is None or row.state in FINISHED_STATES:
-        return  # not ours (a rollback order, a test) or already settled: a late duplicate
+    if row is None:
+        _trust_answer(session, device, msg, now)
+        return
+    if row.state in FINISHED_STATES:
+        return  # already settled: a late duplicate
     target = _EVENT_TO_STATE.get(msg.state, DeploymentState.IN_PROGRESS)
     row.state = target.value
     row.payload = None  # the device has it: never resent, no need to keep the bytes
     if not msg.ok:
         row.error_code = msg.error_code
         row.error_message = msg.message
+    row.updated_at = now
+    session.add(row)
+
+
+# What a device's answer to a trust update means for its row.
+_TRUST_ANSWERS = {
+    DeviceState.TRUST_UPDATED: TrustUpdateState.CONFIRMED,
+    DeviceState.REJECTED: TrustUpdateState.FAILED,
+}
+
+
+def _trust_answer(session: Session, device: Device, msg: EventMessage, now: datetime) -> None:
+    """A device applied (or refused) a trust update: the row named by the event's id."""
+    target = _TRUST_ANSWERS.get(msg.state)
+    if target is None or not msg.deployment_id:
+        return
+    row = session.exec(
+        select(DeviceTrustUpdate).where(
+            DeviceTrustUpdate.update_id == msg.deployment_id,
+            DeviceTrustUpdate.device_id == device.id,
+        )
+    ).first()
+    if row is None or row.state == TrustUpdateState.CONFIRMED.value:
+        return  # not ours (a rollback order, a test), or settled: a refused replay changes nothing
+    row.state = target.value
+    row.payload = None  # the device has it: never resent
+    row.error_code = None if msg.ok else msg.error_code
+    row.error_message = None if msg.ok else msg.message
     row.updated_at = now
     session.add(row)
 

@@ -4,7 +4,8 @@ Threads: paho's network loop (only queues what arrives), one ingest writer (deco
 writes a batch per transaction, then acknowledges), the HTTP server, and the caller's
 thread running the jobs on one clock until ``stop`` is set. The jobs, in order on every
 tick: after a (re)connect, resend the commands the broker never acknowledged; then, once
-nothing is left to resend (lower sequence numbers first), send pending deployments.
+nothing is left to resend (lower sequence numbers first), send pending trust updates, then
+pending deployments (a device learns a new signing key before the first manifest it signs).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from edgefleet.shared import Channel
 from edgefleet.shared.errors import BrokerError, ConfigError, EdgefleetError
 
 from ..home import Home
+from ..keys import resend_trust_updates, send_trust_updates
 from ..mqtt import MqttLink, Received, Session
 from ..rollout import dispatch_pending, resend_unconfirmed
 from ._access import registry_token_check
@@ -104,6 +106,7 @@ class Daemon:
         self.inbox = Inbox(home, self.metrics, self.link.ack, DeviceRates(limit))
         self.jobs = [
             Job("resend", dispatch_interval_s, self._resend),
+            Job("trust", dispatch_interval_s, self._send_trust),
             Job("dispatch", dispatch_interval_s, self._dispatch),
         ]
 
@@ -140,13 +143,23 @@ class Daemon:
             return
         self._resend_due.clear()  # first: a reconnect while resending asks for another round
         try:
+            trust = resend_trust_updates(self.home, self._publish)
             resent = resend_unconfirmed(self.home, self._publish)
         except EdgefleetError:
             self._resend_due.set()
             raise
+        if trust:
+            self.metrics.inc("edgefleet_trust_updates_resent_total", len(trust))
         if resent:
             self.metrics.inc("edgefleet_deployments_resent_total", len(resent))
             log.info("resent %d unconfirmed deployment(s) after connecting", len(resent))
+
+    def _send_trust(self) -> None:
+        if not self.link.connected or self._resend_due.is_set():
+            return
+        sent = send_trust_updates(self.home, self._publish)
+        if sent:
+            self.metrics.inc("edgefleet_trust_updates_sent_total", len(sent))
 
     def _dispatch(self) -> None:
         # pending rows wait until the unconfirmed ones went out: lower sequences first

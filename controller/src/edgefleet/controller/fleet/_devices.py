@@ -125,7 +125,7 @@ def agent_config_text(
         ("broker_password", broker_password),
         ("artifact_base_url", s.artifact_url),
         ("artifact_token", artifact_token),
-        ("trusted_keys", [home.public_key_text()]),
+        ("trusted_keys", home.trusted_key_texts()),  # both keys while a rotation runs
         ("state_dir", state_dir),
         ("topic_prefix", s.topic_prefix),
         ("inference_port", 8470),

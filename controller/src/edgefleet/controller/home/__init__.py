@@ -4,6 +4,7 @@ the artifact store for every other part."""
 
 from ._files import write_private
 from ._home import Home, InitReport, available_profiles, init_home, open_home
+from ._keys import key_path, make_home_key_current, read_key, write_new_key
 from ._profiles import (
     Budgets,
     Compression,
@@ -42,12 +43,16 @@ __all__ = [
     "existing_tls",
     "get_profile",
     "init_home",
+    "key_path",
     "load_profile",
     "load_profiles",
     "load_settings",
+    "make_home_key_current",
     "open_home",
+    "read_key",
     "record_profile",
     "toml_value",
     "with_controller_login",
+    "write_new_key",
     "write_private",
 ]

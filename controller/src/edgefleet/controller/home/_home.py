@@ -11,19 +11,26 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from edgefleet.shared import (
     generate_private_key,
     key_id,
-    load_private_key,
-    private_key_to_pem,
     public_key_to_text,
 )
 from edgefleet.shared.errors import ConfigError
 
-from ..registry import ArtifactStore, create_engine, describe_url, session_scope, upgrade
+from ..registry import (
+    ArtifactStore,
+    KeyState,
+    SigningKey,
+    create_engine,
+    describe_url,
+    session_scope,
+    upgrade,
+)
 from ._files import write_private
+from ._keys import key_path, read_key, write_new_key
 from ._profiles import DeviceProfile, builtin_profiles_dir, get_profile, load_profiles
 from ._settings import Settings, config_text, with_controller_login
 from ._tls import TlsFiles, existing_tls
@@ -53,14 +60,31 @@ class Home:
         return get_profile(self.profiles(), name)
 
     def signing_key(self) -> Ed25519PrivateKey:
-        path = self.settings.private_key_path
-        try:
-            return load_private_key(path.read_bytes())
-        except OSError as exc:
-            raise ConfigError(f"cannot read the signing key {path}: {exc.strerror}") from exc
+        """The key new manifests and orders are signed with: the registry's current key once
+        a rotation has registered one, else the key `init` made (controller.key)."""
+        with self.session() as session:
+            current = session.exec(
+                select(SigningKey.key_id).where(SigningKey.state == KeyState.CURRENT.value)
+            ).first()
+        if current is None:
+            return read_key(self.settings.private_key_path)
+        return read_key(key_path(self.settings, current), current)
 
     def public_key_text(self) -> str:
         return public_key_to_text(self.signing_key().public_key())
+
+    def trusted_key_texts(self) -> list[str]:
+        """The public keys a newly enrolled device trusts: the current one and, while a
+        rotation runs, the next one too."""
+        with self.session() as session:
+            rows = session.exec(
+                select(SigningKey).where(
+                    SigningKey.state.in_([KeyState.CURRENT.value, KeyState.NEXT.value])  # type: ignore[attr-defined]
+                )
+            ).all()
+            keys = sorted(rows, key=lambda r: r.state != KeyState.CURRENT.value)
+            texts = [r.public_key for r in keys]
+        return texts or [self.public_key_text()]
 
     def tls(self) -> TlsFiles | None:
         """The home's CA and server certificate (``edgefleet tls init``), if it has them."""
@@ -110,7 +134,7 @@ def init_home(settings: Settings) -> InitReport:
             write_private(settings.config_path, text)
             created.append(str(settings.config_path))
         if not settings.private_key_path.exists():
-            _write_private_key(settings.private_key_path, generate_private_key())
+            write_new_key(settings.private_key_path, generate_private_key())
             created.append(str(settings.private_key_path))
     except OSError as exc:
         raise ConfigError(f"cannot set up {home}: {exc}") from exc
@@ -130,15 +154,6 @@ def init_home(settings: Settings) -> InitReport:
         )
     finally:
         opened.close()
-
-
-def _write_private_key(path: Path, key: Ed25519PrivateKey) -> None:
-    # O_EXCL + mode: the key is never on disk with wider permissions, not even briefly.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(private_key_to_pem(key))
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def _sqlite_file(url: str) -> Path | None:

@@ -211,6 +211,42 @@ def _v5(conn: sa.Connection) -> None:
     md.tables["artifact_grant"].create(conn)
 
 
+def _v6(conn: sa.Connection) -> None:
+    """Signing keys (the private parts stay in files) and the trust updates sent to devices."""
+    md = sa.MetaData()
+    sa.Table("device", md, sa.Column("id", sa.Integer, primary_key=True))
+    sa.Table(
+        "signing_key",
+        md,
+        sa.Column("key_id", sa.String(16), primary_key=True),
+        sa.Column("public_key", sa.String(64), nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
+        _when("created_at"),
+        _when("retired_at", nullable=True),
+    )
+    sa.Table(
+        "trust_update",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("update_id", sa.String(128), nullable=False, unique=True),
+        sa.Column(
+            "device_id", sa.Integer, sa.ForeignKey("device.id", ondelete="CASCADE"), nullable=False
+        ),
+        sa.Column("version", sa.Integer, nullable=False),
+        sa.Column("rotation", sa.String(16), nullable=False),
+        sa.Column("signer_key_id", sa.String(16), nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("payload", sa.LargeBinary, nullable=True),
+        sa.Column("error_code", sa.String, nullable=True),
+        sa.Column("error_message", sa.String, nullable=True),
+        _when("created_at"),
+        _when("updated_at"),
+        sa.UniqueConstraint("device_id", "version"),
+    )
+    md.tables["signing_key"].create(conn)
+    md.tables["trust_update"].create(conn)
+
+
 def _add_column(conn: sa.Connection, table: str, column: sa.Column) -> None:
     ddl = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
     conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {ddl}"))
@@ -222,6 +258,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "the command sent for each deployment row, kept for resending", _v3),
     Migration(4, "a smoke test of its own for each compressed variant", _v4),
     Migration(5, "artifact grants: what a device may read besides its deployments", _v5),
+    Migration(6, "signing keys and the trust updates that rotate them on devices", _v6),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -57,6 +57,23 @@ FINISHED_STATES = frozenset(
 )
 
 
+class KeyState(StrEnum):
+    """A signing key's place in a rotation (DESIGN §4a)."""
+
+    CURRENT = "current"  # signs every new manifest and order
+    NEXT = "next"  # introduced to devices by a trust update; current after `key rotate --finish`
+    RETIRED = "retired"  # revoked on devices; its private file is deleted
+
+
+class TrustUpdateState(StrEnum):
+    """Where one device is in one trust update, as the controller sees it."""
+
+    PENDING = "pending"  # signed and stored, not yet published
+    SENT = "sent"  # published to the device's command topic
+    CONFIRMED = "confirmed"  # the device applied it (event trust_updated)
+    FAILED = "failed"  # the device refused it
+
+
 # -- tables ----------------------------------------------------------------------
 
 
@@ -210,3 +227,36 @@ class Telemetry(SQLModel, table=True):
     memory_used_bytes: int | None = Field(default=None, sa_type=sa.BigInteger)
     temperature_c: float | None = None
     disk_free_bytes: int | None = Field(default=None, sa_type=sa.BigInteger)
+
+
+class SigningKey(SQLModel, table=True):
+    """A controller signing key (schema 6); the private key is a file named by ``key_id``."""
+
+    __tablename__ = "signing_key"
+
+    key_id: str = Field(primary_key=True, max_length=16)
+    public_key: str = Field(max_length=64)  # base64 of the raw 32 bytes
+    state: str = Field(max_length=16)
+    created_at: datetime = _when(default_factory=utcnow)
+    retired_at: datetime | None = _when(default=None)
+
+
+class DeviceTrustUpdate(SQLModel, table=True):
+    """One trust update for one device (schema 6): its version, its signed command, its state."""
+
+    __tablename__ = "trust_update"
+    __table_args__ = (UniqueConstraint("device_id", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    update_id: str = Field(unique=True, max_length=128)
+    device_id: int = Field(foreign_key="device.id", ondelete="CASCADE")
+    version: int
+    rotation: str = Field(max_length=16)  # the key id the rotation introduces
+    signer_key_id: str = Field(max_length=16)
+    state: str = Field(default=TrustUpdateState.PENDING.value, max_length=16)
+    # the exact TrustCommand bytes, signed when recorded; dropped once the broker has them
+    payload: bytes | None = Field(default=None, sa_type=sa.LargeBinary)
+    error_code: str | None = None
+    error_message: str | None = None
+    created_at: datetime = _when(default_factory=utcnow)
+    updated_at: datetime = _when(default_factory=utcnow)
