@@ -14,10 +14,18 @@ $(PY):
 setup: $(VENV)/.setup-done
 
 $(VENV)/.setup-done: $(PY) shared/pyproject.toml agent/pyproject.toml controller/pyproject.toml harness/pyproject.toml requirements-dev.txt
-	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; \
-	  elif command -v sudo >/dev/null 2>&1; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; \
-	  else echo "mosquitto is missing and I cannot install it: apt-get install mosquitto"; exit 1; fi; }
+	@# Debian packages the tests run for real: the broker, Prometheus (the dashboard's
+	@# queries), Chromium (the fleet page) and systemd-analyze (the unit files)
+	@missing=""; \
+	  { command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto; } || missing="$$missing mosquitto"; \
+	  command -v prometheus >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	  command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	  command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	  if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	    elif command -v sudo >/dev/null 2>&1; then sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	    else echo "missing:$$missing and I cannot install them: apt-get install$$missing"; exit 1; fi; \
+	  fi
 	$(PIP) install --quiet -e shared -e agent -e "controller[compress]" -e harness -r requirements-dev.txt
 	touch $@
 

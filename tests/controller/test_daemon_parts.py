@@ -433,4 +433,4 @@ def test_metrics_render_counters_and_fleet_gauges(home: Home, fleet: dict[str, s
     assert "edgefleet_deployments_dispatched_total 0" in text
     assert 'edgefleet_devices{online="true"} 1' in text
     assert 'edgefleet_devices{online="false"} 1' in text
-    assert 'edgefleet_deployment_rows{state="pending"} 2' in text
+    assert 'edgefleet_device_deployments{state="pending"} 2.0' in text

@@ -123,7 +123,7 @@ def test_deploy_to_a_profile_reaches_exactly_its_devices(fleet: Fleet) -> None:
     assert 'edgefleet_messages_ingested_total{kind="event"} 6' in metrics
     assert 'edgefleet_artifact_requests_total{status="200"} 1' in metrics
     assert 'edgefleet_devices{online="true"} 2' in metrics
-    assert 'edgefleet_deployment_rows{state="committed"} 1' in metrics
+    assert 'edgefleet_device_deployments{state="committed"} 1.0' in metrics
 
     assert fleet.daemon is not None
     assert fleet.daemon.stop() == 0, fleet.daemon.text()[-2000:]
