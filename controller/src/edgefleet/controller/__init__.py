@@ -5,8 +5,9 @@ Everything the CLI does is available here as a function taking an opened
 (engines, migrations, tables, shapes, the artifact store), ``home`` (settings, profiles,
 the signing key), ``fleet`` (devices, broker files, status and events), ``catalog``
 (model versions and their variants), ``rollout`` (targets, signed orders, dispatch),
-``daemon`` (``edgefleet serve``), ``mqtt`` (the one MQTT adapter), ``cli`` and
-``compress`` (the registry-free compression library).
+``keys`` (signing keys and their rotation on every device), ``daemon`` (``edgefleet
+serve``), ``mqtt`` (the one MQTT adapter), ``cli`` and ``compress`` (the registry-free
+compression library).
 """
 
 from .catalog import (
@@ -67,6 +68,7 @@ from .registry import (
     session_scope,
     upgrade,
 )
+from .keys import finish_rotation, list_keys, rotate_keys, trust_status
 from .rollout import deploy, deployment_progress, wait_for_deployment
 
 __version__ = "0.1.0"
@@ -107,6 +109,7 @@ __all__ = [
     "current_version",
     "deploy",
     "deployment_progress",
+    "finish_rotation",
     "fleet_status",
     "follow_events",
     "get_device",
@@ -114,6 +117,7 @@ __all__ = [
     "init_home",
     "list_devices",
     "list_events",
+    "list_keys",
     "list_models",
     "load_profiles",
     "load_settings",
@@ -122,7 +126,9 @@ __all__ = [
     "parse_labels",
     "parse_model_ref",
     "remove_device",
+    "rotate_keys",
     "session_scope",
+    "trust_status",
     "upgrade",
     "wait_for_deployment",
 ]
