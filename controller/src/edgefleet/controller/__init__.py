@@ -41,6 +41,7 @@ from .home import (
     load_settings,
     open_home,
 )
+from .keys import finish_rotation, list_keys, rotate_keys, trust_status
 from .registry import (
     FINISHED_STATES,
     SCHEMA_VERSION,
@@ -68,7 +69,6 @@ from .registry import (
     session_scope,
     upgrade,
 )
-from .keys import finish_rotation, list_keys, rotate_keys, trust_status
 from .rollout import deploy, deployment_progress, wait_for_deployment
 
 __version__ = "0.1.0"
