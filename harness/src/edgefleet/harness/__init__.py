@@ -20,6 +20,7 @@ from ._fleet import (
 )
 from ._local_fleet import LocalFleet, rss_bytes
 from ._models import digits, digits_model, write_digits_model
+from ._prometheus import Prometheus, prometheus_binary
 from ._public_api import public_names, ruff_order
 from ._waiting import wait_until
 
@@ -34,6 +35,7 @@ __all__ = [
     "Observer",
     "Operator",
     "Proc",
+    "Prometheus",
     "ServerFaults",
     "build_cnn",
     "digits",
@@ -42,6 +44,7 @@ __all__ = [
     "free_port",
     "infer_digits",
     "mosquitto_binary",
+    "prometheus_binary",
     "public_names",
     "rss_bytes",
     "ruff_order",
