@@ -78,8 +78,12 @@ def test_every_panel_returns_data(
     fleet, prometheus = scraped
     for target in panel["targets"]:
         expr = expand(target["expr"])
+
+        def answered(e: str = expr) -> list[dict[str, Any]]:
+            return prometheus.query(e)
+
         try:
-            wait_until(lambda e=expr: prometheus.query(e), 60, f"no data for {expr}")
+            wait_until(answered, 60, f"no data for {expr}")
         except TimeoutError:
             pytest.fail(f"{panel['title']}: no data for {expr}\n{fleet.logs(1500)}")
 
