@@ -97,7 +97,7 @@ def main() -> None:
         fp32 = export_onnx(train_cnn(args.seed), x[:1], work / "fp32.onnx", input_name=INPUT,
                            name="fp32")  # fmt: skip
         calibration_rows = slice(TRAIN_ROWS, TRAIN_ROWS + 300)
-        calibration = EvalData(INPUT, x[calibration_rows], y[calibration_rows])
+        calibration = EvalData.single(INPUT, x[calibration_rows], y[calibration_rows])
         int8 = quantize_int8_static(fp32, work, calibration, method=args.method)
         models = {"identity": identity_model(work / "identity.onnx"), "fp32": fp32.path,
                   "int8": int8.path}  # fmt: skip

@@ -29,7 +29,7 @@ def test_labels_are_optional_and_float64_inputs_are_cast(digits: Digits, tmp_pat
 
 
 def test_split_is_disjoint_complete_and_seeded() -> None:
-    data = EvalData("input", np.arange(100, dtype=np.float32)[:, None], np.arange(100))
+    data = EvalData.single("input", np.arange(100, dtype=np.float32)[:, None], np.arange(100))
     cal, ev = split_eval_data(data, 0.3, seed=7)
     cal_ids, ev_ids = set(cal.inputs[:, 0].tolist()), set(ev.inputs[:, 0].tolist())
     assert cal_ids.isdisjoint(ev_ids)
@@ -43,7 +43,7 @@ def test_split_is_disjoint_complete_and_seeded() -> None:
 
 
 def test_split_keeps_both_sides_non_empty() -> None:
-    data = EvalData("input", np.zeros((2, 1), np.float32))
+    data = EvalData.single("input", np.zeros((2, 1), np.float32))
     cal, ev = split_eval_data(data, 0.99)
     assert (len(cal), len(ev)) == (1, 1)
     with pytest.raises(ConfigError, match="calibration fraction"):
@@ -73,7 +73,7 @@ def test_missing_inputs_array(digits: Digits, tmp_path: Path) -> None:
     [
         (np.zeros((4, 64), np.float32), r"shape \(4, 64\).*wants \[N, 1, 8, 8\]"),
         (np.zeros((4, 1, 9, 9), np.float32), r"shape \(4, 1, 9, 9\)"),
-        (np.zeros((4, 1, 8, 8), np.bool_), "are bool, the model's 'input' wants float32"),
+        (np.zeros((4, 1, 8, 8), np.bool_), "is bool, digits.onnx's 'input' wants float32"),
     ],
     ids=["wrong-rank", "wrong-size", "wrong-dtype"],
 )

@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgefleet.controller.compress import Candidate, compress
+from edgefleet.controller.compress import Candidate, PassOptions, compress
 from edgefleet.harness import digits, write_digits_model
 from edgefleet.shared.errors import ModelError
 
 from .conftest import make_profile
 
 PASSES = ["graph_opt", "int8_dynamic"]
+PER_TENSOR = PassOptions(per_channel=(False,))
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def test_the_measured_figures_decide_and_the_local_ones_stay(
 
     report = compress(
         *mlp, make_profile(PASSES), tmp_path / "out", latency_runs=3,
-        measure=measure, measured_on="box-1",
+        measure=measure, measured_on="box-1", options=PER_TENSOR,
     )  # fmt: skip
 
     assert [c.name for c in seen[0]] == ["fp32", "fp32.opt-basic", "fp32.int8dyn"]

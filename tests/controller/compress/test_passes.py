@@ -130,7 +130,7 @@ def test_pruning_is_reproducible_with_a_seed(digits: Digits) -> None:
 
 
 def test_pruning_without_labels_matches_the_original(digits: Digits) -> None:
-    unlabelled = type(digits.calibration)("input", digits.calibration.inputs, None)
+    unlabelled = type(digits.calibration).single("input", digits.calibration.inputs, None)
     pruned = prune_channels(digits.module, unlabelled, ratio=0.25, epochs=2, seed=0)
     assert count_parameters(pruned) < count_parameters(digits.module)
 

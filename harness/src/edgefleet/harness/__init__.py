@@ -10,6 +10,16 @@ from ._artifacts import ArtifactServer, ServerFaults
 from ._broker import Broker, free_port, mosquitto_binary, wait_port
 from ._controller import ControllerFleet, Proc
 from ._digits_cnn import TRAIN_ROWS, build_cnn, digits_images, train_cnn, write_eval_npz
+from ._encoder import (
+    BENCH_ENCODER,
+    ENCODER_INPUTS,
+    EncoderShape,
+    build_encoder,
+    export_encoder,
+    made_up_sentences,
+    train_encoder,
+    write_encoder_eval_npz,
+)
 from ._fleet import (
     DIGITS_IO,
     AgentProcess,
@@ -25,12 +35,15 @@ from ._public_api import public_names, ruff_order
 from ._waiting import wait_until
 
 __all__ = [
+    "BENCH_ENCODER",
     "DIGITS_IO",
+    "ENCODER_INPUTS",
     "TRAIN_ROWS",
     "AgentProcess",
     "ArtifactServer",
     "Broker",
     "ControllerFleet",
+    "EncoderShape",
     "LocalFleet",
     "Observer",
     "Operator",
@@ -38,11 +51,14 @@ __all__ = [
     "Prometheus",
     "ServerFaults",
     "build_cnn",
+    "build_encoder",
     "digits",
     "digits_images",
     "digits_model",
+    "export_encoder",
     "free_port",
     "infer_digits",
+    "made_up_sentences",
     "mosquitto_binary",
     "prometheus_binary",
     "public_names",
@@ -50,8 +66,10 @@ __all__ = [
     "ruff_order",
     "smoke_sample",
     "train_cnn",
+    "train_encoder",
     "wait_port",
     "wait_until",
     "write_digits_model",
+    "write_encoder_eval_npz",
     "write_eval_npz",
 ]

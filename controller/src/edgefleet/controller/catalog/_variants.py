@@ -60,6 +60,7 @@ def compress_model_version(
     *,
     metric: str = "top1",
     max_drop: float | None = None,
+    max_worst_drop: float | None = None,
     torch_source: str | None = None,
     torch_state: Path | None = None,
     report_path: Path | None = None,
@@ -121,6 +122,7 @@ def compress_model_version(
                     Path(tmp),
                     metric=metric,
                     max_drop=max_drop,
+                    max_worst_drop=max_worst_drop,
                     torch_model=torch_model,
                     options=options,
                     seed=seed,
@@ -128,6 +130,7 @@ def compress_model_version(
                     progress=progress,
                     measure=bench,
                     measured_on=measure_on or "device",
+                    model_label=f"{name}:{version}",
                 )
                 chosen_path = report.chosen.path
                 assert chosen_path is not None  # compress always measures files
@@ -254,11 +257,17 @@ def _variant_metrics(report: CompressionReport) -> dict[str, Any]:
         "metric": report.metric,
         "value": chosen.metric,
         "drop": chosen.drop,
+        **(
+            {"worst": chosen.metric_worst, "drop_worst": chosen.drop_worst}
+            if chosen.metric_worst is not None
+            else {}
+        ),
         "size_bytes": chosen.size_bytes,
         "latency_ms_p50": chosen.latency_ms_p50,
         "latency_ms_p95": chosen.latency_ms_p95,
         "reference": {
             "value": reference.metric,
+            **({"worst": reference.metric_worst} if reference.metric_worst is not None else {}),
             "size_bytes": reference.size_bytes,
             "latency_ms_p50": reference.latency_ms_p50,
             "latency_ms_p95": reference.latency_ms_p95,

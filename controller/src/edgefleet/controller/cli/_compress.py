@@ -22,8 +22,9 @@ def compress(
         Path,
         typer.Option(
             "--data",
-            help="An .npz with 'inputs' (and 'labels' for top1); part calibrates, "
-            "the rest evaluates.",
+            help="An .npz with one array per model input, named after it and batch first "
+            "('inputs' for a one-input model), and 'labels' for top1; part of the rows "
+            "calibrates, the rest evaluates.",
         ),
     ],
     metric: Annotated[
@@ -32,6 +33,13 @@ def compress(
     max_drop: Annotated[
         float | None,
         typer.Option(help="The largest metric drop allowed; the profile's budget by default."),
+    ] = None,
+    max_worst_drop: Annotated[
+        float | None,
+        typer.Option(
+            help="The largest drop allowed on the worst evaluation row (cosine, mse): one "
+            "badly wrong embedding; the profile's budget by default.",
+        ),
     ] = None,
     torch_source: Annotated[
         str | None,
@@ -87,6 +95,7 @@ def compress(
     with opened_home(ctx) as home, progress_bars() as progress:
         result = compress_model_version(
             home, ref, profile, data, metric=metric, max_drop=max_drop,
+            max_worst_drop=max_worst_drop,
             torch_source=torch_source, torch_state=torch_state, report_path=report,
             seed=seed, latency_runs=latency_runs, progress=progress, measure_on=measure_on,
             measure_timeout_s=measure_timeout,

@@ -8,7 +8,6 @@ import os
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,16 +16,9 @@ from edgefleet.shared.errors import ConfigError, ModelError
 from ..home import Budgets, DeviceProfile
 from . import _metrics
 from ._data import EvalData, load_eval_data, split_eval_data
+from ._jobs import Plan, fused_bases, onnx_jobs
 from ._measure import file_size, open_session, run_outputs, time_side_by_side
-from ._onnx_passes import (
-    Candidate,
-    PassFailed,
-    QuantizationInput,
-    convert_fp16,
-    graph_optimize,
-    quantize_int8_dynamic,
-    quantize_int8_static,
-)
+from ._onnx_passes import Candidate, PassFailed
 from ._options import PassOptions
 from ._select import Measured, Objective, breaches, check_objective, choose
 from ._torch_candidates import torch_candidates
@@ -99,6 +91,7 @@ def compress(
     *,
     metric: str = "top1",
     max_drop: float | None = None,
+    max_worst_drop: float | None = None,
     objective: str | None = None,
     torch_model: torch.nn.Module | None = None,
     student: torch.nn.Module | None = None,
@@ -110,6 +103,7 @@ def compress(
     progress: Progress | None = None,
     measure: Measure | None = None,
     measured_on: str = "device",
+    model_label: str | None = None,
 ) -> CompressionReport:
     """Run the passes ``profile`` allows on ``model`` (and on ``torch_model`` for pruning and
     distillation), measure every candidate against the fp32 reference on the held-out part
@@ -117,7 +111,7 @@ def compress(
     by default). With ``measure``, latency budgets and the choice rest on the figures it
     returns (from ``measured_on``); a candidate it could not measure is skipped. Raises
     ``NoCandidateFits`` when nothing fits, ``ConfigError`` for a profile allowing nothing or
-    bad settings."""
+    bad settings. ``model_label`` names the model in errors (``name:version``)."""
     allowed: list[str] = list(profile.compression.passes)
     if not allowed:
         raise ConfigError(f"profile {profile.name!r} allows no compression passes")
@@ -127,13 +121,19 @@ def compress(
         if not 0.0 <= max_drop <= 1.0:
             raise ConfigError(f"max drop must be in [0, 1], not {max_drop}")
         budgets = budgets.model_copy(update={"max_accuracy_drop": max_drop})
+    if max_worst_drop is not None:
+        if not 0.0 <= max_worst_drop <= 1.0:
+            raise ConfigError(f"max worst drop must be in [0, 1], not {max_worst_drop}")
+        budgets = budgets.model_copy(update={"max_worst_drop": max_worst_drop})
     if latency_runs < 1 or latency_batch < 1:
         raise ConfigError("latency runs and batch must be at least 1")
     options = options or PassOptions()
     notify = progress or (lambda _stage, _done, _total: None)
 
-    evaluation_data = load_eval_data(data, model)
+    evaluation_data = load_eval_data(data, model, model_label)
     metric_name = _metrics.check_metric(metric, evaluation_data.labels is not None)
+    if max_worst_drop is not None and metric_name == "top1":
+        raise ConfigError("a worst-row budget needs the cosine or mse metric, not top1")
     calibration, held_out = split_eval_data(evaluation_data, calibration_fraction, seed)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -146,15 +146,29 @@ def compress(
     bases += torch_candidates(
         allowed, torch_model, student, calibration, out_dir, options, seed, notify, skipped
     )
-    candidates = list(bases)
-    reduce_range = (
-        needs_reduce_range(profile) if options.reduce_range is None else options.reduce_range
+    threads = local_threads(profile.runtime.intra_op_threads)
+    plan = Plan(
+        allowed=allowed,
+        calibration=calibration,
+        out_dir=out_dir,
+        options=options,
+        settings=profile.compression,
+        reduce_range=(
+            needs_reduce_range(profile) if options.reduce_range is None else options.reduce_range
+        ),
+        metric=metric_name,
+        budgets=budgets,
+        threads=threads,
     )
-    jobs, quant_inputs = _onnx_jobs(allowed, bases, calibration, out_dir, options, reduce_range)
+    bases += fused_bases(plan, bases, skipped)
+    candidates = list(bases)
+    jobs, quant_inputs = onnx_jobs(plan, bases)
     try:
         for done, (label, job) in enumerate(jobs, start=1):
             try:
-                candidates.append(job())
+                made = job()
+                if made is not None:
+                    candidates.append(made)
             except PassFailed as exc:
                 skipped.append({"candidate": label, "why": exc.message})
             notify("onnx passes", done, len(jobs))
@@ -162,7 +176,6 @@ def compress(
         for quant_input in quant_inputs:
             quant_input.close()
 
-    threads = local_threads(profile.runtime.intra_op_threads)
     measured = _measure_all(
         candidates,
         held_out,
@@ -209,50 +222,6 @@ def local_threads(profile_threads: int) -> int:
     return max(1, min(profile_threads, cores or 1))
 
 
-def _onnx_jobs(
-    allowed: list[str],
-    bases: list[Candidate],
-    calibration: EvalData,
-    out_dir: Path,
-    options: PassOptions,
-    reduce_range: bool,
-) -> tuple[list[tuple[str, Callable[[], Candidate]]], list[QuantizationInput]]:
-    """The passes to run on each base, and the quantisation inputs they share (one per base,
-    prepared on first use; the caller closes them)."""
-    jobs: list[tuple[str, Callable[[], Candidate]]] = []
-    quant_inputs: list[QuantizationInput] = []
-    for base in bases:
-        prepared = QuantizationInput(base, out_dir)
-        if "int8_dynamic" in allowed or "int8_static" in allowed:
-            quant_inputs.append(prepared)
-        if "graph_opt" in allowed:
-            level = options.graph_opt_level
-            jobs.append((f"{base.name} graph_opt", partial(graph_optimize, base, out_dir, level)))
-        if "int8_dynamic" in allowed:
-            job = partial(
-                quantize_int8_dynamic, base, out_dir, reduce_range=reduce_range, prepared=prepared
-            )
-            jobs.append((f"{base.name} int8_dynamic", job))
-        if "int8_static" in allowed:
-            for method in options.calibration_methods:
-                for per_channel in options.per_channel:
-                    job = partial(
-                        quantize_int8_static,
-                        base,
-                        out_dir,
-                        calibration,
-                        method=method,
-                        per_channel=per_channel,
-                        reduce_range=reduce_range,
-                        prepared=prepared,
-                    )
-                    label = f"{base.name} int8_static {method} per_channel={per_channel}"
-                    jobs.append((label, job))
-        if "fp16" in allowed:
-            jobs.append((f"{base.name} fp16", partial(convert_fp16, base, out_dir)))
-    return jobs, quant_inputs
-
-
 def _measure_all(
     candidates: list[Candidate],
     held_out: EvalData,
@@ -269,7 +238,9 @@ def _measure_all(
     reference_session = open_session(candidates[0].path, threads, inter_threads)
     reference_out = run_outputs(reference_session, held_out)
     reference_score = _metrics.score(metric, reference_out, reference_out, held_out.labels)
+    reference_worst = _metrics.worst(metric, reference_out, reference_out)
     scores: dict[str, tuple[float, float]] = {}
+    worst: dict[str, tuple[float | None, float | None]] = {}
     usable: list[Candidate] = []
     for done, cand in enumerate(candidates, start=1):
         try:
@@ -281,12 +252,17 @@ def _measure_all(
             continue
         value = _metrics.score(metric, out, reference_out, held_out.labels)
         scores[cand.name] = (value, _metrics.drop(metric, reference_score, value))
+        low = _metrics.worst(metric, out, reference_out)
+        worst[cand.name] = (
+            low,
+            None if low is None or reference_worst is None
+            else _metrics.drop(metric, reference_worst, low),
+        )  # fmt: skip
         usable.append(cand)
         notify("evaluate", done, len(candidates))
     timings = time_side_by_side(
         {c.name: c.path for c in usable},
-        held_out.inputs[:batch],
-        held_out.input_name,
+        held_out.rows(0, batch),
         intra_op_threads=threads,
         inter_op_threads=inter_threads,
         runs=runs,
@@ -303,6 +279,8 @@ def _measure_all(
             metric=scores[c.name][0],
             drop=scores[c.name][1],
             path=c.path,
+            metric_worst=worst[c.name][0],
+            drop_worst=worst[c.name][1],
         )
         for c in usable
     ]

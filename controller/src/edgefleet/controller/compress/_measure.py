@@ -51,9 +51,8 @@ def run_outputs(session: Any, data: EvalData, batch: int = EVAL_BATCH) -> np.nda
     """The first output of the model for every row of ``data``, in batches."""
     chunks = []
     for start in range(0, len(data), batch):
-        rows = data.inputs[start : start + batch]
         try:
-            chunks.append(np.asarray(session.run(None, {data.input_name: rows})[0]))
+            chunks.append(np.asarray(session.run(None, data.rows(start, start + batch))[0]))
         except Exception as exc:
             why = first_line(exc)
             raise InvalidInput(f"the model fails on the evaluation data: {why}") from exc
@@ -66,8 +65,8 @@ def file_size(model: Path) -> int:
 
 def time_side_by_side(
     models: Mapping[str, Path],
-    sample: np.ndarray,
-    input_name: str,
+    sample: Mapping[str, np.ndarray] | np.ndarray,
+    input_name: str | None = None,
     *,
     intra_op_threads: int,
     inter_op_threads: int = 1,
@@ -77,12 +76,17 @@ def time_side_by_side(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Timing]:
     """Latency of each model on ``sample``, in interleaved rounds: every round runs every
-    model once, in a fresh seeded order, so clock, thermal and cache drift hit all alike."""
+    model once, in a fresh seeded order, so clock, thermal and cache drift hit all alike.
+    ``sample`` is a feed (an array per input), or one array for the input ``input_name``."""
     if runs < 1:
         raise ValueError("runs must be at least 1")
     names = list(models)
     sessions = {n: open_session(models[n], intra_op_threads, inter_op_threads) for n in names}
-    feed = {input_name: np.ascontiguousarray(sample)}
+    if isinstance(sample, np.ndarray):
+        if input_name is None:
+            raise ValueError("one array as the sample needs its input_name")
+        sample = {input_name: sample}
+    feed = {name: np.ascontiguousarray(a) for name, a in sample.items()}
     for session in sessions.values():
         for _ in range(warmup):
             session.run(None, feed)

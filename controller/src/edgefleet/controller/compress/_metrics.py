@@ -1,7 +1,8 @@
 """How close a candidate's outputs are to the truth or to the fp32 reference.
 
 Every metric is turned into a *drop* (0 is perfect, larger is worse) so one budget,
-``max_accuracy_drop``, reads the same whichever metric the operator chose."""
+``max_accuracy_drop``, reads the same whichever metric the operator chose. For cosine and
+mse the worst row is reported too, and ``max_worst_drop`` bounds its drop."""
 
 from __future__ import annotations
 
@@ -29,12 +30,24 @@ def top1(outputs: np.ndarray, labels: np.ndarray) -> float:
 
 
 def mse(outputs: np.ndarray, reference: np.ndarray) -> float:
-    diff = outputs.astype(np.float64) - reference.astype(np.float64)
-    return float(np.mean(diff * diff))
+    return float(np.mean(mse_rows(outputs, reference)))
+
+
+def mse_rows(outputs: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """The mean squared error of each row against the reference row."""
+    diff = outputs.reshape(len(outputs), -1).astype(np.float64) - reference.reshape(
+        len(reference), -1
+    ).astype(np.float64)
+    return np.mean(diff * diff, axis=1)
 
 
 def cosine(outputs: np.ndarray, reference: np.ndarray) -> float:
     """Mean over rows of the cosine similarity to the reference row (1.0 is identical)."""
+    return float(np.mean(cosine_rows(outputs, reference)))
+
+
+def cosine_rows(outputs: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """The cosine similarity of each row to the reference row."""
     a = outputs.reshape(len(outputs), -1).astype(np.float64)
     b = reference.reshape(len(reference), -1).astype(np.float64)
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
@@ -42,8 +55,7 @@ def cosine(outputs: np.ndarray, reference: np.ndarray) -> float:
     # two all-zero rows are the same; one all-zero row against anything else is not
     both_zero = norms == 0
     same = np.where(both_zero, np.all(a == b, axis=1).astype(np.float64), 0.0)
-    sims = np.where(both_zero, same, dots / np.where(both_zero, 1.0, norms))
-    return float(np.mean(sims))
+    return np.where(both_zero, same, dots / np.where(both_zero, 1.0, norms))
 
 
 def score(
@@ -59,6 +71,17 @@ def score(
     if name == "cosine":
         return cosine(outputs, reference)
     raise ConfigError(f"unknown metric {name!r} (known: {', '.join(METRICS)})")
+
+
+def worst(name: MetricName, outputs: np.ndarray, reference: np.ndarray) -> float | None:
+    """The worst row: the lowest cosine or the highest mse; None for top1, which is a
+    fraction of rows and has no worst row. One badly wrong embedding is what a user
+    notices, and a mean over many rows hides it."""
+    if name == "cosine":
+        return float(np.min(cosine_rows(outputs, reference)))
+    if name == "mse":
+        return float(np.max(mse_rows(outputs, reference)))
+    return None
 
 
 def drop(name: MetricName, reference_score: float, candidate_score: float) -> float:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -65,7 +65,7 @@ def graph_optimize(
         )
     except Exception as exc:  # onnxruntime's own exception classes; translated here
         raise PassFailed(f"graph optimisation of {source.name} failed: {first_line(exc)}") from exc
-    return _derived(source, out, {"pass": "graph_opt", "level": level})
+    return derived(source, out, {"pass": "graph_opt", "level": level})
 
 
 class QuantizationInput:
@@ -86,7 +86,18 @@ class QuantizationInput:
             from onnxruntime.quantization.shape_inference import quant_pre_process
 
             try:
-                quant_pre_process(str(self.source.path), str(self._file), skip_symbolic_shape=True)
+                # ONNX Runtime's symbolic shape inference is the one that knows the fused
+                # transformer ops; plain ONNX inference suffices (and is sturdier) elsewhere
+                fused = any(
+                    s.get("pass") == "transformer_fusion"
+                    for s in self.source.recipe.get("steps", [])
+                )
+                quant_pre_process(
+                    str(self.source.path),
+                    str(self._file),
+                    skip_symbolic_shape=not fused,
+                    auto_merge=fused,
+                )
             except Exception as exc:
                 self._error = exc
                 raise
@@ -104,23 +115,32 @@ def quantize_int8_dynamic(
     per_channel: bool = False,
     reduce_range: bool = False,
     prepared: QuantizationInput | None = None,
+    exclude: Sequence[str] = (),
+    only: Sequence[str] | None = None,
+    tag: str = "",
 ) -> Candidate:
-    """Weights to int8 ahead of time, activations quantised at run time. Weights are stored
-    unsigned: ONNX Runtime's CPU ``ConvInteger`` has no signed-weight kernel. ``prepared``:
-    ``source`` already prepared for quantisation (by default, prepared here and removed)."""
+    """Weights to int8 ahead of time, activations quantised at run time. A graph with
+    convolutions has its weights stored unsigned: ONNX Runtime's CPU ``ConvInteger`` has no
+    signed-weight kernel; others signed, as ONNX Runtime's own default. ``prepared``:
+    ``source`` already prepared for quantisation (by default, prepared here and removed).
+    ``exclude`` keeps those nodes in float; ``only`` quantises just those; ``tag`` is added
+    to the file's name."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    tag = f"int8dyn{'-pc' if per_channel else ''}{'-rr' if reduce_range else ''}"
+    tag = f"int8dyn{'-pc' if per_channel else ''}{'-rr' if reduce_range else ''}{tag}"
     out = out_dir / f"{source.name}.{tag}.onnx"
     own = prepared is None
     quant_input = prepared or QuantizationInput(source, out_dir)
+    unsigned = has_convolutions(source.path)
     try:
         quantize_dynamic(
             quant_input.path(),
             out,
             per_channel=per_channel,
             reduce_range=reduce_range,
-            weight_type=QuantType.QUInt8,
+            weight_type=QuantType.QUInt8 if unsigned else QuantType.QInt8,
+            nodes_to_exclude=list(exclude),
+            nodes_to_quantize=None if only is None else list(only),
         )
     except Exception as exc:  # the quantiser raises assorted built-in and onnx errors
         raise PassFailed(f"dynamic int8 of {source.name} failed: {first_line(exc)}") from exc
@@ -129,11 +149,12 @@ def quantize_int8_dynamic(
             quant_input.close()
     recipe = {
         "pass": "int8_dynamic",
-        "weight_type": "uint8",
+        "weight_type": "uint8" if unsigned else "int8",
         "per_channel": per_channel,
         "reduce_range": reduce_range,
+        **({"kept_float": list(exclude)} if exclude else {}),
     }
-    return _derived(source, out, recipe)
+    return derived(source, out, recipe)
 
 
 class _CalibrationReader:
@@ -151,7 +172,7 @@ class _CalibrationReader:
 
     def _batches(self) -> Iterator[dict[str, np.ndarray]]:
         for start in range(0, self.rows, self._batch):
-            yield {self._data.input_name: self._data.inputs[start : start + self._batch]}
+            yield self._data.rows(start, start + self._batch)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._it is None:
@@ -171,11 +192,13 @@ def quantize_int8_static(
     per_channel: bool = False,
     reduce_range: bool = False,
     prepared: QuantizationInput | None = None,
+    exclude: Sequence[str] = (),
+    tag: str = "",
 ) -> Candidate:
     """Weights and activations to int8 in QDQ form, activation ranges from ``calibration``
     (never the evaluation split). ``reduce_range`` uses 7-bit weights, which avoids
     saturation in the u8s8 kernels of x86 CPUs without VNNI. ``prepared`` as for
-    ``quantize_int8_dynamic``."""
+    ``quantize_int8_dynamic``; ``exclude`` keeps those nodes in float."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -193,7 +216,7 @@ def quantize_int8_static(
         raise ConfigError(
             f"unknown calibration method {method!r} (known: {', '.join(CALIBRATION_METHODS)})"
         )
-    tag = f"int8qdq-{method}{'-pc' if per_channel else ''}{'-rr' if reduce_range else ''}"
+    tag = f"int8qdq-{method}{'-pc' if per_channel else ''}{'-rr' if reduce_range else ''}{tag}"
     out = out_dir / f"{source.name}.{tag}.onnx"
 
     class Reader(_CalibrationReader, CalibrationDataReader):
@@ -215,6 +238,7 @@ def quantize_int8_static(
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=methods[method],
+                nodes_to_exclude=list(exclude),
             )
     except Exception as exc:  # the quantiser raises assorted built-in and onnx errors
         raise PassFailed(f"static int8 of {source.name} failed: {first_line(exc)}") from exc
@@ -232,8 +256,9 @@ def quantize_int8_static(
         "weight_type": "int8",
         "per_channel": per_channel,
         "reduce_range": reduce_range,
+        **({"kept_float": list(exclude)} if exclude else {}),
     }
-    return _derived(source, out, recipe)
+    return derived(source, out, recipe)
 
 
 def convert_fp16(source: Candidate, out_dir: Path) -> Candidate:
@@ -248,9 +273,19 @@ def convert_fp16(source: Candidate, out_dir: Path) -> Candidate:
         onnx.save(model, str(out))
     except Exception as exc:  # onnx and the converter raise assorted errors
         raise PassFailed(f"fp16 conversion of {source.name} failed: {first_line(exc)}") from exc
-    return _derived(source, out, {"pass": "fp16", "keep_io_types": True})
+    return derived(source, out, {"pass": "fp16", "keep_io_types": True})
 
 
-def _derived(source: Candidate, out: Path, step: dict[str, Any]) -> Candidate:
+def has_convolutions(model: Path) -> bool:
+    import onnx
+
+    try:
+        graph = onnx.load(str(model), load_external_data=False).graph
+    except Exception as exc:  # onnx raises assorted errors for a bad file
+        raise PassFailed(f"cannot read {model.name}: {first_line(exc)}") from exc
+    return any(node.op_type == "Conv" for node in graph.node)
+
+
+def derived(source: Candidate, out: Path, step: dict[str, Any]) -> Candidate:
     steps = [*source.recipe.get("steps", []), step]
     return Candidate(name=out.stem, path=out, recipe={"steps": steps})

@@ -35,6 +35,9 @@ class Measured:
     metric: float  # the metric's own value (accuracy, mse or cosine similarity)
     drop: float  # how much worse than the reference; 0 is as good
     path: Path | None = None
+    # the worst evaluation row's metric and its drop (cosine, mse; None for top1)
+    metric_worst: float | None = None
+    drop_worst: float | None = None
     breaches: tuple[Breach, ...] = field(default=())
     # this machine's figures, kept when the latency above was measured elsewhere (a device)
     local_latency_ms_p50: float | None = None
@@ -51,7 +54,7 @@ class Measured:
 
 @dataclass(frozen=True)
 class Breach:
-    budget: Literal["max_size_bytes", "max_latency_ms", "max_accuracy_drop"]
+    budget: Literal["max_size_bytes", "max_latency_ms", "max_accuracy_drop", "max_worst_drop"]
     limit: float
     actual: float
 
@@ -68,6 +71,8 @@ class Breach:
             return f"size {self.actual:,.0f} B > {self.limit:,.0f} B"
         if self.budget == "max_latency_ms":
             return f"latency p50 {self.actual:.3f} ms > {self.limit:.3f} ms"
+        if self.budget == "max_worst_drop":
+            return f"worst-row drop {self.actual:.4f} > {self.limit:.4f}"
         return f"metric drop {self.actual:.4f} > {self.limit:.4f}"
 
 
@@ -79,6 +84,9 @@ def breaches(candidate: Measured, budgets: Budgets) -> tuple[Breach, ...]:
         found.append(Breach("max_latency_ms", budgets.max_latency_ms, candidate.latency_ms_p50))
     if candidate.drop > budgets.max_accuracy_drop:
         found.append(Breach("max_accuracy_drop", budgets.max_accuracy_drop, candidate.drop))
+    worst = candidate.drop_worst
+    if budgets.max_worst_drop is not None and worst is not None and worst > budgets.max_worst_drop:
+        found.append(Breach("max_worst_drop", budgets.max_worst_drop, worst))
     return tuple(found)
 
 

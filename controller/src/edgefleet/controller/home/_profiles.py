@@ -20,7 +20,17 @@ from edgefleet.shared.errors import ConfigError, NotFound
 
 from ..registry import Profile, utcnow
 
-CompressionPass = Literal["prune", "distill", "graph_opt", "int8_dynamic", "int8_static", "fp16"]
+CompressionPass = Literal[
+    "prune",
+    "distill",
+    "graph_opt",
+    "transformer_fusion",
+    "int8_dynamic",
+    "int8_static",
+    "int8_sensitive",
+    "int4_weight",
+    "fp16",
+]
 
 
 class Budgets(BaseModel):
@@ -29,6 +39,9 @@ class Budgets(BaseModel):
     max_size_bytes: int = Field(gt=0)
     max_latency_ms: float = Field(gt=0)
     max_accuracy_drop: float = Field(ge=0, le=1)
+    # the drop of the worst evaluation row (cosine, mse), when set: a mean hides one badly
+    # wrong embedding
+    max_worst_drop: float | None = Field(default=None, ge=0, le=1)
 
 
 class Compression(BaseModel):
@@ -37,6 +50,13 @@ class Compression(BaseModel):
     passes: list[CompressionPass] = Field(default_factory=list)
     # what `edgefleet compress` optimises among the candidates inside the budgets
     objective: Literal["latency", "size"] = "latency"
+    # int4_weight: one candidate per block size and per symmetric/asymmetric choice
+    int4_block_sizes: list[Literal[16, 32, 64, 128, 256]] = Field(
+        default_factory=lambda: [32, 128]  # type: ignore[arg-type]
+    )
+    int4_symmetric: list[bool] = Field(default_factory=lambda: [True, False])
+    # int8_sensitive: at most this many of the most harmful nodes are kept in float
+    max_kept_float: int = Field(default=8, ge=1)
 
 
 class DeviceProfile(BaseModel):
