@@ -24,6 +24,11 @@ def init(ctx: typer.Context) -> None:
     out.print(f"home     {report.home}")
     out.print(f"database {report.database}")
     out.print(f"key id   {report.key_id}")
+    settings = settings_of(ctx)
+    out.print(
+        f"fleet page http://{settings.http_host}:{settings.http_port}/ while `edgefleet serve` "
+        f"runs; log in with operator_token from {settings.config_path}"
+    )
 
 
 @profile_app.command("list")

@@ -1,5 +1,6 @@
 """``edgefleet serve``: the daemon's loop (jobs on one clock), MQTT ingest into the registry,
-the HTTP server for artifacts, ``/metrics`` and ``/healthz``, and the metrics it counts."""
+the HTTP server for artifacts, ``/metrics``, ``/healthz``, the fleet page and its API, and
+the metrics it counts."""
 
 from ._access import Access, registry_token_check
 from ._http import ArtifactServer, server_tls_context
@@ -7,6 +8,7 @@ from ._inbox import DeadLetter, DeviceRates, Inbox, RateLimit
 from ._ingest import Inbound, ingest, ingest_many
 from ._loop import CLIENT_ID, Daemon, Job, run_jobs, serve
 from ._metrics import Metrics
+from ._web import FleetWeb, WebAnswer, web_networks
 
 __all__ = [
     "CLIENT_ID",
@@ -15,15 +17,18 @@ __all__ = [
     "Daemon",
     "DeadLetter",
     "DeviceRates",
+    "FleetWeb",
     "Inbound",
     "Inbox",
     "Job",
     "Metrics",
     "RateLimit",
+    "WebAnswer",
     "ingest",
     "ingest_many",
     "registry_token_check",
     "run_jobs",
     "serve",
     "server_tls_context",
+    "web_networks",
 ]

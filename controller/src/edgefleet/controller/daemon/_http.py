@@ -1,5 +1,5 @@
-"""The daemon's HTTP server: artifacts for devices (content-addressed, Range, bearer token)
-and ``/healthz``.
+"""The daemon's HTTP server: artifacts for devices (content-addressed, Range, bearer token),
+``/healthz``, ``/metrics``, and the fleet page and its API (``_web``).
 
 Only ``<prefix>sha256/ab/<64 hex>`` is ever mapped to a file, so no request can reach
 anything else on disk. A token is a device's when its sha256 is that device's
@@ -27,6 +27,7 @@ from edgefleet.shared.errors import ConfigError, EdgefleetError
 from ..registry import ArtifactStore
 from ._access import Access, AccessCheck
 from ._metrics import Metrics
+from ._web import MAX_FORM_BYTES, FleetWeb, WebAnswer
 from ._wire import DeadlineReader, HeadBudget, HeadTooLarge, NoRange, parse_range
 
 log = logging.getLogger("edgefleet.controller.http")
@@ -38,6 +39,11 @@ IDLE_TIMEOUT_S = 30.0  # a connection (new or kept alive) that starts no request
 HEAD_TIMEOUT_S = 10.0  # from a request's first byte to the end of its headers
 SEND_TIMEOUT_S = 30.0  # for each 64 KiB of the body: a reader slower than ~2 KiB/s is cut
 MAX_HEAD_BYTES = 16 * 1024  # request line and headers together
+# routes counted by name in edgefleet_api_requests_total; any other path is "other"
+_ROUTES = frozenset(
+    {"/", "/login", "/logout", "/ui/app.js", "/ui/app.css", "/api/v1/status",
+     "/api/v1/deployments", "/api/v1/latency", "/api/v1/events"}
+)  # fmt: skip
 
 
 class ArtifactServer:
@@ -58,8 +64,10 @@ class ArtifactServer:
         send_timeout_s: float = SEND_TIMEOUT_S,
         max_head_bytes: int = MAX_HEAD_BYTES,
         tls: ssl.SSLContext | None = None,
+        web: FleetWeb | None = None,
     ) -> None:
-        """``tls``: serve HTTPS with this server-side context (see ``server_tls_context``)."""
+        """``tls``: serve HTTPS with this server-side context (see ``server_tls_context``);
+        ``web``: the fleet page and API, off without it."""
         prefix = "/" + prefix.strip("/") + "/" if prefix.strip("/") else "/"
         path_re = re.compile("^" + re.escape(prefix) + r"sha256/([0-9a-f]{2})/([0-9a-f]{64})$")
         handler = type(
@@ -75,6 +83,7 @@ class ArtifactServer:
                 "path_re": path_re,
                 "metrics": metrics or Metrics(),
                 "metrics_text": staticmethod(metrics_text) if metrics_text else None,
+                "web": web,
             },
         )
         self.httpd = _Server((host, port), handler)
@@ -131,6 +140,7 @@ class _Handler(BaseHTTPRequestHandler):
     path_re: re.Pattern[str]
     metrics: Metrics
     metrics_text: Callable[[], str] | None
+    web: FleetWeb | None
     idle_timeout_s: float
     head_timeout_s: float
     send_timeout_s: float
@@ -228,6 +238,44 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self._serve(body=False)
 
+    def do_POST(self) -> None:
+        path, _, query = self.path.partition("?")
+        length = self.headers.get("Content-Length", "")
+        if self.web is None or not self.web.wants(path):
+            self._reply(HTTPStatus.NOT_FOUND, b"not found\n", body=True)
+            return
+        if not length.isdigit() or int(length) > MAX_FORM_BYTES:
+            self.close_connection = True
+            self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, b"form too large\n", body=True)
+            return
+        form = self.rfile.read(int(length))
+        self._answer_web("POST", path, query, form, body=True)
+
+    def _answer_web(self, method: str, path: str, query: str, form: bytes, *, body: bool) -> None:
+        assert self.web is not None
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        answer: WebAnswer = self.web.answer(
+            method, path, query, headers, self.client_address[0], form
+        )
+        route = (
+            path
+            if path in _ROUTES
+            else "/api/v1/deployments/*"
+            if path.startswith("/api/v1/deployments/")
+            else "other"
+        )
+        self.metrics.inc(
+            "edgefleet_api_requests_total", route=route, status=str(int(answer.status))
+        )
+        self.send_response(answer.status)
+        for k, v in answer.headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Type", answer.content_type)
+        self.send_header("Content-Length", str(len(answer.body)))
+        self.end_headers()
+        if body and answer.body:
+            self.wfile.write(answer.body)
+
     def _serve(self, *, body: bool) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/healthz":
@@ -240,6 +288,10 @@ class _Handler(BaseHTTPRequestHandler):
                 body=body,
                 content_type="text/plain; version=0.0.4; charset=utf-8",
             )
+            return
+        if self.web is not None and self.web.wants(path):
+            method = "GET" if body else "HEAD"
+            self._answer_web(method, path, self.path.partition("?")[2], b"", body=body)
             return
         match = self.path_re.fullmatch(path)
         if match is None or match.group(2)[:2] != match.group(1):

@@ -31,6 +31,7 @@ from ._access import registry_token_check
 from ._http import ArtifactServer, server_tls_context
 from ._inbox import DeviceRates, Inbox, RateLimit
 from ._metrics import Metrics
+from ._web import FleetWeb
 
 log = logging.getLogger("edgefleet.controller.daemon")
 
@@ -79,7 +80,7 @@ class Daemon:
         self._received: queue.Queue[Received | None] = queue.Queue()
         self._resend_due = threading.Event()  # set on every connect and unconfirmed publish
         self._writer: threading.Thread | None = None
-        self.metrics = Metrics()
+        self.metrics = Metrics(broker_connected=lambda: self.link.connected)
         self.http = ArtifactServer(
             home.store,
             registry_token_check(home.engine),
@@ -89,6 +90,9 @@ class Daemon:
             metrics=self.metrics,
             metrics_text=lambda: self.metrics.render(home.engine),
             tls=_artifact_tls(home),
+            web=FleetWeb(
+                home, secure_cookie=urlsplit(self.settings.artifact_url).scheme == "https"
+            ),
         )
         prefix = self.settings.topic_prefix
         self.link = MqttLink(

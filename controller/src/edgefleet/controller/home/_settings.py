@@ -45,6 +45,12 @@ class Settings:
     # second (a device sends a status, ~8 events per deployment and telemetry every 10 s).
     ingest_burst_per_device: int = 600
     ingest_rate_per_device: float = 20.0
+    # The fleet page and /api/v1 take this token (a Bearer header, or the page's login
+    # cookie); `init` makes one. Empty: both are off.
+    operator_token: str = ""
+    # Who may reach the page and the API at all (addresses or networks, comma-separated);
+    # everyone else gets 404. Loopback only unless widened here.
+    web_allow: str = "127.0.0.0/8, ::1"
 
     @property
     def config_path(self) -> Path:
@@ -145,7 +151,10 @@ CONTROLLER_USER = "edgefleet-controller"
 def with_controller_login(settings: Settings) -> Settings:
     """``settings`` with a fresh broker login for the controller in ``broker_url`` when it has
     none: user ``edgefleet-controller`` and a random password (``broker config`` writes both
-    into Mosquitto's password file)."""
+    into Mosquitto's password file); and an operator token for the fleet page when there is
+    none (kept in config.toml, mode 0600, like the broker password)."""
+    if not settings.operator_token:
+        settings = replace(settings, operator_token=secrets.token_urlsafe(32))
     parts = urlsplit(settings.broker_url)
     if parts.username:
         return settings

@@ -1,0 +1,314 @@
+"""The fleet as the web page and the HTTP API show it: every device with its desired and
+serving model, p95 and host stats; deployments with each device's progress; p95 over time
+per model version. Each is a handful of queries, whatever the fleet's size.
+
+A deployment is shown as a one-wave rollout (``waves`` with one wave, no gates): rollouts
+with several waves and gate evidence fill the same shape.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import BaseModel
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from edgefleet.shared import LatencyHistogram, merge_counts
+
+from ..home import Home
+from ..registry import (
+    FINISHED_STATES,
+    Deployment,
+    DeploymentState,
+    Device,
+    Model,
+    ModelVersion,
+    Telemetry,
+    Variant,
+    as_utc,
+    utcnow,
+)
+
+# The newest telemetry rows read for each device's latest p95 and host stats: an id range on
+# the primary key, so the cost does not grow with the table (at 10,000 devices reporting
+# every 10 s this is the last ~50 s; a device silent for longer shows no p95).
+RECENT_TELEMETRY_ROWS = 50_000
+# The most telemetry rows one latency chart reads.
+CHART_ROWS = 200_000
+
+
+class DeviceRow(BaseModel):
+    device: str
+    online: bool
+    profile: str
+    labels: dict[str, str]
+    desired: str | None  # name:version of the device's latest deployment
+    serving: str | None  # name:version of its latest committed deployment
+    state: str | None  # of its latest deployment
+    last_seen: datetime | None
+    agent_version: str
+    p95_ms: float | None = None
+    cpu_percent: float | None = None
+    memory_used_bytes: int | None = None
+    temperature_c: float | None = None
+    disk_free_bytes: int | None = None
+
+
+class FleetSummary(BaseModel):
+    devices: int
+    online: int
+    profiles: dict[str, int]
+    states: dict[str, int]  # devices by their latest deployment's state
+
+
+class FleetOverview(BaseModel):
+    generated_at: datetime
+    summary: FleetSummary
+    devices: list[DeviceRow]
+
+
+class DeviceProgress(BaseModel):
+    device: str
+    profile: str
+    state: str
+    error_code: str | None
+    error_message: str | None
+    updated_at: datetime | None
+
+
+class Wave(BaseModel):
+    index: int
+    devices: list[DeviceProgress]
+    gates: list[dict[str, Any]]  # gate evidence, once rollouts have gates
+
+
+class DeploymentView(BaseModel):
+    deployment_id: str
+    kind: str  # "deployment": a one-wave rollout without gates
+    model: str
+    created_at: datetime | None
+    state: str  # active, failed or completed
+    total: int
+    finished: int
+    states: dict[str, int]
+    waves: list[Wave]
+
+
+class LatencySeries(BaseModel):
+    model: str  # name:version
+    points: list[tuple[datetime, float | None]]  # bucket start, p95 ms of merged histograms
+
+
+class LatencyChart(BaseModel):
+    since: datetime
+    step_s: int
+    series: list[LatencySeries]
+
+
+def _models(session: Session) -> dict[int, str]:
+    """variant id -> name:version"""
+    rows = session.exec(
+        select(Variant.id, Model.name, ModelVersion.version)
+        .join(ModelVersion, col(ModelVersion.id) == col(Variant.model_version_id))
+        .join(Model, col(Model.id) == col(ModelVersion.model_id))
+    ).all()
+    return {vid: f"{name}:{version}" for vid, name, version in rows if vid is not None}
+
+
+def fleet_overview(
+    home: Home,
+    *,
+    online: bool | None = None,
+    profile: str | None = None,
+    search: str | None = None,
+) -> FleetOverview:
+    """Every device (or those matching the filters) and a summary of the whole fleet."""
+    with home.session() as session:
+        devices = session.exec(select(Device).order_by(col(Device.name))).all()
+        models = _models(session)
+        latest_ids = select(func.max(Deployment.id)).group_by(col(Deployment.device_id))
+        latest = {
+            d.device_id: d
+            for d in session.exec(
+                select(Deployment).where(col(Deployment.id).in_(latest_ids.scalar_subquery()))
+            ).all()
+        }
+        committed_ids = (
+            select(func.max(Deployment.id))
+            .where(Deployment.state == DeploymentState.COMMITTED.value)
+            .group_by(col(Deployment.device_id))
+        )
+        committed = {
+            device_id: variant_id
+            for device_id, variant_id in session.exec(
+                select(Deployment.device_id, Deployment.variant_id).where(
+                    col(Deployment.id).in_(committed_ids.scalar_subquery())
+                )
+            ).all()
+        }
+        recent = _recent_telemetry(session)
+    rows = []
+    for d in devices:
+        last = latest.get(d.id or 0)
+        stats = recent.get(d.id or 0, {})
+        rows.append(
+            DeviceRow(
+                device=d.name,
+                online=d.online,
+                profile=d.profile,
+                labels=dict(d.labels or {}),
+                desired=models.get(last.variant_id) if last else None,
+                serving=models.get(committed[d.id]) if d.id in committed else None,
+                state=last.state if last else None,
+                last_seen=as_utc(d.last_seen),
+                agent_version=d.agent_version,
+                **stats,
+            )
+        )
+    summary = FleetSummary(
+        devices=len(rows),
+        online=sum(r.online for r in rows),
+        profiles=_count(r.profile for r in rows),
+        states=_count(r.state for r in rows if r.state),
+    )
+    wanted = [
+        r
+        for r in rows
+        if (online is None or r.online is online)
+        and (profile is None or r.profile == profile)
+        and (not search or search.lower() in f"{r.device} {r.serving or ''}".lower())
+    ]
+    return FleetOverview(generated_at=utcnow(), summary=summary, devices=wanted)
+
+
+def _recent_telemetry(session: Session) -> dict[int, dict[str, Any]]:
+    """device id -> its newest p95 and host stats among the newest telemetry rows."""
+    top = session.exec(select(func.max(Telemetry.id))).one() or 0
+    t = Telemetry.__table__.c  # type: ignore[attr-defined]
+    rows = session.execute(
+        sa.select(
+            t.device_id, t.p95_ms, t.cpu_percent, t.memory_used_bytes, t.temperature_c,
+            t.disk_free_bytes,
+        )
+        .where(t.id > top - RECENT_TELEMETRY_ROWS)
+        .order_by(t.id)
+    ).all()  # fmt: skip
+    out: dict[int, dict[str, Any]] = {}
+    for device_id, p95, cpu, memory, temperature, disk in rows:  # oldest first: newest wins
+        stats = out.setdefault(device_id, {"p95_ms": None})
+        if p95 is not None:
+            stats["p95_ms"] = p95
+        if cpu is not None or memory is not None:
+            stats.update(
+                cpu_percent=cpu,
+                memory_used_bytes=memory,
+                temperature_c=temperature,
+                disk_free_bytes=disk,
+            )
+    return out
+
+
+def _count(values: Any) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for v in values:
+        out[v] += 1
+    return dict(sorted(out.items()))
+
+
+def deployment_views(
+    home: Home, *, limit: int = 20, deployment_id: str | None = None
+) -> list[DeploymentView]:
+    """The newest ``limit`` deployments (or the one named), each with every device's state."""
+    with home.session() as session:
+        if deployment_id is None:
+            newest = session.exec(
+                select(Deployment.deployment_id)
+                .group_by(col(Deployment.deployment_id))
+                .order_by(func.max(Deployment.id).desc())
+                .limit(limit)
+            ).all()
+        else:
+            newest = [deployment_id]
+        rows = session.exec(
+            select(Deployment, Device.name, Device.profile)
+            .join(Device, col(Device.id) == col(Deployment.device_id))
+            .where(col(Deployment.deployment_id).in_(newest))
+            .order_by(col(Device.name))
+        ).all()
+        models = _models(session)
+    grouped: dict[str, list[tuple[Deployment, str, str]]] = defaultdict(list)
+    for row, name, profile in rows:
+        grouped[row.deployment_id].append((row, name, profile))
+    views = []
+    for dep_id in newest:
+        members = grouped.get(dep_id)
+        if not members:
+            continue
+        states = _count(r.state for r, _, _ in members)
+        finished = sum(n for s, n in states.items() if s in FINISHED_STATES)
+        bad = sum(n for s, n in states.items() if s in ("failed", "rolled_back"))
+        views.append(
+            DeploymentView(
+                deployment_id=dep_id,
+                kind="deployment",
+                model=models.get(members[0][0].variant_id, "?"),
+                created_at=as_utc(min(r.created_at for r, _, _ in members)),
+                state="active" if finished < len(members) else "failed" if bad else "completed",
+                total=len(members),
+                finished=finished,
+                states=states,
+                waves=[
+                    Wave(
+                        index=1,
+                        devices=[
+                            DeviceProgress(
+                                device=name,
+                                profile=profile,
+                                state=r.state,
+                                error_code=r.error_code,
+                                error_message=r.error_message,
+                                updated_at=as_utc(r.updated_at),
+                            )
+                            for r, name, profile in members
+                        ],
+                        gates=[],
+                    )
+                ],
+            )
+        )
+    return views
+
+
+def latency_chart(home: Home, *, minutes: int = 30, step_s: int = 60) -> LatencyChart:
+    """p95 per model version (name:version, all profiles) in ``step_s`` buckets over the last
+    ``minutes``, from the devices' histograms merged per bucket."""
+    since = utcnow() - timedelta(minutes=minutes)
+    with home.session() as session:
+        top = session.exec(select(func.max(Telemetry.id))).one() or 0
+        rows = session.exec(
+            select(Telemetry.at, Telemetry.model, Telemetry.latency_counts).where(
+                col(Telemetry.id) > top - CHART_ROWS,
+                col(Telemetry.at) >= since,
+                col(Telemetry.model).is_not(None),
+            )
+        ).all()
+    merged: dict[str, dict[int, list[list[int]]]] = defaultdict(lambda: defaultdict(list))
+    start = int(since.timestamp())
+    for at, model, counts in rows:
+        when = as_utc(at)
+        if not model or not counts or when is None:
+            continue
+        slot = (int(when.timestamp()) - start) // step_s
+        merged[model.split("/", 1)[0]][slot].append(list(counts))
+    series = []
+    for model, slots in sorted(merged.items()):
+        points: list[tuple[datetime, float | None]] = []
+        for slot in sorted(slots):
+            hist: LatencyHistogram = merge_counts(slots[slot])
+            points.append((since + timedelta(seconds=slot * step_s), hist.percentile(95)))
+        series.append(LatencySeries(model=model, points=points))
+    return LatencyChart(since=since, step_s=step_s, series=series)
