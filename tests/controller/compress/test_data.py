@@ -10,7 +10,7 @@ import pytest
 from edgefleet.controller.compress import EvalData, load_eval_data, split_eval_data
 from edgefleet.shared.errors import ConfigError, InvalidInput, ModelError
 
-from .conftest import Digits
+from .conftest import Digits, Encoder
 
 
 def test_loads_inputs_and_labels(digits: Digits) -> None:
@@ -97,3 +97,75 @@ def test_a_file_that_is_not_a_model(tmp_path: Path) -> None:
     np.savez(tmp_path / "e.npz", inputs=np.zeros((4, 1, 8, 8), np.float32))
     with pytest.raises(ModelError, match=r"cannot load m\.onnx"):
         load_eval_data(tmp_path / "e.npz", tmp_path / "m.onnx")
+
+
+def test_one_array_per_input_of_a_multi_input_model(encoder: Encoder, tmp_path: Path) -> None:
+    data = load_eval_data(encoder.eval_npz, encoder.onnx)
+    assert list(data.feeds) == ["input_ids", "attention_mask", "token_type_ids"]
+    assert all(a.dtype == np.int64 for a in data.feeds.values())
+    cal, ev = split_eval_data(data, 0.5, seed=1)
+    assert len(cal) + len(ev) == len(data)
+    # rows stay paired across inputs: each row's mask covers exactly its non-padding ids
+    for part in (cal, ev):
+        assert np.array_equal(part.feeds["attention_mask"] == 1, part.feeds["input_ids"] != 0)
+    # int32 ids are widened; a shorter sequence fits the free axis
+    arrays = {k: v[:, :10].astype(np.int32) for k, v in np.load(encoder.eval_npz).items()}
+    np.savez(tmp_path / "short.npz", **arrays)
+    short = load_eval_data(tmp_path / "short.npz", encoder.onnx)
+    assert short.feeds["input_ids"].dtype == np.int64 and short.inputs.shape[1] == 10
+
+
+def _encoder_arrays(encoder: Encoder) -> dict[str, np.ndarray]:
+    return dict(np.load(encoder.eval_npz).items())
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        (lambda a: a.pop("attention_mask"), ConfigError,
+         r"an array per input of bert:2\.0: missing 'attention_mask'; it holds input_ids, "
+         "token_type_ids"),
+        (lambda a: a.update(extra=a["input_ids"]), ConfigError,
+         r"arrays that are not inputs of bert:2\.0: 'extra'"),
+        (lambda a: a.update(token_type_ids=a["token_type_ids"][:-1]), InvalidInput,
+         "the inputs of bert:2.0 need the same rows; got input_ids 48, attention_mask 48, "
+         "token_type_ids 47"),
+        (lambda a: a.update(attention_mask=a["attention_mask"][:, :5]), InvalidInput,
+         "bert:2.0's inputs share axis 'sequence', but input_ids has 24 along it and "
+         "attention_mask has 5"),
+        (lambda a: a.update(input_ids=a["input_ids"].astype(np.float32)), InvalidInput,
+         "input_ids is float32, bert:2.0's 'input_ids' wants int64"),
+        (lambda a: a.update(input_ids=a["input_ids"][:, :, None]), InvalidInput,
+         r"input_ids has shape \(48, 24, 1\), bert:2\.0's 'input_ids' wants \[N, N\]"),
+    ],
+    ids=["missing", "extra", "rows", "shared-axis", "float-ids", "rank"],
+)  # fmt: skip
+def test_multi_input_data_that_does_not_fit(
+    encoder: Encoder, tmp_path: Path, change: object, error: type, match: str
+) -> None:
+    arrays = _encoder_arrays(encoder)
+    change(arrays)  # type: ignore[operator]
+    np.savez(tmp_path / "e.npz", **arrays)
+    with pytest.raises(error, match=match):
+        load_eval_data(tmp_path / "e.npz", encoder.onnx, "bert:2.0")
+
+
+def test_a_bool_input(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper, save
+
+    graph = helper.make_graph(
+        [helper.make_node("Where", ["keep", "x", "zero"], ["y"])],
+        "masked",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3]),
+         helper.make_tensor_value_info("keep", TensorProto.BOOL, ["n", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+        [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])],
+    )  # fmt: skip
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    keep = np.arange(12).reshape(4, 3) % 2 == 0
+    np.savez(tmp_path / "e.npz", x=np.ones((4, 3)), keep=keep)
+    data = load_eval_data(tmp_path / "e.npz", tmp_path / "m.onnx")
+    assert data.feeds["keep"].dtype == np.bool_ and data.feeds["x"].dtype == np.float32
+    np.savez(tmp_path / "ints.npz", x=np.ones((4, 3)), keep=keep.astype(np.int64))
+    with pytest.raises(InvalidInput, match=r"keep is int64, m\.onnx's 'keep' wants bool"):
+        load_eval_data(tmp_path / "ints.npz", tmp_path / "m.onnx")

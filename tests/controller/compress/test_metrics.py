@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgefleet.controller.compress import cosine, mse, top1
+from edgefleet.controller.compress import cosine, cosine_rows, mse, mse_rows, top1, worst
 from edgefleet.controller.compress._metrics import check_metric, drop, score
 from edgefleet.shared.errors import ConfigError
 
@@ -54,3 +54,15 @@ def test_top1_needs_labels() -> None:
     with pytest.raises(ConfigError, match="needs labels"):
         check_metric("top1", has_labels=False)
     assert check_metric("cosine", has_labels=False) == "cosine"
+
+
+def test_rows_and_the_worst_row() -> None:
+    ref = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    out = np.array([[1.0, 0.0], [1.0, 1.0], [2.0, 2.0]])
+    assert cosine_rows(out, ref) == pytest.approx([1.0, 2**-0.5, 1.0])
+    assert worst("cosine", out, ref) == pytest.approx(2**-0.5)
+    assert mse_rows(out, ref) == pytest.approx([0.0, 0.5, 1.0])
+    assert worst("mse", out, ref) == pytest.approx(1.0)
+    assert worst("top1", out, ref) is None  # a fraction of rows has no worst row
+    # the mean hides the one bad row the worst case shows
+    assert cosine(out, ref) > 0.9 > worst("cosine", out, ref)  # type: ignore[operator]

@@ -16,7 +16,7 @@ from ._compress import (
 )
 from ._data import EvalData, load_eval_data, split_eval_data
 from ._measure import Timing, time_side_by_side
-from ._metrics import METRICS, cosine, mse, top1
+from ._metrics import METRICS, cosine, cosine_rows, mse, mse_rows, top1, worst
 from ._onnx_passes import (
     Candidate,
     PassFailed,
@@ -26,7 +26,9 @@ from ._onnx_passes import (
     quantize_int8_static,
 )
 from ._select import Breach, Measured, NoCandidateFits, breaches, choose
+from ._sensitivity import Sensitivity, keep_sensitive_in_float, rank_nodes, weighted_nodes
 from ._torch_passes import distill, export_onnx, prune_channels
+from ._transformer_passes import attention_shape, fuse_transformer, quantize_weights_nbits
 
 __all__ = [
     "METRICS",
@@ -40,23 +42,33 @@ __all__ = [
     "PassFailed",
     "PassOptions",
     "Progress",
+    "Sensitivity",
     "Timing",
+    "attention_shape",
     "breaches",
     "choose",
     "compress",
     "convert_fp16",
     "cosine",
+    "cosine_rows",
     "distill",
     "export_onnx",
+    "fuse_transformer",
     "graph_optimize",
+    "keep_sensitive_in_float",
     "load_eval_data",
     "local_threads",
     "mse",
+    "mse_rows",
     "needs_reduce_range",
     "prune_channels",
     "quantize_int8_dynamic",
     "quantize_int8_static",
+    "quantize_weights_nbits",
+    "rank_nodes",
     "split_eval_data",
     "time_side_by_side",
     "top1",
+    "weighted_nodes",
+    "worst",
 ]
