@@ -102,7 +102,9 @@ class FleetWeb:
 
     @staticmethod
     def wants(path: str) -> bool:
-        return path in ("/", "/login", "/logout") or path.startswith(("/ui/", "/api/"))
+        return path in ("/", "/login", "/logout", "/favicon.ico") or path.startswith(
+            ("/ui/", "/api/")
+        )
 
     def answer(
         self,
@@ -115,6 +117,8 @@ class FleetWeb:
     ) -> WebAnswer:
         if not self._allowed(peer):
             return WebAnswer(HTTPStatus.NOT_FOUND, b"not found\n")
+        if path == "/favicon.ico":  # browsers ask for it on every page, JSON ones too
+            return _secure(WebAnswer(HTTPStatus.NO_CONTENT, b""))
         if path in _ASSETS:
             name, kind = _ASSETS[path]
             return _secure(WebAnswer(HTTPStatus.OK, _asset(name), kind))
