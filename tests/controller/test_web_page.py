@@ -57,12 +57,20 @@ def browser_page(fleet: RunningFleet) -> Iterator[tuple[Any, list[str]]]:
     from playwright.sync_api import sync_playwright
 
     problems: list[str] = []
+
+    def console(message: Any) -> None:
+        if message.type == "error":
+            problems.append(message.text)
+
+    def crashed(exc: Any) -> None:
+        problems.append(str(exc))
+
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 1100})
         page.set_default_timeout(WAIT_MS)
-        page.on("console", lambda m: m.type == "error" and problems.append(m.text))
-        page.on("pageerror", lambda exc: problems.append(str(exc)))
+        page.on("console", console)
+        page.on("pageerror", crashed)
         try:
             yield page, problems
         finally:
