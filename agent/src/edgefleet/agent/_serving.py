@@ -33,6 +33,7 @@ from ._tensors import (
     JSON_TYPE,
     NPY_TYPE,
     NPY_TYPES,
+    NPZ_TYPE,
     Call,
     body_limit,
     check_feeds,
@@ -50,11 +51,12 @@ _HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 
 
 def _check_media(content_type: str) -> None:
-    if content_type != JSON_TYPE and content_type not in NPY_TYPES:
+    if content_type not in (JSON_TYPE, NPZ_TYPE) and content_type not in NPY_TYPES:
         raise _Reply(
             HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
-            f"Content-Type must be {JSON_TYPE} or {NPY_TYPE}, not {content_type or 'missing'!r}",
+            f"Content-Type must be {JSON_TYPE}, {NPY_TYPE} or {NPZ_TYPE}, "
+            f"not {content_type or 'missing'!r}",
         )
 
 
@@ -177,6 +179,7 @@ class _Handler(BaseHTTPRequestHandler):
                 as_json=content_type == JSON_TYPE,
                 npy_input=query.get("input"),
                 max_batch=limits.max_batch,
+                as_npz=content_type == NPZ_TYPE,
             )
             length = self._content_length(min(limit, limits.max_body_bytes))
         except (InvalidInput, _Reply) as exc:

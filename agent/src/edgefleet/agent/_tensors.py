@@ -1,4 +1,5 @@
-"""Tensors in and out of HTTP bodies: JSON and .npy decoded into checked feeds, outputs encoded.
+"""Tensors in and out of HTTP bodies: JSON, .npy (one input) and .npz (an array per input)
+decoded into checked feeds, outputs encoded.
 
 Every refusal is an ``InvalidInput`` with a message a person can act on; a request bigger
 than the model's inputs can hold is an ``InputTooLarge``. What a request may hold is known
@@ -11,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -32,6 +34,11 @@ MAX_BATCH = 1024
 JSON_BYTES_PER_VALUE = 48
 JSON_ROOM = 4096  # the braces, the names and whitespace around them
 NPY_HEADER_MAX = 4096  # np.save writes 128 bytes; numpy itself allows 10000
+NPZ_TYPE = "application/x-npz"
+# A zip entry's local header, its central-directory record and its name, and the archive's
+# end record: np.savez writes about 200 bytes per entry with names of a few dozen.
+NPZ_ENTRY_ROOM = 1024
+NPZ_END_ROOM = 1024
 
 
 def max_values(spec: InputSpec, max_batch: int = MAX_BATCH) -> int:
@@ -40,12 +47,22 @@ def max_values(spec: InputSpec, max_batch: int = MAX_BATCH) -> int:
 
 
 def body_limit(
-    model: LoadedModel, *, as_json: bool, npy_input: str | None, max_batch: int = MAX_BATCH
+    model: LoadedModel,
+    *,
+    as_json: bool,
+    npy_input: str | None,
+    max_batch: int = MAX_BATCH,
+    as_npz: bool = False,
 ) -> int:
     """The largest body a request for ``model`` may have, known before it is read."""
     if as_json:
         return JSON_ROOM + sum(
             max_values(spec, max_batch) * JSON_BYTES_PER_VALUE for spec in model.inputs
+        )
+    if as_npz:
+        return NPZ_END_ROOM + sum(
+            NPZ_ENTRY_ROOM + NPY_HEADER_MAX + max_values(spec, max_batch) * spec.dtype.itemsize
+            for spec in model.inputs
         )
     spec = _npy_spec(model, npy_input)
     return NPY_HEADER_MAX + max_values(spec, max_batch) * spec.dtype.itemsize
@@ -62,10 +79,12 @@ class Call:
 def parse_call(
     model: LoadedModel, body: bytes, content_type: str, query: Mapping[str, str], max_batch: int
 ) -> Call:
-    """The feeds of a JSON or .npy body (``content_type`` is one of the two)."""
+    """The feeds of a JSON, .npz or .npy body (``content_type`` is one of them)."""
     if content_type == JSON_TYPE:
         return Call(feeds_from_json(body, model, max_batch), None)
     output = pick_output(model, query.get("output"))
+    if content_type == NPZ_TYPE:
+        return Call(feeds_from_npz(body, model, max_batch), output)
     return Call(feeds_from_npy(body, model, query.get("input"), max_batch), output)
 
 
@@ -182,6 +201,43 @@ def feeds_from_npy(
     array = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
     array = array.reshape(shape, order="F" if fortran_order else "C")
     return {spec.name: np.ascontiguousarray(array, dtype=dtype.newbyteorder("="))}
+
+
+def feeds_from_npz(
+    body: bytes, model: LoadedModel, max_batch: int = MAX_BATCH
+) -> dict[str, np.ndarray]:
+    """Every input from an .npz body (``np.savez``: one ``<input>.npy`` per input, stored
+    uncompressed). Compressed entries are refused, so no entry can grow past the body's
+    bounded size; each entry is then read as a .npy body for its input."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(body))
+        entries = archive.infolist()
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise InvalidInput(f"the body is not an .npz archive: {short_error(exc)}") from exc
+    if len(entries) > len(model.inputs):
+        raise InvalidInput(
+            f"the .npz holds {len(entries)} arrays; the model has {len(model.inputs)} inputs"
+        )
+    names = [e.filename.removesuffix(".npy") for e in entries]
+    if len(set(names)) != len(names):
+        raise InvalidInput("the .npz holds the same array twice")
+    _check_names(model, names)
+    feeds: dict[str, np.ndarray] = {}
+    with archive:
+        for entry, name in zip(entries, names, strict=True):
+            if entry.compress_type != zipfile.ZIP_STORED or entry.file_size != entry.compress_size:
+                raise InvalidInput(
+                    f"the .npz entry for {name!r} is compressed; send np.savez, not "
+                    "np.savez_compressed"
+                )
+            try:
+                data = archive.read(entry)
+            except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+                raise InvalidInput(
+                    f"the .npz entry for {name!r} cannot be read: {short_error(exc)}"
+                ) from exc
+            feeds.update(feeds_from_npy(data, model, name, max_batch))
+    return feeds
 
 
 def _check_names(
