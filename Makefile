@@ -46,6 +46,7 @@ bench: setup
 	$(PY) bench/controller_rollout.py
 	$(PY) bench/compress_profiles.py
 	$(PY) bench/int8_breakdown.py
+	$(PY) bench/observability.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -30,7 +30,7 @@ from pydantic import BaseModel
 
 from edgefleet.shared.errors import ConfigError, EdgefleetError
 
-from ..fleet import deployment_views, fleet_overview, latency_chart, list_events
+from ..fleet import LatencyHistory, deployment_views, fleet_overview, list_events
 from ..home import Home
 
 log = logging.getLogger("edgefleet.controller.web")
@@ -93,6 +93,7 @@ class FleetWeb:
         self.networks = web_networks(home.settings.web_allow)
         self.secure_cookie = secure_cookie
         self._session = _digest(self.token) if self.token else ""
+        self.latency = LatencyHistory(home)
         self._api: dict[str, Callable[[dict[str, str]], Any]] = {
             "/api/v1/status": self._status,
             "/api/v1/deployments": self._deployments,
@@ -214,11 +215,7 @@ class FleetWeb:
         return one
 
     def _latency(self, params: dict[str, str]) -> BaseModel:
-        return latency_chart(
-            self.home,
-            minutes=_int(params, "minutes", 30, 1, 24 * 60),
-            step_s=_int(params, "step", 60, 5, 3600),
-        )
+        return self.latency.chart(_int(params, "minutes", 30, 1, self.latency.keep_minutes))
 
     def _events(self, params: dict[str, str]) -> list[BaseModel]:
         return list(

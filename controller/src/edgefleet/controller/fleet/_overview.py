@@ -8,8 +8,9 @@ with several waves and gate evidence fill the same shape.
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,7 +18,7 @@ from pydantic import BaseModel
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from edgefleet.shared import LatencyHistogram, merge_counts
+from edgefleet.shared import LatencyHistogram
 
 from ..home import Home
 from ..registry import (
@@ -283,32 +284,65 @@ def deployment_views(
     return views
 
 
+class LatencyHistory:
+    """p95 per model version (name:version, all profiles) in ``step_s`` slots over the last
+    ``keep_minutes``, from the devices' histograms merged per slot. Merged incrementally:
+    each chart reads only the telemetry rows stored since the previous one (the first reads
+    at most CHART_ROWS), so a page refreshing every few seconds costs a few rows each time."""
+
+    def __init__(self, home: Home, *, step_s: int = 30, keep_minutes: int = 60) -> None:
+        self.home = home
+        self.step_s = step_s
+        self.keep_minutes = keep_minutes
+        self._lock = threading.Lock()
+        self._last_id: int | None = None
+        self._slots: dict[tuple[str, int], list[int]] = {}  # (model, slot start) -> counts
+
+    def chart(self, minutes: int = 30) -> LatencyChart:
+        minutes = min(minutes, self.keep_minutes)
+        now = utcnow()
+        with self._lock:
+            self._read(now)
+            since = int((now - timedelta(minutes=minutes)).timestamp())
+            since -= since % self.step_s
+            merged: dict[str, list[tuple[datetime, float | None]]] = defaultdict(list)
+            for (model, slot), counts in sorted(self._slots.items()):
+                if slot >= since:
+                    when = datetime.fromtimestamp(slot, UTC)
+                    merged[model].append((when, LatencyHistogram(counts).percentile(95)))
+        return LatencyChart(
+            since=datetime.fromtimestamp(since, UTC),
+            step_s=self.step_s,
+            series=[LatencySeries(model=m, points=p) for m, p in sorted(merged.items())],
+        )
+
+    def _read(self, now: datetime) -> None:
+        oldest = now - timedelta(minutes=self.keep_minutes)
+        with self.home.session() as session:
+            query = select(Telemetry.id, Telemetry.at, Telemetry.model, Telemetry.latency_counts)
+            if self._last_id is None:
+                top = session.exec(select(func.max(Telemetry.id))).one() or 0
+                query = query.where(col(Telemetry.id) > top - CHART_ROWS)
+            else:
+                query = query.where(col(Telemetry.id) > self._last_id)
+            rows = session.exec(query.where(col(Telemetry.model).is_not(None))).all()
+        self._last_id = max([self._last_id or 0, *(r[0] or 0 for r in rows)])
+        for _, at, model, counts in rows:
+            when = as_utc(at)
+            if not model or not counts or when is None or when < oldest:
+                continue
+            stamp = int(when.timestamp())
+            key = (model.split("/", 1)[0], stamp - stamp % self.step_s)
+            slot = self._slots.get(key)
+            if slot is None:
+                self._slots[key] = list(counts)
+            elif len(slot) == len(counts):
+                self._slots[key] = [a + b for a, b in zip(slot, counts, strict=True)]
+        cutoff = int(oldest.timestamp())
+        for key in [k for k in self._slots if k[1] < cutoff - self.step_s]:
+            del self._slots[key]
+
+
 def latency_chart(home: Home, *, minutes: int = 30, step_s: int = 60) -> LatencyChart:
-    """p95 per model version (name:version, all profiles) in ``step_s`` buckets over the last
-    ``minutes``, from the devices' histograms merged per bucket."""
-    since = utcnow() - timedelta(minutes=minutes)
-    with home.session() as session:
-        top = session.exec(select(func.max(Telemetry.id))).one() or 0
-        rows = session.exec(
-            select(Telemetry.at, Telemetry.model, Telemetry.latency_counts).where(
-                col(Telemetry.id) > top - CHART_ROWS,
-                col(Telemetry.at) >= since,
-                col(Telemetry.model).is_not(None),
-            )
-        ).all()
-    merged: dict[str, dict[int, list[list[int]]]] = defaultdict(lambda: defaultdict(list))
-    start = int(since.timestamp())
-    for at, model, counts in rows:
-        when = as_utc(at)
-        if not model or not counts or when is None:
-            continue
-        slot = (int(when.timestamp()) - start) // step_s
-        merged[model.split("/", 1)[0]][slot].append(list(counts))
-    series = []
-    for model, slots in sorted(merged.items()):
-        points: list[tuple[datetime, float | None]] = []
-        for slot in sorted(slots):
-            hist: LatencyHistogram = merge_counts(slots[slot])
-            points.append((since + timedelta(seconds=slot * step_s), hist.percentile(95)))
-        series.append(LatencySeries(model=model, points=points))
-    return LatencyChart(since=since, step_s=step_s, series=series)
+    """The chart read once, from scratch (``LatencyHistory`` keeps it up to date)."""
+    return LatencyHistory(home, step_s=step_s, keep_minutes=minutes).chart(minutes)

@@ -157,7 +157,7 @@ async function refresh() {
   try {
     const [status, deployments, latency, events] = await Promise.all([
       api("/api/v1/status?" + filters), api("/api/v1/deployments?limit=10"),
-      api("/api/v1/latency?minutes=30&step=30"), api("/api/v1/events?limit=30"),
+      api("/api/v1/latency?minutes=30"), api("/api/v1/events?limit=30"),
     ]);
     drawSummary(status.summary);
     drawDevices(status.devices);
