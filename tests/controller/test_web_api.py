@@ -20,6 +20,8 @@ from edgefleet.controller.registry import DeviceCreate
 from edgefleet.shared import N_BUCKETS, ModelRef, ModelStats, StatusMessage, TelemetryMessage
 from edgefleet.shared.errors import ConfigError
 
+from .conftest import Cli
+
 TOKEN = "operator-token-for-tests-0123456789"
 
 
@@ -136,3 +138,13 @@ def test_without_a_token_the_page_is_off(home: Home) -> None:
     home.settings = replace(home.settings, operator_token="")
     answer = FleetWeb(home).answer("GET", "/api/v1/status", "", _bearer(""), "127.0.0.1")
     assert answer.status == 403 and b"operator_token" in answer.body
+
+
+def test_init_makes_an_operator_token_and_says_where(cli: Cli, home_dir: Path) -> None:
+    out = cli.ok("init").stdout
+    assert "fleet page http://127.0.0.1:8471/" in out and "operator_token" in out
+    config = home_dir / "config.toml"
+    token = tomllib.loads(config.read_text())["operator_token"]
+    assert len(token) >= 40 and token not in out  # printed nowhere, kept in the 0600 file
+    assert config.stat().st_mode & 0o777 == 0o600
+    assert tomllib.loads(config.read_text())["web_allow"] == "127.0.0.0/8, ::1"
