@@ -1,10 +1,12 @@
-"""Compression per shipped profile on the digits CNN: every candidate's size, top-1 and
-median latency against fp32, measured side by side in the same run; the chosen one marked.
+"""Compression per shipped profile on a CNN (the small digits CNN, or with --model mobilenet
+a MobileNet-v3-Small, re-implemented in torch, on the digits at 32x32): every candidate's
+size, top-1 and median latency against fp32, measured side by side in the same run; the
+chosen one marked.
 
 Budgets (issue 4), on x86-edge: chosen >= 3.5x smaller and >= 1.5x faster than fp32 at a
 top-1 drop <= 1 point; with pruning and distillation allowed, >= 10x fewer bytes at <= 1 point.
 Run: .venv/bin/python bench/compress_profiles.py [--runs 300] [--batch 1] [--threads N]
-     [--only x86-edge ...]
+     [--only x86-edge ...] [--model digits|mobilenet]
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ from edgefleet.controller.home import (
     builtin_profiles_dir,
     load_profiles,
 )
-from edgefleet.harness import digits_images, train_cnn, write_eval_npz
+from edgefleet.harness import (
+    digits_images,
+    edge_images,
+    train_cnn,
+    train_mobilenet,
+    write_edge_eval_npz,
+    write_eval_npz,
+)
 
 
 def table(report: CompressionReport) -> str:
@@ -67,18 +76,26 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="override intra-op threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="*", default=[], help="profile names to run")
+    parser.add_argument("--model", choices=["digits", "mobilenet"], default="digits")
     args = parser.parse_args()
 
     import torch
 
     torch.set_num_threads(1)
     t0 = time.monotonic()
-    model = train_cnn(seed=args.seed)
     work = Path(tempfile.mkdtemp(prefix="edgefleet-compress-"))
-    x, _ = digits_images()
-    fp32 = export_onnx(model, x, work / "digits.onnx", input_name="input", name="digits").path
-    data = write_eval_npz(work / "eval.npz")
-    print(f"digits CNN trained in {time.monotonic() - t0:.1f} s; fp32 {fp32.stat().st_size:,} B")
+    if args.model == "mobilenet":
+        model = train_mobilenet(seed=args.seed, epochs=6)
+        x, _ = edge_images()
+        data = write_edge_eval_npz(work / "eval.npz")
+    else:
+        model = train_cnn(seed=args.seed)
+        x, _ = digits_images()
+        data = write_eval_npz(work / "eval.npz")
+    fp32 = export_onnx(model, x, work / "model.onnx", input_name="input", name="model").path
+    print(
+        f"{args.model} CNN trained in {time.monotonic() - t0:.1f} s; fp32 {fp32.stat().st_size:,} B"
+    )
     print(f"machine: {os.cpu_count()} CPUs; latency batch {args.batch}, {args.runs} rounds\n")
 
     profiles: dict[str, tuple[DeviceProfile, str]] = {

@@ -10,6 +10,13 @@ from ._artifacts import ArtifactServer, ServerFaults
 from ._broker import Broker, free_port, mosquitto_binary, wait_port
 from ._controller import ControllerFleet, Proc
 from ._digits_cnn import TRAIN_ROWS, build_cnn, digits_images, train_cnn, write_eval_npz
+from ._edge_cnns import (
+    MOBILENET_V3_SMALL,
+    build_mobilenet_v3_small,
+    edge_images,
+    train_mobilenet,
+    write_edge_eval_npz,
+)
 from ._encoder import (
     BENCH_ENCODER,
     ENCODER_INPUTS,
@@ -38,6 +45,7 @@ __all__ = [
     "BENCH_ENCODER",
     "DIGITS_IO",
     "ENCODER_INPUTS",
+    "MOBILENET_V3_SMALL",
     "TRAIN_ROWS",
     "AgentProcess",
     "ArtifactServer",
@@ -52,9 +60,11 @@ __all__ = [
     "ServerFaults",
     "build_cnn",
     "build_encoder",
+    "build_mobilenet_v3_small",
     "digits",
     "digits_images",
     "digits_model",
+    "edge_images",
     "export_encoder",
     "free_port",
     "infer_digits",
@@ -67,9 +77,11 @@ __all__ = [
     "smoke_sample",
     "train_cnn",
     "train_encoder",
+    "train_mobilenet",
     "wait_port",
     "wait_until",
     "write_digits_model",
+    "write_edge_eval_npz",
     "write_encoder_eval_npz",
     "write_eval_npz",
 ]
