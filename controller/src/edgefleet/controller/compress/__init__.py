@@ -15,6 +15,7 @@ from ._compress import (
     needs_reduce_range,
 )
 from ._data import EvalData, load_eval_data, split_eval_data
+from ._distill_layers import distill_outputs, export_like, layer_stack, shallow_student
 from ._measure import Timing, time_side_by_side
 from ._metrics import METRICS, cosine, cosine_rows, mse, mse_rows, top1, worst
 from ._onnx_passes import (
@@ -52,10 +53,13 @@ __all__ = [
     "cosine",
     "cosine_rows",
     "distill",
+    "distill_outputs",
+    "export_like",
     "export_onnx",
     "fuse_transformer",
     "graph_optimize",
     "keep_sensitive_in_float",
+    "layer_stack",
     "load_eval_data",
     "local_threads",
     "mse",
@@ -66,6 +70,7 @@ __all__ = [
     "quantize_int8_static",
     "quantize_weights_nbits",
     "rank_nodes",
+    "shallow_student",
     "split_eval_data",
     "time_side_by_side",
     "top1",

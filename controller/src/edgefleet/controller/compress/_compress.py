@@ -144,7 +144,16 @@ def compress(
     skipped: list[dict[str, str]] = []
     bases = [reference]
     bases += torch_candidates(
-        allowed, torch_model, student, calibration, out_dir, options, seed, notify, skipped
+        allowed,
+        torch_model,
+        student,
+        calibration,
+        out_dir,
+        options,
+        seed,
+        notify,
+        skipped,
+        reference.path,
     )
     threads = local_threads(profile.runtime.intra_op_threads)
     plan = Plan(

@@ -17,6 +17,7 @@ class PassOptions:
     distill_epochs: int = 30
     distill_temperature: float = 4.0
     distill_alpha: float = 0.7
+    distill_lr: float = 1e-4  # a multi-input (transformer) student, started from the teacher
     graph_opt_level: Literal["basic", "extended"] = "basic"
     calibration_methods: tuple[CalibrationMethodName, ...] = CALIBRATION_METHODS
     per_channel: tuple[bool, ...] = (False, True)
