@@ -21,15 +21,17 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 from sqlmodel import col, select, update
 
-from edgefleet.controller import deploy, init_home, load_settings, open_home
+from edgefleet.controller import Home, deploy, init_home, load_settings, open_home
 from edgefleet.controller.catalog import add_model
 from edgefleet.controller.daemon import (
     ArtifactServer,
     FleetWeb,
+    Inbound,
     Metrics,
     ingest_many,
     registry_token_check,
@@ -54,7 +56,7 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 
 
-def build_fleet(folder: Path, devices: int):  # type: ignore[no-untyped-def]
+def build_fleet(folder: Path, devices: int) -> Home:
     settings = load_settings(folder / "home", env={})
     init_home(settings)
     home = open_home(load_settings(folder / "home", env={}))
@@ -78,14 +80,12 @@ def build_fleet(folder: Path, devices: int):  # type: ignore[no-untyped-def]
     for profile in PROFILES:
         deploy(home, "digits:1.0.0", profile=profile)
     with home.session(write=True) as s:
-        s.exec(  # type: ignore[call-overload]
-            update(Deployment).where(col(Deployment.id) % 10 != 0).values(state="committed")
-        )
+        s.exec(update(Deployment).where(col(Deployment.id) % 10 != 0).values(state="committed"))
     names = list(_rows(home, select(Device.name)))
     now = datetime.now(UTC)
     counts = [0] * N_BUCKETS
     counts[18:24] = [5, 20, 40, 20, 10, 5]
-    batch = []
+    batch: list[tuple[str, Inbound]] = []
     for n, name in enumerate(names):
         batch.append((name, StatusMessage(device_id=name, online=n % 17 != 0)))
         for k in range(INTERVALS):
@@ -106,13 +106,13 @@ def build_fleet(folder: Path, devices: int):  # type: ignore[no-untyped-def]
             )  # fmt: skip
     for start in range(0, len(batch), 2000):
         with home.session(write=True) as s:
-            ingest_many(s, batch[start : start + 2000])  # type: ignore[arg-type]
+            ingest_many(s, batch[start : start + 2000])
     return home
 
 
-def _rows(home, query):  # type: ignore[no-untyped-def]
+def _rows(home: Home, query: Any) -> list[Any]:
     with home.session() as s:
-        return s.exec(query).all()
+        return list(s.exec(query).all())
 
 
 def timed(client: httpx.Client, url: str, runs: int, **kw: object) -> tuple[float, float, int]:
