@@ -25,6 +25,20 @@ CALIBRATION_BATCH = 32
 _log = logging.getLogger(__name__)
 
 
+@contextlib.contextmanager
+def quiet_quantiser() -> Iterator[None]:
+    """ONNX Runtime's quantisers warn on the root logger about what they skip (a LayerNorm
+    scale with no channel axis, a model not pre-processed): silenced while they run, as
+    none of it is news to the operator; errors still show."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 class PassFailed(ModelError):
     """A compression pass could not produce a model from this input."""
 
@@ -133,15 +147,16 @@ def quantize_int8_dynamic(
     quant_input = prepared or QuantizationInput(source, out_dir)
     unsigned = has_convolutions(source.path)
     try:
-        quantize_dynamic(
-            quant_input.path(),
-            out,
-            per_channel=per_channel,
-            reduce_range=reduce_range,
-            weight_type=QuantType.QUInt8 if unsigned else QuantType.QInt8,
-            nodes_to_exclude=list(exclude),
-            nodes_to_quantize=None if only is None else list(only),
-        )
+        with quiet_quantiser():
+            quantize_dynamic(
+                quant_input.path(),
+                out,
+                per_channel=per_channel,
+                reduce_range=reduce_range,
+                weight_type=QuantType.QUInt8 if unsigned else QuantType.QInt8,
+                nodes_to_exclude=list(exclude),
+                nodes_to_quantize=None if only is None else list(only),
+            )
     except Exception as exc:  # the quantiser raises assorted built-in and onnx errors
         raise PassFailed(f"dynamic int8 of {source.name} failed: {first_line(exc)}") from exc
     finally:
@@ -227,7 +242,7 @@ def quantize_int8_static(
     quant_input = prepared or QuantizationInput(source, out_dir)
     chatter = io.StringIO()  # the calibrators print their progress; it is logged instead
     try:
-        with contextlib.redirect_stdout(chatter):
+        with contextlib.redirect_stdout(chatter), quiet_quantiser():
             quantize_static(
                 quant_input.path(),
                 out,
