@@ -171,3 +171,33 @@ def _dynamic(ref: Candidate, out: Path):  # -> a quantise function for the sensi
     from functools import partial
 
     return partial(quantize_int8_dynamic, ref, out, per_channel=True)
+
+
+def test_kept_nodes_can_keep_int8_weights_with_float_arithmetic(
+    encoder: Encoder, tmp_path: Path
+) -> None:
+    ref = _reference(encoder)
+    quantise = _dynamic(ref, tmp_path)
+    ranking = rank_nodes(ref, encoder.calibration, "cosine", quantise)
+    matmuls = [s for s in ranking if s.op_type == "MatMul"][:2]
+
+    def compact(cand: Candidate, kept: list[str]) -> Candidate:
+        return quantize_weights_nbits(
+            cand, tmp_path, bits=8, block_size=128, embeddings=False, only=kept
+        )
+
+    kept_float = keep_sensitive_in_float(
+        ref, encoder.calibration, "cosine", quantise, matmuls,
+        max_drop=0.0, max_worst_drop=0.0, max_kept=2,
+    )  # fmt: skip
+    (tmp_path / "b").mkdir()
+    compacted = keep_sensitive_in_float(
+        ref, encoder.calibration, "cosine", _dynamic(ref, tmp_path / "b"), matmuls,
+        max_drop=0.0, max_worst_drop=0.0, max_kept=2, kept_weights=compact,
+    )  # fmt: skip
+    assert kept_float is not None and compacted is not None
+    steps = [s["pass"] for s in compacted.recipe["steps"]]
+    assert steps == ["int8_dynamic", "int8_weight"]
+    assert compacted.recipe["steps"][0]["sensitivity"]["kept_float"] == [s.node for s in matmuls]
+    assert _ops(compacted.path)["MatMulNBits"] == 2
+    assert compacted.path.stat().st_size < kept_float.path.stat().st_size

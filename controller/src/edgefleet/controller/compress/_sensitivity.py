@@ -104,11 +104,14 @@ def keep_sensitive_in_float(
     max_worst_drop: float | None,
     max_kept: int,
     threads: int = 1,
+    kept_weights: Callable[[Candidate, list[str]], Candidate] | None = None,
 ) -> Candidate | None:
     """The quantised model with the fewest most-sensitive nodes in float (1, 2, 4…, at most
     ``max_kept``) that meets ``TARGET_MARGIN`` of the budgets on the calibration rows; the
     last one tried when none does. None when nothing needs keeping (the fully quantised
-    model meets the target: it is a candidate already) or nothing is ranked."""
+    model meets the target: it is a candidate already) or nothing is ranked.
+    ``kept_weights`` then stores the kept nodes' weights compactly while their arithmetic
+    stays float (weight-only int8), so keeping them costs next to no size."""
     reference = run_outputs(open_session(source.path, threads), calibration)
     target_mean = max_drop * TARGET_MARGIN
     target_worst = None if max_worst_drop is None else max_worst_drop * TARGET_MARGIN
@@ -135,12 +138,18 @@ def keep_sensitive_in_float(
         if last is not None:
             last.path.unlink(missing_ok=True)
         last = quantise(exclude=keep, tag=f"-keep{len(keep)}")
+        if kept_weights is not None:
+            compact = _compacted(last, keep, kept_weights)
+            if compact is not last:
+                last.path.unlink(missing_ok=True)
+                last = compact
         if meets(last) or kept >= min(max_kept, len(harmful)):
             break
         kept = min(kept * 2, max_kept, len(harmful))
     steps = last.recipe["steps"]
-    steps[-1] = {
-        **steps[-1],
+    where = -2 if len(steps) > 1 and steps[-1].get("pass") == "int8_weight" else -1
+    steps[where] = {
+        **steps[where],
         "sensitivity": {
             "ranked_nodes": len(ranking),
             "kept_float": keep,
@@ -148,3 +157,12 @@ def keep_sensitive_in_float(
         },
     }
     return last
+
+
+def _compacted(
+    cand: Candidate, kept: list[str], kept_weights: Callable[[Candidate, list[str]], Candidate]
+) -> Candidate:
+    try:
+        return kept_weights(cand, kept)
+    except PassFailed:  # none of the kept nodes has weights it can store compactly
+        return cand

@@ -57,6 +57,9 @@ class Compression(BaseModel):
     int4_symmetric: list[bool] = Field(default_factory=lambda: [True, False])
     # int8_sensitive: at most this many of the most harmful nodes are kept in float
     max_kept_float: int = Field(default=8, ge=1)
+    # and their weights: "int8" stores them block-wise (MatMulNBits, arithmetic still
+    # float, next to no size), "float" keeps them fp32
+    kept_float_weights: Literal["int8", "float"] = "int8"
 
 
 class DeviceProfile(BaseModel):
