@@ -4,10 +4,14 @@ tests and benchmark: three inputs (``input_ids``, ``attention_mask``, ``token_ty
 a sequence axis left free, and a mean-pooled embedding out.
 
 The language: sentences drawn from a fixed random bigram chain over a Zipf-distributed
-vocabulary, two segments per example, padded to a length. The task is masked-token
-prediction (BERT's own), which trains every layer and the embeddings; after a few hundred
-steps the hidden states grow the few large-magnitude channels that make trained
-transformers hard to quantise. torch and transformers are imported only when used."""
+vocabulary, two segments per example, padded to a length. Training has two stages,
+as a sentence encoder's does: masked-token prediction (BERT's own), which trains every
+layer and the embeddings and grows the few large-magnitude channels that make trained
+transformers hard to quantise; then contrastive learning of the pooled embedding (SimCSE:
+two dropout views of a sentence pulled together, the batch's other sentences pushed away),
+without which mean pooling gives nearly the same vector for every sentence and a cosine
+to the fp32 embedding would measure nothing. torch and transformers are imported only when
+used."""
 
 from __future__ import annotations
 
@@ -154,6 +158,52 @@ def train_encoder(
         loss.backward()
         optimiser.step()
         schedule.step()
+        if progress is not None:
+            progress(step + 1, steps, float(loss.detach()))
+    model.eval()
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), str(cache))
+    return model
+
+
+def contrast_encoder(
+    model: Any,
+    *,
+    steps: int = 30,
+    batch: int = 32,
+    seq: int = 32,
+    lr: float = 3e-5,
+    temperature: float = 0.05,
+    seed: int = 1,
+    cache: Path | None = None,
+    progress: Any = None,
+) -> Any:  # nn.Module
+    """``model`` trained ``steps`` steps of unsupervised SimCSE on made-up sentences: each
+    sentence's two dropout views are each other's positives, the batch's other sentences
+    the negatives (InfoNCE at ``temperature``). With ``cache`` as in ``train_encoder``."""
+    import torch
+    import torch.nn.functional as F
+
+    if cache is not None and cache.is_file():
+        model.load_state_dict(torch.load(str(cache), map_location="cpu", weights_only=True))
+        return model.eval()
+    vocab = model.bert.config.vocab_size
+    data = {
+        k: torch.from_numpy(v)
+        for k, v in made_up_sentences(steps * batch, seq, vocab, seed).items()
+    }
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    model.train()  # dropout makes the two views
+    for step in range(steps):
+        rows = slice(step * batch, (step + 1) * batch)
+        feeds = [data[n][rows] for n in ENCODER_INPUTS]
+        a = F.normalize(model(*feeds), dim=1)
+        b = F.normalize(model(*feeds), dim=1)
+        loss = F.cross_entropy(a @ b.T / temperature, torch.arange(len(a)))
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
         if progress is not None:
             progress(step + 1, steps, float(loss.detach()))
     model.eval()
