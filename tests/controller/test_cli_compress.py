@@ -170,6 +170,13 @@ def _wrong_shape_npz(tmp: Path) -> str:
     return str(path)
 
 
+def _extra_array_npz(tmp: Path) -> str:
+    path = tmp / "extra.npz"
+    x, y = digits_images()
+    np.savez(path, inputs=x[:50], labels=y[:50], images=x[:50])
+    return str(path)
+
+
 def _home_profile(
     home: Path, name: str, *, max_size_bytes: int, passes: list[str], objective: str = ""
 ) -> str:
@@ -201,7 +208,14 @@ CASES = [
     ("missing npz",
      lambda t, h, d: ["-p", "x86-edge", "--data", str(t / "nope.npz")], 2, "does not exist"),
     ("inputs of the wrong shape",
-     lambda t, h, d: ["-p", "x86-edge", "--data", _wrong_shape_npz(t)], 2, "wants [N, 1, 8, 8]"),
+     lambda t, h, d: ["-p", "x86-edge", "--data", _wrong_shape_npz(t)], 2,
+     "digits:1.0.0's 'input' wants [N, 1, 8, 8]"),
+    ("an array that is not an input",
+     lambda t, h, d: ["-p", "x86-edge", "--data", _extra_array_npz(t)], 2,
+     "not inputs of digits:1.0.0: 'images'"),
+    ("worst-row budget with top1",
+     lambda t, h, d: ["-p", "x86-edge", "--data", d, "--max-worst-drop", "0.01"], 2,
+     "worst-row budget needs the cosine or mse metric"),
     ("unknown metric",
      lambda t, h, d: ["-p", "x86-edge", "--data", d, "--metric", "f1"], 2, "f1"),
     ("unknown profile",

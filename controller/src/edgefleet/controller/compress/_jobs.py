@@ -158,9 +158,13 @@ def _sensitive_jobs(plan: Plan, base: Candidate, prepared: QuantizationInput) ->
         return ranking
 
     def compact(cand: Candidate, kept: list[str]) -> Candidate:
+        matmuls = {s.node for s in ranked() if s.op_type == "MatMul"}
+        only = [k for k in kept if k in matmuls]  # MatMulNBits' 8-bit kernels: MatMul only
+        if not only:
+            raise PassFailed("no kept MatMul to store in int8")
         return quantize_weights_nbits(
             cand, plan.out_dir, bits=8, block_size=KEPT_WEIGHTS_BLOCK, symmetric=True,
-            embeddings=False, only=kept,
+            embeddings=False, only=only,
         )  # fmt: skip
 
     weights = compact if plan.settings.kept_float_weights == "int8" else None

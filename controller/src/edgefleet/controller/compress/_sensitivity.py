@@ -24,6 +24,8 @@ from ._onnx_passes import Candidate, PassFailed
 WEIGHTED_OPS = frozenset(
     {"MatMul", "Gemm", "Conv", "Attention", "EmbedLayerNormalization", "Gather", "LSTM", "GRU"}
 )
+# A node holding more than this share of the model's bytes is not kept in float as fp32.
+MAX_KEPT_SHARE = 0.05
 # Calibration rows and held-out rows differ: aim below the budget by this factor.
 TARGET_MARGIN = 0.6
 
@@ -36,18 +38,23 @@ class Sensitivity:
     node: str
     op_type: str
     error: float  # the larger of the mean and worst-row drop with only this node quantised
+    weight_bytes: int = 0  # its constant weights, as stored in fp32
 
 
-def weighted_nodes(model: Path) -> list[tuple[str, str]]:
-    """(name, op type) of the nodes that take a constant weight, in graph order."""
+def weighted_nodes(model: Path) -> list[tuple[str, str, int]]:
+    """(name, op type, weight bytes) of the nodes that take a constant weight, in graph
+    order."""
+    import math
+
     import onnx
 
     graph = onnx.load(str(model)).graph
-    constants = {i.name for i in graph.initializer}
+    sizes = {i.name: math.prod(i.dims) * 4 for i in graph.initializer}
     found = []
     for node in graph.node:
-        if node.op_type in WEIGHTED_OPS and node.name and any(i in constants for i in node.input):
-            found.append((node.name, node.op_type))
+        weights = sum(sizes.get(i, 0) for i in node.input)
+        if node.op_type in WEIGHTED_OPS and node.name and weights:
+            found.append((node.name, node.op_type, weights))
     return found
 
 
@@ -80,7 +87,7 @@ def rank_nodes(
     made and run on the calibration rows, against fp32."""
     reference = run_outputs(open_session(source.path, threads), calibration)
     ranked = []
-    for name, op in weighted_nodes(source.path):
+    for name, op, weights in weighted_nodes(source.path):
         try:
             alone = quantise(only=[name], tag="-probe")
         except PassFailed:
@@ -89,7 +96,8 @@ def rank_nodes(
             out = run_outputs(open_session(alone.path, threads), calibration)
         finally:
             alone.path.unlink(missing_ok=True)
-        ranked.append(Sensitivity(name, op, max(error_against(metric, out, reference))))
+        error = max(error_against(metric, out, reference))
+        ranked.append(Sensitivity(name, op, error, weights))
     return sorted(ranked, key=lambda s: (-s.error, s.node))
 
 
@@ -122,7 +130,15 @@ def keep_sensitive_in_float(
         )
         return mean_drop <= target_mean and (target_worst is None or worst_drop <= target_worst)
 
-    harmful = [s.node for s in ranking if s.error > 0]
+    # a node whose weights are a large share of the model (an embedding table) is not kept
+    # in float unless they can be stored compactly: it would undo most of the size gain
+    total = source.path.stat().st_size
+    harmful = [
+        s.node
+        for s in ranking
+        if s.error > 0
+        and (s.weight_bytes <= total * MAX_KEPT_SHARE or (kept_weights and s.op_type == "MatMul"))
+    ]
     if not harmful or max_kept < 1:
         return None
     full = quantise(tag="-check")
