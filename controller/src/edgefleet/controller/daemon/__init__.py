@@ -3,12 +3,13 @@ the HTTP server for artifacts, ``/metrics``, ``/healthz``, the fleet page and it
 the metrics it counts."""
 
 from ._access import Access, registry_token_check
-from ._http import ArtifactServer, server_tls_context
+from ._http import ArtifactServer
 from ._inbox import DeadLetter, DeviceRates, Inbox, RateLimit
 from ._ingest import Inbound, ingest, ingest_many
 from ._loop import CLIENT_ID, Daemon, Job, run_jobs, serve
 from ._metrics import Metrics
 from ._web import FleetWeb, WebAnswer, web_networks
+from ._wire import server_tls_context
 
 __all__ = [
     "CLIENT_ID",

@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from edgefleet.shared.errors import ConfigError, EdgefleetError
+from edgefleet.shared.errors import EdgefleetError
 
 from ..registry import ArtifactStore
 from ._access import Access, AccessCheck
@@ -111,17 +111,6 @@ class ArtifactServer:
         self.httpd.server_close()
         if self._thread:
             self._thread.join(timeout=5)
-
-
-def server_tls_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
-    """A TLS 1.2+ server context for the certificate ``edgefleet tls init`` made."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(cert_file, key_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot load the TLS certificate {cert_file}: {exc}") from exc
-    return context
 
 
 class _Server(ThreadingHTTPServer):
@@ -224,6 +213,11 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.rfile = buffered
 
+    def send_response(self, code: int, message: str | None = None) -> None:
+        super().send_response(code, message)
+        if self.close_connection:  # say so, or a client may send its next request on it
+            self.send_header("Connection", "close")
+
     def _give_up(self, status: HTTPStatus) -> None:
         self.wire.deadline = None
         try:
@@ -249,6 +243,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, b"form too large\n", body=True)
             return
         form = self.rfile.read(int(length))
+        if len(form) == int(length) and "Transfer-Encoding" not in self.headers:
+            self.close_connection = False  # the body was read whole: the next request may come
         self._answer_web("POST", path, query, form, body=True)
 
     def _answer_web(self, method: str, path: str, query: str, form: bytes, *, body: bool) -> None:

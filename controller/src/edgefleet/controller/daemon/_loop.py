@@ -28,10 +28,11 @@ from ..keys import resend_trust_updates, send_trust_updates
 from ..mqtt import MqttLink, Received, Session
 from ..rollout import dispatch_pending, resend_unconfirmed
 from ._access import registry_token_check
-from ._http import ArtifactServer, server_tls_context
+from ._http import ArtifactServer
 from ._inbox import DeviceRates, Inbox, RateLimit
 from ._metrics import Metrics
 from ._web import FleetWeb
+from ._wire import server_tls_context
 
 log = logging.getLogger("edgefleet.controller.daemon")
 

@@ -7,9 +7,13 @@ import http.client
 import io
 import re
 import socket
+import ssl
 import time
 from enum import Enum
+from pathlib import Path
 from typing import Any
+
+from edgefleet.shared.errors import ConfigError
 
 # Far above any file in the store (2**63 has 19 digits); longer numbers are compared by
 # their length, never handed to int(), which refuses strings over 4300 digits.
@@ -107,3 +111,14 @@ def _number(digits: str) -> int:
     if len(significant) > MAX_RANGE_DIGITS:
         return 10**MAX_RANGE_DIGITS
     return int(significant or "0")
+
+
+def server_tls_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
+    """A TLS 1.2+ server context for the certificate ``edgefleet tls init`` made."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the TLS certificate {cert_file}: {exc}") from exc
+    return context
