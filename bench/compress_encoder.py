@@ -9,7 +9,7 @@ quantize_dynamic, worst-row cosine to fp32 >= 0.995; with int4 allowed >= 6x sma
 worst-row cosine >= 0.98. Each profile's latency budget is lifted (this host is not the
 device; its size and worst-row budgets stand), and its metric is cosine to fp32.
 Run: .venv/bin/python bench/compress_encoder.py [--runs 200] [--rows 256] [--steps 400]
-     [--contrast-steps 60] [--only x86-edge ...]
+     [--contrast-steps 60] [--only x86-edge ...] [--distill]
 The trained weights are cached in ~/.cache/edgefleet-bench/ (training takes ~20 min).
 """
 
@@ -89,6 +89,9 @@ def main() -> None:
     parser.add_argument("--contrast-steps", type=int, default=60, help="SimCSE steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="*", default=[], help="profile names to run")
+    parser.add_argument(
+        "--distill", action="store_true", help="give the torch model: distil a 3-layer student"
+    )
     args = parser.parse_args()
 
     import torch
@@ -124,7 +127,7 @@ def main() -> None:
         for pc in (False, True)
     }
     chosen: dict[str, tuple[Path, CompressionReport]] = {}
-    options = PassOptions(calibration_methods=("minmax",))
+    options = PassOptions(calibration_methods=("minmax",), distill_epochs=10, distill_lr=2e-4)
     threads = 1
     for name, profile in load_profiles([builtin_profiles_dir()]).items():
         if args.only and name not in args.only:
@@ -136,8 +139,9 @@ def main() -> None:
         try:
             report = compress(
                 fp32, data, profile, work / name, metric="cosine", options=options,
+                torch_model=model if args.distill else None,
                 seed=args.seed, calibration_fraction=CALIBRATION_FRACTION,
-                latency_runs=max(20, args.runs // 4),
+                latency_runs=args.runs,
             )  # fmt: skip
         except NoCandidateFits as exc:
             print(f"== {name}: {exc}\n")
