@@ -99,7 +99,8 @@ def test_the_devices_figures_choose_the_variant(lab: Lab) -> None:
     report = json.loads(result.stdout)
     assert report["measured_on"] == "box-1"
     names = [c["name"] for c in report["candidates"]]
-    assert names[0] == "fp32" and len(names) == 3 and report["skipped"] == []
+    # the reference, graph optimisation, and int8 dynamic with per-channel weights off and on
+    assert names[0] == "fp32" and len(names) == 4 and report["skipped"] == []
 
     # every latency in the report is the one box-1 reported for that candidate
     seen = wait_until(
@@ -207,7 +208,10 @@ def test_a_quantised_variant_passes_the_devices_smoke_test_and_serves(lab: Lab) 
     assert report["chosen"]["recipe"]["steps"][-1]["pass"] == "int8_static"
     with sqlite3.connect(lab.home / "registry.db") as conn:
         (smoke,) = conn.execute("SELECT smoke_test FROM variant WHERE name = 'shrink'").fetchone()
-    assert json.loads(smoke)["atol"] > 1e-4  # room for another CPU's int8 kernels
+    # room for another CPU's int8 kernels: twice the gap between the fused kernels and plain
+    # QDQ arithmetic here, which is nothing when only the weights are int8 (as static int8
+    # of a graph without convolutions now does) and the arithmetic stays float
+    assert json.loads(smoke)["atol"] >= 1e-4
 
     lab.start_daemon()
     lab.start_agent("box-1")
