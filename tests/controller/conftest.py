@@ -18,7 +18,7 @@ from typer.testing import CliRunner, Result
 from edgefleet.controller import Home, init_home, load_settings, open_home
 from edgefleet.controller.cli import app
 from edgefleet.controller.registry import create_engine
-from edgefleet.harness import digits, write_digits_model
+from edgefleet.harness import ControllerFleet, digits, write_digits_model
 
 POSTGRES_ENV = "EDGEFLEET_TEST_POSTGRES_URL"
 
@@ -45,6 +45,18 @@ class Cli:
         result = self(*args)
         assert result.exit_code == 0, result.output
         return result
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[ControllerFleet]:
+    """The real controller on this machine in ``tmp_path`` (its broker, home, and the daemon
+    and agents a test starts), stopped afterwards. A module whose fleet is something else
+    defines a ``fleet`` of its own."""
+    f = ControllerFleet(tmp_path)
+    try:
+        yield f
+    finally:
+        f.close()
 
 
 @pytest.fixture

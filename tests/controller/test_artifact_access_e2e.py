@@ -6,8 +6,6 @@ the device's own MQTT password."""
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -21,15 +19,6 @@ try:
     mosquitto_binary()
 except RuntimeError:  # pragma: no cover - set up by `make setup`
     pytest.skip("mosquitto is not installed", allow_module_level=True)
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[ControllerFleet]:
-    f = ControllerFleet(tmp_path)
-    try:
-        yield f
-    finally:
-        f.close()
 
 
 def _bearer(token: str) -> dict[str, str]:

@@ -9,8 +9,6 @@ old, revoked key is refused by the agents with `revoked_key`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,15 +28,6 @@ try:
     mosquitto_binary()
 except RuntimeError:  # pragma: no cover - set up by `make setup`
     pytest.skip("mosquitto is not installed", allow_module_level=True)
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[ControllerFleet]:
-    f = ControllerFleet(tmp_path)
-    try:
-        yield f
-    finally:
-        f.close()
 
 
 def _trust(fleet: ControllerFleet) -> dict[str, dict[str, Any]]:

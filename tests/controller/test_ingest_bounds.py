@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -203,15 +201,6 @@ def test_rates_forget_the_least_recently_heard_device_first() -> None:
 
 
 # -- end to end ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[ControllerFleet]:
-    f = ControllerFleet(tmp_path)
-    try:
-        yield f
-    finally:
-        f.close()
 
 
 @pytest.mark.slow

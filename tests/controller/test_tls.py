@@ -8,7 +8,6 @@ import json
 import socket
 import ssl
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -64,15 +63,6 @@ def test_an_mqtts_broker_url_without_a_certificate_is_refused(
 
 
 # -- end to end -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[ControllerFleet]:
-    f = ControllerFleet(tmp_path)
-    try:
-        yield f
-    finally:
-        f.close()
 
 
 @pytest.mark.slow

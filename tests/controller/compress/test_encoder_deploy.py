@@ -8,8 +8,6 @@ from __future__ import annotations
 import io
 import json
 import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -52,15 +50,6 @@ objective = "size"
 int4_block_sizes = [32]
 int4_symmetric = [true]
 """
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[ControllerFleet]:
-    f = ControllerFleet(tmp_path)
-    try:
-        yield f
-    finally:
-        f.close()
 
 
 def test_an_encoder_compressed_deployed_and_served(

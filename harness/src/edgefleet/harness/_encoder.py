@@ -132,9 +132,8 @@ def train_encoder(
     import torch.nn.functional as F
 
     model = build_encoder(shape, seed)
-    if cache is not None and cache.is_file():
-        model.load_state_dict(torch.load(str(cache), map_location="cpu", weights_only=True))
-        return model.eval()
+    if _load_cached(model, cache):
+        return model
     data = {
         k: torch.from_numpy(v)
         for k, v in made_up_sentences(steps * batch, seq, shape.vocab, seed).items()
@@ -160,11 +159,7 @@ def train_encoder(
         schedule.step()
         if progress is not None:
             progress(step + 1, steps, float(loss.detach()))
-    model.eval()
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), str(cache))
-    return model
+    return _saved(model, cache)
 
 
 def contrast_encoder(
@@ -185,9 +180,8 @@ def contrast_encoder(
     import torch
     import torch.nn.functional as F
 
-    if cache is not None and cache.is_file():
-        model.load_state_dict(torch.load(str(cache), map_location="cpu", weights_only=True))
-        return model.eval()
+    if _load_cached(model, cache):
+        return model
     vocab = model.bert.config.vocab_size
     data = {
         k: torch.from_numpy(v)
@@ -206,11 +200,7 @@ def contrast_encoder(
         optimiser.step()
         if progress is not None:
             progress(step + 1, steps, float(loss.detach()))
-    model.eval()
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), str(cache))
-    return model
+    return _saved(model, cache)
 
 
 def export_encoder(model: Any, path: Path, seq: int = 16) -> Path:
@@ -242,3 +232,25 @@ def write_encoder_eval_npz(path: Path, rows: int, seq: int, vocab: int, seed: in
     """The operator's unlabeled ``eval.npz`` for the encoder: one array per input."""
     np.savez(path, **made_up_sentences(rows, seq, vocab, seed))  # type: ignore[arg-type]
     return path
+
+
+def _load_cached(model: Any, cache: Path | None) -> bool:
+    """Load ``model``'s weights from ``cache`` when it exists (and set it to eval)."""
+    import torch
+
+    if cache is None or not cache.is_file():
+        return False
+    model.load_state_dict(torch.load(str(cache), map_location="cpu", weights_only=True))
+    model.eval()
+    return True
+
+
+def _saved(model: Any, cache: Path | None) -> Any:
+    """``model`` set to eval, its weights written to ``cache`` when one is given."""
+    import torch
+
+    model.eval()
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), str(cache))
+    return model

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -25,10 +25,10 @@ from edgefleet.shared import TrustCommand, TrustUpdate
 
 from ..home import Home
 from ..registry import Device, DeviceTrustUpdate, TrustUpdateState
+from ..rollout import Publish
 
 log = logging.getLogger("edgefleet.controller.keys")
 
-Publish = Callable[[str, bytes], None]  # (topic, payload), QoS 1
 # A device may be away for a while: the agent's broker session lasts 7 days by default, and
 # an update that outlives it would never reach the device anyway.
 TRUST_TTL = timedelta(days=30)
@@ -155,7 +155,7 @@ def resend_trust_updates(home: Home, publish: Publish) -> list[TrustSent]:
     for row, device_name in rows:
         row_id, update_id, version, payload = row.id, row.update_id, row.version, row.payload
         assert payload is not None
-        if _issued_at(payload) + TRUST_TTL <= now:
+        if _expires_at(payload) <= now:
             log.warning("trust update %s for %s expired unconfirmed", update_id, device_name)
             continue
         topic = shared.command_topic(device_name, home.settings.topic_prefix)
@@ -166,10 +166,10 @@ def resend_trust_updates(home: Home, publish: Publish) -> list[TrustSent]:
     return resent
 
 
-def _issued_at(payload: bytes) -> datetime:
+def _expires_at(payload: bytes) -> datetime:
     command = shared.decode(payload)
     assert isinstance(command, TrustCommand)  # written by record_trust_updates
-    return shared.parse_signed_document(command.signed.payload_bytes()).issued_at
+    return shared.parse_signed_document(command.signed.payload_bytes()).expires_at
 
 
 def _broker_has_it(home: Home, row_id: int) -> None:
