@@ -105,6 +105,7 @@ class Fleet:
         self.link = FakeLink()
         self.sequence = 0
         self.trust_version = 0
+        self.deployed: list[str] = []  # deployment ids of the manifests sent, in order
         self.config = AgentConfig(
             device_id=DEVICE,
             broker_url="mqtt://broker.test:1883",
@@ -172,11 +173,18 @@ class Fleet:
     ) -> tuple[str, bytes]:
         signer = signer or self.key
         manifest = self.manifest(model, signer=signer, **kw)
+        self.deployed.append(manifest.deployment_id)
         blob = shared.sign(shared.encode_document(manifest), signer)
         return manifest.deployment_id, shared.encode(DeployCommand(signed=blob))
 
-    def rollback(self) -> tuple[str, bytes]:
-        order = RollbackOrder(**self._signed(deployment_id=f"rb-{uuid.uuid4().hex[:6]}"))
+    def rollback(self, undoes: str | None = None, **changes: Any) -> tuple[str, bytes]:
+        """A rollback of ``undoes``: by default the deployment the newest agent serves now
+        (a made-up id when it serves nothing)."""
+        if undoes is None:
+            active = self._agents[-1].state.active if self._agents else None
+            undoes = active.deployment_id if active is not None else "dep-nothing-served"
+        fields = self._signed(deployment_id=f"rb-{uuid.uuid4().hex[:6]}", undoes=undoes)
+        order = RollbackOrder(**{**fields, **changes})
         blob = shared.sign(shared.encode_document(order), self.key)
         return order.deployment_id, shared.encode(RollbackCommand(signed=blob))
 

@@ -231,7 +231,7 @@ def test_a_device_enrolled_with_one_secret_for_both_keeps_working(
         with engine.begin() as conn:
             for sql in statements:
                 conn.execute(sa.text(sql), values)
-        assert upgrade(engine) == [5, 6]
+        assert upgrade(engine) == [5, 6, 7]
         srv = ArtifactServer(store, registry_token_check(engine)).start()
         try:
             r = _get(srv, stored.sha256, token)

@@ -108,7 +108,7 @@ def test_signed_rollback_switches_back_and_is_applied_once(
     m2 = operator.deploy("dev-rb", v2, version="2.0.0")
     observer.wait_event(m2.deployment_id, "committed")
 
-    rollback_id, payload = operator.rollback_payload("dev-rb")
+    rollback_id, payload = operator.rollback_payload("dev-rb", undoes=m2.deployment_id)
     mark = observer.mark()
     operator.send("dev-rb", payload)
     observer.wait_event(rollback_id, "rolled_back")

@@ -73,7 +73,7 @@ def test_sigkill_in_state_then_restart(
         m2 = operator.deploy(device, v2, version="2.0.0")
         target = m2.deployment_id
     else:
-        target, payload = operator.rollback_payload(device)
+        target, payload = operator.rollback_payload(device, undoes=m2.deployment_id)
         operator.send(device, payload)
     wait_until(
         lambda: (

@@ -85,7 +85,9 @@ def make_manifest(private_key: Ed25519PrivateKey) -> Callable[..., Manifest]:
 @pytest.fixture
 def make_rollback(private_key: Ed25519PrivateKey) -> Callable[..., RollbackOrder]:
     def make(**overrides: Any) -> RollbackOrder:
-        fields = _signed_fields(private_key, deployment_id="rb-1", sequence=8, reason="p99 up")
+        fields = _signed_fields(
+            private_key, deployment_id="rb-1", sequence=8, undoes="dep-0001", reason="p99 up"
+        )
         fields.update(overrides)
         return RollbackOrder(**fields)
 

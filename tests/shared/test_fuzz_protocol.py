@@ -77,7 +77,7 @@ DOCUMENTS: list[Any] = [
         ),
         runtime=RuntimeSettings(),
     ),
-    RollbackOrder(**SIGNED, deployment_id="rb-1", sequence=4),
+    RollbackOrder(**SIGNED, deployment_id="rb-1", sequence=4, undoes="dep-1"),
     BenchmarkOrder(
         **SIGNED,
         benchmark_id="b-1",

@@ -19,6 +19,7 @@ from edgefleet.shared.errors import (
     ModelError,
     NoCandidate,
     NothingToRollBack,
+    RollbackMismatch,
     SmokeTestFailed,
 )
 
@@ -41,6 +42,21 @@ def load_stored(store: StateStore, sha256: str, record: ServingRecord | Manifest
         sha256=sha256,
         runtime=record.runtime,
     )
+
+
+def check_rollback(order: RollbackOrder, active: ServingRecord | None) -> None:
+    """Raise :class:`RollbackMismatch` unless the device serves the deployment ``order`` undoes.
+
+    A device serving nothing refuses every rollback this way too: there is no deployment
+    to undo. One that serves the right deployment but kept no model before it accepts the
+    order, which then fails as ``nothing_to_roll_back``.
+    """
+    if active is None or active.deployment_id != order.undoes:
+        serving = repr(active.deployment_id) if active is not None else "nothing"
+        raise RollbackMismatch(
+            f"rollback {order.deployment_id} undoes deployment {order.undoes!r}, "
+            f"but this device serves {serving}"
+        )
 
 
 class LifecycleActions:
@@ -84,7 +100,7 @@ class LifecycleActions:
                 State.SWITCHING: lambda r: self.switch(r, doc),
             }
         assert isinstance(doc, RollbackOrder), f"no lifecycle for {doc.kind}"
-        return {State.ROLLING_BACK: self.roll_back}
+        return {State.ROLLING_BACK: lambda r: self.roll_back(r, doc)}
 
     def forget_candidate(self) -> None:
         self._candidate = None
@@ -167,7 +183,11 @@ class LifecycleActions:
             self._slot.swap(candidate)
         return Outcome.SUCCESS
 
-    def roll_back(self, record: DeploymentRecord) -> Outcome:
+    def roll_back(self, record: DeploymentRecord, doc: RollbackOrder) -> Outcome:
+        try:  # checked when accepted; again here for a record resumed after a restart
+            check_rollback(doc, self._state.active)
+        except RollbackMismatch as exc:
+            return record.fail(exc.code, str(exc))
         target = self._state.previous
         if target is None:
             return record.fail(NothingToRollBack.code, "there is no previous model on this device")

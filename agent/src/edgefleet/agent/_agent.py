@@ -23,13 +23,14 @@ from edgefleet.shared import (
     DeployCommand,
     PingCommand,
     RollbackCommand,
+    RollbackOrder,
     SignedBlob,
     TrustCommand,
     TrustUpdate,
 )
 from edgefleet.shared.errors import EdgefleetError, InternalError, KeyRevoked, MessageError
 
-from ._actions import LifecycleActions, load_stored
+from ._actions import LifecycleActions, check_rollback, load_stored
 from ._benchmark import run_benchmark
 from ._config import AgentConfig
 from ._death_test import DeathTestPause
@@ -329,6 +330,8 @@ class Agent:
             shared.check_document(
                 doc, blob, device_id=self.config.device_id, last_sequence=self.state.last_sequence
             )
+            if isinstance(doc, RollbackOrder):  # refused before accepted: the sequence stays
+                check_rollback(doc, self.state.active)
         except MessageError as exc:
             self.reporter.rejection(doc_id, exc.code, str(exc))
             return

@@ -1,7 +1,8 @@
 """The development harness: a real fleet on this machine for tests, benchmarks and the
 demo. A private Mosquitto, an artifact server, the operator's side played in-process
 (signing, publishing, watching), agents and `edgefleet serve` as subprocesses, small
-digits models (an ONNX MLP, a torch CNN) and one way to wait on evidence.
+digits models (an ONNX MLP, slow and failing variants of it, a torch CNN), steady client
+traffic on the agents' inference endpoints, and one way to wait on evidence.
 
 Installed by `make setup` (`pip install -e harness`); nothing shipped imports it.
 """
@@ -37,9 +38,20 @@ from ._fleet import (
     smoke_sample,
 )
 from ._local_fleet import LocalFleet, rss_bytes
-from ._models import digits, digits_model, write_digits_model
+from ._models import (
+    POISON_ABOVE,
+    digits,
+    digits_model,
+    failing_digits_model,
+    poisoned,
+    slow_digits_model,
+    write_digits_model,
+    write_failing_digits_model,
+    write_slow_digits_model,
+)
 from ._prometheus import Prometheus, prometheus_binary
 from ._public_api import public_names, ruff_order
+from ._traffic import ClientTraffic, DeviceTally
 from ._waiting import wait_until
 
 __all__ = [
@@ -47,11 +59,14 @@ __all__ = [
     "DIGITS_IO",
     "ENCODER_INPUTS",
     "MOBILENET_V3_SMALL",
+    "POISON_ABOVE",
     "TRAIN_ROWS",
     "AgentProcess",
     "ArtifactServer",
     "Broker",
+    "ClientTraffic",
     "ControllerFleet",
+    "DeviceTally",
     "EncoderShape",
     "LocalFleet",
     "Observer",
@@ -68,14 +83,17 @@ __all__ = [
     "digits_model",
     "edge_images",
     "export_encoder",
+    "failing_digits_model",
     "free_port",
     "infer_digits",
     "made_up_sentences",
     "mosquitto_binary",
+    "poisoned",
     "prometheus_binary",
     "public_names",
     "rss_bytes",
     "ruff_order",
+    "slow_digits_model",
     "smoke_sample",
     "train_cnn",
     "train_encoder",
@@ -86,4 +104,6 @@ __all__ = [
     "write_edge_eval_npz",
     "write_encoder_eval_npz",
     "write_eval_npz",
+    "write_failing_digits_model",
+    "write_slow_digits_model",
 ]

@@ -119,12 +119,14 @@ class Operator:
         blob = shared.sign(shared.encode_document(manifest), key or self.key)
         return shared.encode(DeployCommand(signed=blob))
 
-    def rollback_payload(self, device_id: str) -> tuple[str, bytes]:
+    def rollback_payload(self, device_id: str, *, undoes: str) -> tuple[str, bytes]:
+        """A signed rollback order of the deployment ``undoes`` (what the device must serve)."""
         now = datetime.now(UTC)
         order = RollbackOrder(
             deployment_id=f"rb-{uuid.uuid4().hex[:10]}",
             device_id=device_id,
             sequence=self.next_sequence(device_id),
+            undoes=undoes,
             issued_at=now,
             expires_at=now + timedelta(hours=1),
             key_id=self.key_id,

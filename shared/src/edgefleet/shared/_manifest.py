@@ -146,11 +146,16 @@ class Manifest(_Signed):
 
 
 class RollbackOrder(_Signed):
-    """Switch back to the previous model. The only way to go back in sequence."""
+    """Switch back to the previous model. The only way to go back in sequence.
+
+    ``undoes`` names the deployment whose model the device must be serving for the order
+    to apply; a device serving anything else (or nothing) refuses it, so a late rollback
+    cannot undo a model that has been replaced since the order was signed."""
 
     kind: Literal["rollback"] = "rollback"
     deployment_id: str = Field(pattern=_ID.pattern)
     sequence: int = Field(ge=1)
+    undoes: str = Field(pattern=_ID.pattern)
     reason: str = ""
 
 

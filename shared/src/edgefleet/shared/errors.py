@@ -10,7 +10,8 @@
     │   └── ManifestRejected         well-signed, but not for us now
     │       ├── WrongDevice
     │       ├── ManifestExpired
-    │       └── ReplayedSequence
+    │       ├── ReplayedSequence
+    │       └── RollbackMismatch     undoes a deployment the device is not serving
     ├── ArtifactError                the model file
     │   ├── DownloadError            network trouble; worth a retry
     │   ├── SizeExceeded             more bytes than declared
@@ -27,7 +28,8 @@
     ├── DeploymentError              the lifecycle cannot go on
     │   ├── LoopDetected             a deployment that keeps coming back
     │   ├── NoCandidate              nothing loaded to test
-    │   └── NothingToRollBack        no previous model on the device
+    │   ├── NothingToRollBack        no previous model on the device
+    │   └── DeviceLost               silent past the in-progress timeout (the controller's)
     ├── BrokerError                  MQTT connection trouble
     │   └── DeviceOffline            the device a command needs is not connected
     ├── BenchmarkFailed              no latency figures from a device
@@ -54,6 +56,7 @@ __all__ = [
     "Conflict",
     "CrashedWhileLoading",
     "DeploymentError",
+    "DeviceLost",
     "DeviceOffline",
     "DownloadError",
     "EdgefleetError",
@@ -73,6 +76,7 @@ __all__ = [
     "NothingToRollBack",
     "RegistryError",
     "ReplayedSequence",
+    "RollbackMismatch",
     "RotationIncomplete",
     "SignatureError",
     "SignatureMismatch",
@@ -138,6 +142,15 @@ class ManifestExpired(ManifestRejected):
 
 class ReplayedSequence(ManifestRejected):
     code = "replayed_sequence"
+
+
+class RollbackMismatch(ManifestRejected):
+    """The rollback undoes a deployment the device is not serving, or the device serves
+    nothing (a late or misdirected order): refused before it is accepted, so its sequence
+    number is not used up. A device serving the right deployment with no model before it
+    accepts the order and fails it as :class:`NothingToRollBack`."""
+
+    code = "rollback_mismatch"
 
 
 class ArtifactError(EdgefleetError):
@@ -213,6 +226,13 @@ class NoCandidate(DeploymentError):
 
 class NothingToRollBack(DeploymentError):
     code = "nothing_to_roll_back"
+
+
+class DeviceLost(DeploymentError):
+    """The device went silent past the in-progress timeout after its command. Raised and
+    recorded by the controller; an agent never reports it."""
+
+    code = "device_lost"
 
 
 class BrokerError(EdgefleetError):

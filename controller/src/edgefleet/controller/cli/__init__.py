@@ -1,12 +1,13 @@
 """The ``edgefleet`` command line: one module per noun over the service functions, with
 rendering in one place (``_render``)."""
 
-from . import _compress, _deploy, _device, _key, _model, _profile, _serve, _tls  # noqa: F401
+from . import _compress, _deploy, _device, _key, _model, _profile, _rollout_actions, _serve, _tls  # noqa: F401
 from ._app import EXIT_FAILURE, EXIT_USAGE, app
+from ._rollout import EXIT_IN_PROGRESS
 
 
 def main() -> None:
     app()
 
 
-__all__ = ["EXIT_FAILURE", "EXIT_USAGE", "app", "main"]
+__all__ = ["EXIT_FAILURE", "EXIT_IN_PROGRESS", "EXIT_USAGE", "app", "main"]

@@ -34,15 +34,22 @@ def deploy(
     timeout: Annotated[
         float, typer.Option(help="With --wait: give up after this many seconds.", min=0)
     ] = 600.0,
+    reason: Annotated[
+        str, typer.Option("--reason", help="Why: recorded with your user name.")
+    ] = "",
     as_json: JsonFlag = False,
 ) -> None:
     """Record a deployment of a model version to devices; `edgefleet serve` sends it.
 
+    A deploy is a rollout of one wave without gates (`edgefleet rollout start` stages one).
     With --wait the exit code is 0 only if every target committed.
     """
     labels = fleet.parse_labels(label or []) or None
     with opened_home(ctx) as home:
-        rows = rollout.deploy(home, ref, devices=device or None, profile=profile, labels=labels)
+        rows = rollout.deploy(
+            home, ref, devices=device or None, profile=profile, labels=labels,
+            started_by=rollout.operator_name(), note=reason,
+        )  # fmt: skip
         if wait:
             rows = rollout.wait_for_deployment(
                 home,

@@ -19,6 +19,7 @@ from edgefleet.shared import DeviceState, EventMessage, StatusMessage, Telemetry
 from ..registry import (
     FINISHED_STATES,
     Deployment,
+    DeploymentKind,
     DeploymentState,
     Device,
     DeviceTrustUpdate,
@@ -115,6 +116,12 @@ def _status(device: Device, msg: StatusMessage, now: datetime) -> None:
     if msg.agent_version:
         device.agent_version = msg.agent_version
     device.last_sequence = max(device.last_sequence, msg.last_sequence)
+    # a last will carries the status of when the agent connected: not what it serves now
+    if msg.online:
+        device.serving_deployment_id = msg.active.deployment_id if msg.active else None
+        device.serving_model = str(msg.active.model) if msg.active else None
+        device.previous_deployment_id = msg.previous.deployment_id if msg.previous else None
+        device.status_at = _utc(msg.sent_at)
 
 
 def _event(session: Session, device: Device, msg: EventMessage, now: datetime) -> None:
@@ -152,16 +159,47 @@ def _event(session: Session, device: Device, msg: EventMessage, now: datetime) -
     if row is None:
         _trust_answer(session, device, msg, now)
         return
-    if row.state in FINISHED_STATES:
+    if row.state in FINISHED_STATES and not _lost(row):
         return  # already settled: a late duplicate
     target = _EVENT_TO_STATE.get(msg.state, DeploymentState.IN_PROGRESS)
+    if _lost(row) and target not in FINISHED_STATES:
+        return  # a device presumed lost is settled only by how its order ended
     row.state = target.value
     row.payload = None  # the device has it: never resent, no need to keep the bytes
     if not msg.ok:
         row.error_code = msg.error_code
         row.error_message = msg.message
+    elif row.error_code == _LOST:
+        row.error_code = row.error_message = None
+    if target is DeploymentState.COMMITTED:
+        row.committed_at = _utc(msg.sent_at)  # the device's clock, as its telemetry's
     row.updated_at = now
     session.add(row)
+    if row.kind == DeploymentKind.ROLLBACK.value and target is DeploymentState.ROLLED_BACK:
+        _undone(session, device, row, now)
+
+
+_LOST = "device_lost"
+
+
+def _lost(row: Deployment) -> bool:
+    """Failed by the in-progress timeout, not by the device: its own report still counts."""
+    return row.state == DeploymentState.FAILED and row.error_code == _LOST
+
+
+def _undone(session: Session, device: Device, rollback: Deployment, now: datetime) -> None:
+    """A rollback went through: the deployment it undid is rolled back on that device."""
+    undone = session.exec(
+        select(Deployment).where(
+            Deployment.deployment_id == rollback.undoes,
+            Deployment.device_id == device.id,
+            Deployment.kind == DeploymentKind.DEPLOY.value,
+        )
+    ).first()
+    if undone is not None and undone.state != DeploymentState.ROLLED_BACK:
+        undone.state = DeploymentState.ROLLED_BACK.value
+        undone.updated_at = now
+        session.add(undone)
 
 
 # What a device's answer to a trust update means for its row.

@@ -4,8 +4,9 @@ Threads: paho's network loop (only queues what arrives), one ingest writer (deco
 writes a batch per transaction, then acknowledges), the HTTP server, and the caller's
 thread running the jobs on one clock until ``stop`` is set. The jobs, in order on every
 tick: after a (re)connect, resend the commands the broker never acknowledged; then, once
-nothing is left to resend (lower sequence numbers first), send pending trust updates, then
-pending deployments (a device learns a new signing key before the first manifest it signs).
+nothing is left to resend (lower sequence numbers first), send pending trust updates; move
+every active rollout on (start waves, judge gates, abort); then send pending deployments and
+rollbacks (a device learns a new signing key before the first manifest it signs).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from edgefleet.shared.errors import BrokerError, ConfigError, EdgefleetError
 from ..home import Home
 from ..keys import resend_trust_updates, send_trust_updates
 from ..mqtt import MqttLink, Received, Session
-from ..rollout import dispatch_pending, resend_unconfirmed
+from ..rollout import advance_rollouts, dispatch_pending, resend_unconfirmed
 from ._access import registry_token_check
 from ._http import ArtifactServer
 from ._inbox import DeviceRates, Inbox, RateLimit
@@ -112,6 +113,7 @@ class Daemon:
         self.jobs = [
             Job("resend", dispatch_interval_s, self._resend),
             Job("trust", dispatch_interval_s, self._send_trust),
+            Job("rollouts", dispatch_interval_s, self._advance),
             Job("dispatch", dispatch_interval_s, self._dispatch),
         ]
 
@@ -165,6 +167,11 @@ class Daemon:
         sent = send_trust_updates(self.home, self._publish)
         if sent:
             self.metrics.inc("edgefleet_trust_updates_sent_total", len(sent))
+
+    def _advance(self) -> None:
+        """Move every active rollout on from the registry (waves, gates, aborts)."""
+        for transition in advance_rollouts(self.home):
+            self.metrics.inc("edgefleet_rollout_transitions_total", 1, state=transition.after)
 
     def _dispatch(self) -> None:
         # pending rows wait until the unconfirmed ones went out: lower sequences first

@@ -62,7 +62,14 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
         "rate_limited (over the device's share) or unstorable (refused by the registry).",
         ("reason",),
     ),
-    "edgefleet_deployments_dispatched_total": ("Signed manifests published to devices.", ()),
+    "edgefleet_deployments_dispatched_total": (
+        "Signed manifests and rollback orders published to devices.",
+        (),
+    ),
+    "edgefleet_rollout_transitions_total": (
+        "Rollout state changes made by the daemon, by the state entered.",
+        ("state",),
+    ),
     "edgefleet_deployments_resent_total": (
         "Stored manifests published again on connecting, not yet confirmed by their device.",
         (),

@@ -79,6 +79,53 @@ class DeploymentPublic(SQLModel):
     state: str
     error_code: str | None = None
     error_message: str | None = None
+    wave: int | None = None  # its rollout wave (from 0)
+    kind: str = "deploy"  # or "rollback"
+
+
+class WavePublic(SQLModel):
+    number: int  # from 0
+    planned: int
+    state: str
+    devices: list[str]  # frozen when the wave started; counted by its gates
+    queued: list[str]  # offline when it started: sent, not counted
+    started_at: datetime | None
+    bake_started_at: datetime | None
+    decided_at: datetime | None
+    decision: str | None
+
+
+class RolloutPublic(SQLModel):
+    rollout_id: str  # also the deployment id its devices see
+    model: str  # name:version
+    selector: dict[str, Any]
+    state: str
+    current_wave: int
+    waves: int
+    reason: str
+    started_by: str
+    note: str
+    created_at: datetime
+    updated_at: datetime
+    counts: dict[str, int]  # deployment rows by state
+
+
+class RolloutDetail(SQLModel):
+    rollout: RolloutPublic
+    plan: dict[str, Any]
+    waves: list[WavePublic]
+    devices: list[DeploymentPublic]  # the rollout's rows, rollback rows included
+
+
+class GateEvaluationPublic(SQLModel):
+    wave: int
+    gate: str
+    decision: str
+    statistic: float | None
+    threshold: float | None
+    detail: str
+    inputs: dict[str, Any]
+    at: datetime
 
 
 class DeviceStatus(SQLModel):

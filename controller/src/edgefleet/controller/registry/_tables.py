@@ -37,6 +37,7 @@ def _json(nullable: bool = False) -> Any:
 class DeploymentState(StrEnum):
     """Where one device is in one deployment, as the controller sees it."""
 
+    WAITING = "waiting"  # in a rollout wave that has not started yet
     PENDING = "pending"  # recorded, not yet sent
     SENT = "sent"  # manifest published to the device's command topic
     IN_PROGRESS = "in_progress"  # the agent reported a step
@@ -44,6 +45,7 @@ class DeploymentState(StrEnum):
     FAILED = "failed"
     ROLLED_BACK = "rolled_back"
     SUPERSEDED = "superseded"  # a newer deployment replaced it before it finished
+    CANCELLED = "cancelled"  # its rollout was aborted before it was sent
 
 
 # The states a device's part of a deployment never leaves.
@@ -53,8 +55,16 @@ FINISHED_STATES = frozenset(
         DeploymentState.FAILED,
         DeploymentState.ROLLED_BACK,
         DeploymentState.SUPERSEDED,
+        DeploymentState.CANCELLED,
     }
 )
+
+
+class DeploymentKind(StrEnum):
+    """What a deployment row orders: a model to serve, or a return to the previous one."""
+
+    DEPLOY = "deploy"
+    ROLLBACK = "rollback"  # ``undoes`` names the deployment whose model it takes back
 
 
 class KeyState(StrEnum):
@@ -107,6 +117,11 @@ class Device(SQLModel, table=True):
     online: bool = False
     last_seen: datetime | None = _when(default=None)
     agent_version: str = ""
+    # since schema 7: what the device's retained status last said it serves
+    serving_deployment_id: str | None = Field(default=None, max_length=128)
+    serving_model: str | None = Field(default=None, max_length=256)  # name:version/variant
+    previous_deployment_id: str | None = Field(default=None, max_length=128)
+    status_at: datetime | None = _when(default=None)  # that status's sent_at (the device's clock)
 
 
 class Model(SQLModel, table=True):
@@ -165,7 +180,7 @@ class Deployment(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     deployment_id: str = Field(index=True, max_length=128)
-    device_id: int = Field(foreign_key="device.id", ondelete="CASCADE")
+    device_id: int = Field(foreign_key="device.id", ondelete="CASCADE", index=True)
     variant_id: int = Field(foreign_key="variant.id")
     sequence: int | None = None
     state: str = Field(default=DeploymentState.PENDING.value, max_length=32)
@@ -175,6 +190,18 @@ class Deployment(SQLModel, table=True):
     updated_at: datetime = _when(default_factory=utcnow)
     # since schema 3: the exact DeployCommand bytes published, stored with state ``sent``
     payload: bytes | None = Field(default=None, sa_type=sa.LargeBinary)
+    # since schema 7: the rollout and wave the row belongs to (None: a hand-made rollback),
+    # a rollback row's target, and when the command went out and the device committed
+    rollout_id: int | None = Field(default=None, index=True)
+    wave: int | None = None
+    kind: str = Field(
+        default=DeploymentKind.DEPLOY.value,
+        max_length=16,
+        sa_column_kwargs={"server_default": DeploymentKind.DEPLOY.value},
+    )
+    undoes: str | None = Field(default=None, max_length=128)
+    sent_at: datetime | None = _when(default=None)
+    committed_at: datetime | None = _when(default=None)
 
 
 class ArtifactGrant(SQLModel, table=True):
@@ -260,3 +287,87 @@ class DeviceTrustUpdate(SQLModel, table=True):
     error_message: str | None = None
     created_at: datetime = _when(default_factory=utcnow)
     updated_at: datetime = _when(default_factory=utcnow)
+
+
+class RolloutState(StrEnum):
+    """Where a rollout is; the transitions between them are in ``rollout._engine``."""
+
+    RUNNING = "running"  # a wave is installing or baking
+    PAUSED = "paused"  # by an operator, an inconclusive gate, or a failed one with --on-fail hold
+    ROLLING_BACK = "rolling_back"  # aborted: touched devices are being sent back
+    COMPLETED = "completed"  # every wave passed
+    ABORTED = "aborted"  # every touched device was sent back (or said why it could not)
+
+
+ACTIVE_ROLLOUT_STATES = frozenset(
+    {RolloutState.RUNNING, RolloutState.PAUSED, RolloutState.ROLLING_BACK}
+)
+
+
+class WaveState(StrEnum):
+    WAITING = "waiting"  # not started
+    INSTALLING = "installing"  # its devices have their orders; not all have finished
+    BAKING = "baking"  # finished installing; gathering evidence for the gates
+    PASSED = "passed"
+    FAILED = "failed"
+    INCONCLUSIVE = "inconclusive"
+    CANCELLED = "cancelled"  # never started: the rollout was aborted
+
+
+class Rollout(SQLModel, table=True):
+    """One model version on its way to a target set, wave by wave (schema 7). Its rows in
+    ``deployment`` carry ``rollout_id`` and share the manifest's deployment id, which is
+    also ``rollout_id`` here. ``revision`` rises with every write: writers compare and set."""
+
+    __tablename__ = "rollout"
+
+    id: int | None = Field(default=None, primary_key=True)
+    rollout_id: str = Field(unique=True, max_length=128)
+    model_version_id: int = Field(foreign_key="model_version.id")
+    selector: dict[str, Any] = _json()  # {"devices": [...]} | {"profile": ...} | {"labels": ...}
+    plan: dict[str, Any] = _json()  # a RolloutPlan as JSON
+    state: str = Field(default=RolloutState.RUNNING.value, max_length=16)
+    current_wave: int = 0
+    revision: int = 0
+    reason: str = ""  # why the state is what it is
+    started_by: str = Field(default="", max_length=64)
+    note: str = ""  # the operator's --reason when starting
+    created_at: datetime = _when(default_factory=utcnow)
+    updated_at: datetime = _when(default_factory=utcnow)
+
+
+class RolloutWave(SQLModel, table=True):
+    """One wave of a rollout: its frozen device list once started, and its deadlines' anchors."""
+
+    __tablename__ = "rollout_wave"
+    __table_args__ = (UniqueConstraint("rollout_id", "number"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    rollout_id: int = Field(foreign_key="rollout.id", ondelete="CASCADE")
+    number: int  # from 0
+    planned: int  # devices planned for it
+    state: str = Field(default=WaveState.WAITING.value, max_length=16)
+    devices: list[int] = _json()  # device ids, frozen at start (counted by the gates)
+    queued: list[int] = _json()  # device ids offline at start: sent, not counted
+    started_at: datetime | None = _when(default=None)
+    bake_started_at: datetime | None = _when(default=None)
+    analysed_at: datetime | None = _when(default=None)
+    decided_at: datetime | None = _when(default=None)
+    decision: str | None = Field(default=None, max_length=16)
+
+
+class GateEvaluation(SQLModel, table=True):
+    """One evaluation of one gate for one wave, append-only, with what it was computed from."""
+
+    __tablename__ = "gate_evaluation"
+
+    id: int | None = Field(default=None, primary_key=True)
+    rollout_id: int = Field(foreign_key="rollout.id", ondelete="CASCADE", index=True)
+    wave: int
+    gate: str = Field(max_length=32)
+    decision: str = Field(max_length=16)
+    statistic: float | None = None
+    threshold: float | None = None
+    inputs: dict[str, Any] = _json()
+    detail: str = ""
+    at: datetime = _when(default_factory=utcnow)

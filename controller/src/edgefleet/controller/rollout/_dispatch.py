@@ -13,7 +13,7 @@ tests.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -21,21 +21,31 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlmodel import Session, col, select
 
 from edgefleet import shared
-from edgefleet.shared import DeployCommand, Manifest, RuntimeSettings
+from edgefleet.shared import (
+    DeployCommand,
+    Manifest,
+    RollbackCommand,
+    RollbackOrder,
+    RuntimeSettings,
+)
 from edgefleet.shared.errors import EdgefleetError, MessageError, RegistryError
 
 from ..home import Home
 from ..registry import (
     Artifact,
     Deployment,
+    DeploymentKind,
     DeploymentState,
     Device,
     Model,
     ModelVersion,
     Profile,
+    Rollout,
+    RolloutState,
     Variant,
 )
-from ._orders import build_manifest, deploy_payload
+from ._orders import build_manifest, build_rollback, deploy_payload, rollback_payload
+from ._plan import RolloutPlan
 
 log = logging.getLogger("edgefleet.controller.dispatch")
 
@@ -50,25 +60,34 @@ class Dispatched:
     topic: str
 
 
-def dispatch_pending(home: Home, publish: Publish, *, limit: int = 100) -> list[Dispatched]:
-    """Sign and publish up to ``limit`` pending deployments, oldest first, to devices that
-    have connected at least once."""
+def dispatch_pending(
+    home: Home, publish: Publish, *, limit: int = 100, now: datetime | None = None
+) -> list[Dispatched]:
+    """Sign and publish up to ``limit`` pending orders (deployments and rollbacks), oldest
+    first, to devices that have connected at least once; not those of a paused rollout, and
+    a rollout's deployments only inside its maintenance window (rollbacks go at once)."""
     key = home.signing_key()
     settings = home.settings
+    now = now or datetime.now(UTC)
     sent: list[Dispatched] = []
     with home.session() as session:
         # A device never heard from has no session at the broker yet, so a command sent
         # now would be dropped; once it has connected, the broker queues for it offline.
-        ids = session.exec(
-            select(Deployment.id)
+        found = session.exec(
+            select(Deployment.id, Deployment.kind, Rollout.plan)
             .join(Device, Device.id == Deployment.device_id)  # type: ignore[arg-type]
+            .outerjoin(Rollout, col(Rollout.id) == Deployment.rollout_id)
             .where(
                 Deployment.state == DeploymentState.PENDING.value,
                 col(Device.last_seen).is_not(None),
+                (col(Rollout.state).is_(None))
+                | (Rollout.state != RolloutState.PAUSED.value)
+                | (Deployment.kind == DeploymentKind.ROLLBACK.value),
             )
             .order_by(col(Deployment.id))
             .limit(limit)
         ).all()
+    ids = [row_id for row_id, kind, plan in found if kind != "deploy" or _window_open(plan, now)]
     for row_id in ids:
         try:
             with home.session(write=True) as session:
@@ -79,16 +98,25 @@ def dispatch_pending(home: Home, publish: Publish, *, limit: int = 100) -> list[
             continue
         if prepared is None:
             continue
-        manifest, device_name, payload = prepared
+        document, device_name, payload = prepared
         topic = shared.command_topic(device_name, settings.topic_prefix)
         publish(topic, payload)
         _confirmed(home, row_id)  # type: ignore[arg-type]
+        what = document.model if isinstance(document, Manifest) else f"undoing {document.undoes}"
         log.info(
             "sent %s to %s (sequence %d, %s)",
-            manifest.deployment_id, device_name, manifest.sequence, manifest.model,
+            document.deployment_id, device_name, document.sequence, what,
         )  # fmt: skip
-        sent.append(Dispatched(manifest.deployment_id, device_name, manifest.sequence, topic))
+        sent.append(Dispatched(document.deployment_id, device_name, document.sequence, topic))
     return sent
+
+
+def _window_open(plan: Mapping[str, object] | None, now: datetime) -> bool:
+    """Whether a rollout's maintenance window (if it has one) is open now."""
+    if not plan or not plan.get("window"):
+        return True
+    window = RolloutPlan.model_validate(plan).window
+    return window is None or window.is_open(now)
 
 
 def resend_unconfirmed(
@@ -160,17 +188,17 @@ def _confirmed(home: Home, row_id: int) -> None:
 def _expiry(payload: bytes) -> datetime:
     """When the manifest inside a stored (self-signed, so trusted) command expires."""
     command = shared.decode(payload)
-    if not isinstance(command, DeployCommand):
-        raise MessageError(f"expected a deploy command, found {command.kind!r}")
+    if not isinstance(command, DeployCommand | RollbackCommand):
+        raise MessageError(f"expected a deploy or rollback command, found {command.kind!r}")
     document = shared.parse_signed_document(command.signed.payload_bytes())
-    if not isinstance(document, Manifest):
+    if not isinstance(document, Manifest | RollbackOrder):
         raise MessageError(f"expected a manifest, found {type(document).__name__}")
     return document.expires_at
 
 
 def _prepare(
     home: Home, session: Session, row_id: int, key: Ed25519PrivateKey
-) -> tuple[Manifest, str, bytes] | None:
+) -> tuple[Manifest | RollbackOrder, str, bytes] | None:
     found = session.exec(
         select(Deployment, Device, Variant)
         .join(Device, Device.id == Deployment.device_id)  # type: ignore[arg-type]
@@ -188,27 +216,39 @@ def _prepare(
     if row.state != DeploymentState.PENDING.value:
         return None  # superseded or sent meanwhile
     sequence = device.last_sequence + 1
-    manifest = build_manifest(
-        deployment_id=row.deployment_id,
-        device=device,
-        sequence=sequence,
-        model=model,
-        version=version,
-        variant=variant,
-        artifact=artifact,
-        runtime=_runtime(home, session, device.profile),
-        key=key,
-        ttl_s=home.settings.manifest_ttl_s,
-    )
-    payload = deploy_payload(manifest, key)
+    document: Manifest | RollbackOrder
+    if row.kind == DeploymentKind.ROLLBACK.value:
+        document = build_rollback(
+            deployment_id=row.deployment_id,
+            device=device,
+            sequence=sequence,
+            undoes=row.undoes or "",
+            key=key,
+            ttl_s=home.settings.manifest_ttl_s,
+        )
+        payload = rollback_payload(document, key)
+    else:
+        document = build_manifest(
+            deployment_id=row.deployment_id,
+            device=device,
+            sequence=sequence,
+            model=model,
+            version=version,
+            variant=variant,
+            artifact=artifact,
+            runtime=_runtime(home, session, device.profile),
+            key=key,
+            ttl_s=home.settings.manifest_ttl_s,
+        )
+        payload = deploy_payload(document, key)
     device.last_sequence = sequence
     row.sequence = sequence
     row.state = DeploymentState.SENT.value
     row.payload = payload  # committed with the state, so a lost publish can be resent
-    row.updated_at = datetime.now(UTC)
+    row.updated_at = row.sent_at = datetime.now(UTC)
     session.add(device)
     session.add(row)
-    return manifest, device.name, payload
+    return document, device.name, payload
 
 
 def _runtime(home: Home, session: Session, profile: str) -> RuntimeSettings:

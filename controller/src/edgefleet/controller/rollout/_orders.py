@@ -1,5 +1,5 @@
-"""The signed orders the controller gives a device: the deployment manifest, signed as the
-exact bytes that are published."""
+"""The signed orders the controller gives a device: the deployment manifest and the rollback
+order, each signed as the exact bytes that are published."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from edgefleet.shared import (
     IOSignature,
     Manifest,
     ModelRef,
+    RollbackCommand,
+    RollbackOrder,
     RuntimeSettings,
     SmokeTest,
 )
@@ -58,3 +60,33 @@ def build_manifest(
 def deploy_payload(manifest: Manifest, key: Ed25519PrivateKey) -> bytes:
     blob = shared.sign(shared.encode_document(manifest), key)
     return shared.encode(DeployCommand(signed=blob))
+
+
+def build_rollback(
+    *,
+    deployment_id: str,
+    device: Device,
+    sequence: int,
+    undoes: str,
+    key: Ed25519PrivateKey,
+    ttl_s: int,
+    reason: str = "",
+    now: datetime | None = None,
+) -> RollbackOrder:
+    """Back to the device's previous model, only if it still serves ``undoes``."""
+    now = now or datetime.now(UTC)
+    return RollbackOrder(
+        deployment_id=deployment_id,
+        device_id=device.name,
+        sequence=sequence,
+        undoes=undoes,
+        reason=reason,
+        issued_at=now,
+        expires_at=now + timedelta(seconds=ttl_s),
+        key_id=shared.key_id(key.public_key()),
+    )
+
+
+def rollback_payload(order: RollbackOrder, key: Ed25519PrivateKey) -> bytes:
+    blob = shared.sign(shared.encode_document(order), key)
+    return shared.encode(RollbackCommand(signed=blob))

@@ -1,6 +1,5 @@
-"""Recording a deployment: the target devices chosen by name, profile or labels, and the
-variant each one gets (its profile's own, else the original). ``deploy`` only writes rows
-(state ``pending``); the daemon (``edgefleet serve``) signs and sends them."""
+"""Choosing a rollout's target devices by name, profile or labels, and the variant each one
+gets (its profile's own, else the original)."""
 
 from __future__ import annotations
 
@@ -11,9 +10,8 @@ from sqlmodel import Session, col, select
 
 from edgefleet.shared.errors import ConfigError, NotFound
 
-from ..catalog import ORIGINAL_VARIANT, find_version, parse_model_ref
-from ..home import Home
-from ..registry import Deployment, DeploymentPublic, DeploymentState, Device, Variant
+from ..catalog import ORIGINAL_VARIANT
+from ..registry import Deployment, DeploymentState, Device, Variant
 
 
 def new_deployment_id(now: datetime | None = None) -> str:
@@ -21,54 +19,21 @@ def new_deployment_id(now: datetime | None = None) -> str:
     return f"dep-{now:%Y%m%d%H%M%S}-{secrets.token_hex(3)}"
 
 
-def deploy(
-    home: Home,
-    ref: str,
-    *,
-    devices: list[str] | None = None,
-    profile: str | None = None,
-    labels: dict[str, str] | None = None,
-) -> list[DeploymentPublic]:
-    """Record one pending deployment row per target device of model version ``ref``.
-
-    Exactly one way of choosing targets must be given. Unknown devices, an
-    unknown profile, an unknown model or an empty selection raise before
-    anything is written.
-    """
-    name, version = parse_model_ref(ref)
+def check_selector(
+    devices: list[str] | None, profile: str | None, labels: dict[str, str] | None
+) -> dict[str, object]:
+    """The selector as stored on a rollout; exactly one way of choosing must be given."""
     chosen = sum(x is not None and x != [] and x != {} for x in (devices, profile, labels))
     if chosen != 1:
         raise ConfigError("choose the targets with exactly one of --device, --profile or --label")
+    if devices:
+        return {"devices": sorted(devices)}
     if profile is not None:
-        home.profile(profile)  # raises NotFound for a profile that does not exist
-    with home.session(write=True) as session:
-        row = find_version(session, name, version)
-        targets = _targets(session, devices=devices, profile=profile, labels=labels)
-        deployment_id = new_deployment_id()
-        out: list[DeploymentPublic] = []
-        for device in targets:
-            variant = _variant_for(session, row.id, device.profile)  # type: ignore[arg-type]
-            _supersede_unfinished(session, device)
-            session.add(
-                Deployment(
-                    deployment_id=deployment_id,
-                    device_id=device.id,  # type: ignore[arg-type]
-                    variant_id=variant.id,  # type: ignore[arg-type]
-                )
-            )
-            out.append(
-                DeploymentPublic(
-                    deployment_id=deployment_id,
-                    device=device.name,
-                    profile=device.profile,
-                    model=f"{name}:{version}/{variant.name}",
-                    state=DeploymentState.PENDING.value,
-                )
-            )
-        return out
+        return {"profile": profile}
+    return {"labels": dict(sorted((labels or {}).items()))}
 
 
-def _targets(
+def select_targets(
     session: Session,
     *,
     devices: list[str] | None,
@@ -96,7 +61,7 @@ def _targets(
     return found
 
 
-def _variant_for(session: Session, model_version_id: int, profile: str) -> Variant:
+def variant_for(session: Session, model_version_id: int, profile: str) -> Variant:
     """The variant made for the device's profile if there is one, else the original."""
     variants = session.exec(
         select(Variant)
@@ -112,12 +77,15 @@ def _variant_for(session: Session, model_version_id: int, profile: str) -> Varia
     return variants[0]
 
 
-def _supersede_unfinished(session: Session, device: Device) -> None:
-    """A device gets one deployment at a time: older pending ones will never be sent."""
+def supersede_unfinished(session: Session, device: Device) -> None:
+    """A device gets one deployment at a time: older pending or waiting ones will never be
+    sent."""
     for old in session.exec(
         select(Deployment).where(
             Deployment.device_id == device.id,
-            Deployment.state == DeploymentState.PENDING.value,
+            col(Deployment.state).in_(
+                [DeploymentState.PENDING.value, DeploymentState.WAITING.value]
+            ),
         )
     ).all():
         old.state = DeploymentState.SUPERSEDED.value
