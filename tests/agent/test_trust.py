@@ -214,3 +214,15 @@ def test_a_trust_update_inside_a_deploy_command_is_refused(trusting: Fleet) -> N
         (S.REJECTED, MessageError.code)
     ]
     assert agent.state.trust.version == 0
+
+
+def test_a_refusal_without_a_readable_id_names_the_command_by_its_digest(trusting: Fleet) -> None:
+    """A manifest signed by a key the device does not trust cannot be read, so the refusal
+    carries no deployment id; the digest of the command's bytes lets the controller match
+    it to the order it sent."""
+    agent = trusting.agent()
+    _, payload = trusting.deploy("v1", signer=STRANGER)
+    agent.handle(inbound(payload))
+    (refusal,) = [e for e in trusting.link.events() if e.state is S.REJECTED]
+    assert refusal.deployment_id == "" and refusal.error_code == UnknownKeyError.code
+    assert refusal.details["command_sha256"] == shared.sha256_bytes(payload)

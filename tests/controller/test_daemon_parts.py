@@ -434,3 +434,36 @@ def test_metrics_render_counters_and_fleet_gauges(home: Home, fleet: dict[str, s
     assert 'edgefleet_devices{online="true"} 1' in text
     assert 'edgefleet_devices{online="false"} 1' in text
     assert 'edgefleet_device_deployments{state="pending"} 2.0' in text
+
+
+def test_a_refusal_named_only_by_its_digest_fails_the_row_it_concerns(
+    home: Home, fleet: dict[str, str]
+) -> None:
+    """An agent that cannot read a command (signed by a key it does not trust) reports an
+    empty deployment id and the sha256 of the bytes it got: the row of that command fails,
+    instead of staying `sent` forever."""
+    _hello(home, "pi-1", "box-1")
+    record_deployment(home, "digits:1.0.0", devices=["pi-1", "box-1"])
+    sent: dict[str, bytes] = {}
+    dispatch_pending(home, lambda topic, payload: sent.__setitem__(topic.split("/")[-2], payload))
+    refusal = shared.EventMessage(
+        device_id="pi-1",
+        deployment_id="",
+        state=shared.DeviceState.REJECTED,
+        ok=False,
+        error_code="unknown_key",
+        message="signed by a key this device does not trust",
+        details={"command_sha256": shared.sha256_bytes(sent["pi-1"])},
+    )
+    # the same digest from another device names nothing of its own
+    stranger = refusal.model_copy(update={"device_id": "box-1"})
+    with home.session(write=True) as s:
+        ingest_many(s, [("pi-1", refusal), ("box-1", stranger)])
+    with home.session() as s:
+        rows = {
+            name: (row.state, row.error_code)
+            for row, name in s.exec(
+                select(Deployment, Device.name).join(Device, Device.id == Deployment.device_id)  # type: ignore[arg-type]
+            ).all()
+        }
+    assert rows == {"pi-1": ("failed", "unknown_key"), "box-1": ("sent", None)}

@@ -219,11 +219,12 @@ class Agent:
             if message is None:
                 return
             try:
-                exc = self._guarded("command handling", partial(self.handle, message))
-                if exc is not None:  # tell the controller, who would otherwise wait
-                    why = f"{type(exc).__name__}: {exc}"
-                    report = partial(self.reporter.rejection, "", InternalError.code, why)
-                    self._guarded("reporting a failed command", report)
+                with self.reporter.handling(message.payload):
+                    exc = self._guarded("command handling", partial(self.handle, message))
+                    if exc is not None:  # tell the controller, who would otherwise wait
+                        why = f"{type(exc).__name__}: {exc}"
+                        report = partial(self.reporter.rejection, "", InternalError.code, why)
+                        self._guarded("reporting a failed command", report)
             finally:
                 message.ack()
 
@@ -251,7 +252,12 @@ class Agent:
             self._run_lifecycle(current)
 
     def handle(self, message: Inbound) -> None:
-        """Decode one command and act on it; what the worker does with each message."""
+        """Decode one command and act on it; what the worker does with each message. Every
+        refusal names the command by the digest of its bytes (see ``Reporter.handling``)."""
+        with self.reporter.handling(message.payload):
+            self._handle(message)
+
+    def _handle(self, message: Inbound) -> None:
         try:
             command = shared.decode(message.payload)
         except MessageError as exc:

@@ -6,9 +6,11 @@ publishing itself is a function passed in (the MQTT link in production).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from edgefleet import shared
 from edgefleet.shared import (
@@ -48,6 +50,7 @@ class Reporter:
         self._state = state
         self._lock = lock  # the agent's: guards state against a half-made change
         self._publish = publish
+        self._command_sha256: str | None = None  # of the command being handled (one worker)
 
     # -- events --------------------------------------------------------------------
 
@@ -72,8 +75,29 @@ class Reporter:
         }
         self.event(update_id, DeviceState.TRUST_UPDATED, details=details)
 
+    @contextmanager
+    def handling(self, payload: bytes) -> Iterator[None]:
+        """While a command is handled, every rejection names it by the sha256 of its bytes,
+        so the controller can match a refusal that carries no deployment id (a command
+        signed by a key this device does not trust) to the order it sent."""
+        outer, self._command_sha256 = self._command_sha256, hashlib.sha256(payload).hexdigest()
+        try:
+            yield
+        finally:
+            self._command_sha256 = outer
+
     def rejection(self, deployment_id: str, code: str, message: str) -> None:
-        self.event(deployment_id, DeviceState.REJECTED, ok=False, code=code, message=message)
+        details: dict[str, float | int | str | None] = {}
+        if self._command_sha256 is not None:
+            details["command_sha256"] = self._command_sha256
+        self.event(
+            deployment_id,
+            DeviceState.REJECTED,
+            ok=False,
+            code=code,
+            message=message,
+            details=details,
+        )
 
     def event(
         self,

@@ -157,6 +157,8 @@ def _event(session: Session, device: Device, msg: EventMessage, now: datetime) -
         )
     ).first()
     if row is None:
+        row = _refused_command(session, device, msg)
+    if row is None:
         _trust_answer(session, device, msg, now)
         return
     if row.state in FINISHED_STATES and not _lost(row):
@@ -180,6 +182,19 @@ def _event(session: Session, device: Device, msg: EventMessage, now: datetime) -
 
 
 _LOST = "device_lost"
+
+
+def _refused_command(session: Session, device: Device, msg: EventMessage) -> Deployment | None:
+    """The row of a command the device refused without naming it (it could not read the
+    deployment id: a signature it does not trust), found by the digest of its bytes."""
+    digest = msg.details.get("command_sha256")
+    if msg.deployment_id or msg.state is not DeviceState.REJECTED or not isinstance(digest, str):
+        return None
+    return session.exec(
+        select(Deployment).where(
+            Deployment.device_id == device.id, Deployment.command_sha256 == digest
+        )
+    ).first()
 
 
 def _lost(row: Deployment) -> bool:

@@ -311,6 +311,7 @@ def schema_v7(conn: sa.Connection) -> None:
         sa.Column("undoes", sa.String(128), nullable=True),
         column_when("sent_at", nullable=True),
         column_when("committed_at", nullable=True),
+        sa.Column("command_sha256", sa.String(64), nullable=True),
     ):
         add_column(conn, "deployment", column)
     for column in (

@@ -202,6 +202,9 @@ class Deployment(SQLModel, table=True):
     undoes: str | None = Field(default=None, max_length=128)
     sent_at: datetime | None = _when(default=None)
     committed_at: datetime | None = _when(default=None)
+    # the sha256 of the command bytes sent: a device that refuses a command it cannot
+    # attribute (signed by a key it does not trust) names it by this digest
+    command_sha256: str | None = Field(default=None, max_length=64)
 
 
 class ArtifactGrant(SQLModel, table=True):

@@ -12,6 +12,7 @@ tests.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -245,6 +246,7 @@ def _prepare(
     row.sequence = sequence
     row.state = DeploymentState.SENT.value
     row.payload = payload  # committed with the state, so a lost publish can be resent
+    row.command_sha256 = hashlib.sha256(payload).hexdigest()
     row.updated_at = row.sent_at = datetime.now(UTC)
     session.add(device)
     session.add(row)
