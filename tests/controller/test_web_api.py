@@ -92,7 +92,7 @@ def test_filters_and_the_other_endpoints(served: str) -> None:
     assert len(deployments) == 1
     dep = deployments[0]
     assert (dep["kind"], dep["model"], dep["state"], dep["total"], dep["finished"]) == (
-        "deployment", "digits:1.0.0", "active", 1, 0,
+        "deployment", "digits:1.0.0", "running", 1, 0,
     )  # fmt: skip
     assert [d["device"] for d in dep["waves"][0]["devices"]] == ["pi-1"]
     one = get(f"/api/v1/deployments/{dep['deployment_id']}")

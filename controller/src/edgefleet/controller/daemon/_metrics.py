@@ -47,50 +47,19 @@ from ..registry import (
     Device,
     Model,
     ModelVersion,
+    Rollout,
+    RolloutState,
     Telemetry,
     as_utc,
 )
+from ._counters import COUNTERS
 
-# The daemon's own counters: name -> (help, label names). ``inc`` takes only these.
-COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "edgefleet_messages_ingested_total": (
-        "Messages from devices written to the registry, by kind.",
-        ("kind",),
-    ),
-    "edgefleet_messages_dead_lettered_total": (
-        "Messages from devices acknowledged without being stored, by reason: invalid, "
-        "rate_limited (over the device's share) or unstorable (refused by the registry).",
-        ("reason",),
-    ),
-    "edgefleet_deployments_dispatched_total": (
-        "Signed manifests and rollback orders published to devices.",
-        (),
-    ),
-    "edgefleet_rollout_transitions_total": (
-        "Rollout state changes made by the daemon, by the state entered.",
-        ("state",),
-    ),
-    "edgefleet_deployments_resent_total": (
-        "Stored manifests published again on connecting, not yet confirmed by their device.",
-        (),
-    ),
-    "edgefleet_trust_updates_sent_total": ("Signed trust updates published to devices.", ()),
-    "edgefleet_trust_updates_resent_total": (
-        "Stored trust updates published again on connecting, not yet confirmed.",
-        (),
-    ),
-    "edgefleet_artifact_requests_total": (
-        "Artifact server responses, by HTTP status.",
-        ("status",),
-    ),
-    "edgefleet_api_requests_total": (
-        "Fleet page and API responses, by route and HTTP status.",
-        ("route", "status"),
-    ),
-}
 # every dead-letter reason (``DeadLetter`` in _inbox) shows from the start, at 0
 _DEAD_LETTER_REASONS = ("invalid", "rate_limited", "unstorable")
-_FINISHED = tuple(s.value for s in (DeploymentState.COMMITTED, DeploymentState.SUPERSEDED))
+_FINISHED = tuple(
+    s.value
+    for s in (DeploymentState.COMMITTED, DeploymentState.SUPERSEDED, DeploymentState.CANCELLED)
+)
 _BAD = (DeploymentState.FAILED.value, DeploymentState.ROLLED_BACK.value)
 _LE = [f"{bound / 1000:.6g}" for bound in BUCKET_BOUNDS_MS] + ["+Inf"]
 
@@ -359,6 +328,17 @@ class _FleetCollector(Collector):
         for label, n in overall.items():
             deployments.add_metric([label], n)
         yield deployments
+        by_state = dict(
+            session.exec(select(Rollout.state, func.count()).group_by(col(Rollout.state))).all()
+        )
+        rollouts = GaugeMetricFamily(
+            "edgefleet_rollouts",
+            "Rollouts by state (a plain deploy is a one-wave rollout without gates).",
+            labels=["state"],
+        )
+        for rollout_state in RolloutState:
+            rollouts.add_metric([rollout_state.value], by_state.get(rollout_state.value, 0))
+        yield rollouts
 
     def _serving_families(self) -> Iterator[Metric]:
         labels = ["model", "version", "profile"]

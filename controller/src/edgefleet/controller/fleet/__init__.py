@@ -2,6 +2,7 @@
 and ACL, and the read side — what runs where, how fast, and what the devices reported."""
 
 from ._broker_files import BrokerConfig, cli_broker_user, write_broker_config
+from ._deployment_views import DeploymentView, DeviceProgress, Wave, deployment_views
 from ._devices import (
     DEFAULT_STATE_DIR,
     EnrolledDevice,
@@ -15,16 +16,12 @@ from ._devices import (
     token_sha256,
 )
 from ._overview import (
-    DeploymentView,
-    DeviceProgress,
     DeviceRow,
     FleetOverview,
     FleetSummary,
     LatencyChart,
     LatencyHistory,
     LatencySeries,
-    Wave,
-    deployment_views,
     fleet_overview,
     latency_chart,
 )

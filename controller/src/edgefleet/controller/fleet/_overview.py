@@ -2,8 +2,7 @@
 serving model, p95 and host stats; deployments with each device's progress; p95 over time
 per model version. Each is a handful of queries, whatever the fleet's size.
 
-A deployment is shown as a one-wave rollout (``waves`` with one wave, no gates): rollouts
-with several waves and gate evidence fill the same shape.
+Deployments (rollouts) are in ``_deployment_views``.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from edgefleet.shared import LatencyHistogram
 
 from ..home import Home
 from ..registry import (
-    FINISHED_STATES,
     Deployment,
     DeploymentState,
     Device,
@@ -70,33 +68,6 @@ class FleetOverview(BaseModel):
     generated_at: datetime
     summary: FleetSummary
     devices: list[DeviceRow]
-
-
-class DeviceProgress(BaseModel):
-    device: str
-    profile: str
-    state: str
-    error_code: str | None
-    error_message: str | None
-    updated_at: datetime | None
-
-
-class Wave(BaseModel):
-    index: int
-    devices: list[DeviceProgress]
-    gates: list[dict[str, Any]]  # gate evidence, once rollouts have gates
-
-
-class DeploymentView(BaseModel):
-    deployment_id: str
-    kind: str  # "deployment": a one-wave rollout without gates
-    model: str
-    created_at: datetime | None
-    state: str  # active, failed or completed
-    total: int
-    finished: int
-    states: dict[str, int]
-    waves: list[Wave]
 
 
 class LatencySeries(BaseModel):
@@ -218,70 +189,6 @@ def _count(values: Any) -> dict[str, int]:
     for v in values:
         out[v] += 1
     return dict(sorted(out.items()))
-
-
-def deployment_views(
-    home: Home, *, limit: int = 20, deployment_id: str | None = None
-) -> list[DeploymentView]:
-    """The newest ``limit`` deployments (or the one named), each with every device's state."""
-    with home.session() as session:
-        if deployment_id is None:
-            newest = session.exec(
-                select(Deployment.deployment_id)
-                .group_by(col(Deployment.deployment_id))
-                .order_by(func.max(Deployment.id).desc())
-                .limit(limit)
-            ).all()
-        else:
-            newest = [deployment_id]
-        rows = session.exec(
-            select(Deployment, Device.name, Device.profile)
-            .join(Device, col(Device.id) == col(Deployment.device_id))
-            .where(col(Deployment.deployment_id).in_(newest))
-            .order_by(col(Device.name))
-        ).all()
-        models = _models(session)
-    grouped: dict[str, list[tuple[Deployment, str, str]]] = defaultdict(list)
-    for row, name, profile in rows:
-        grouped[row.deployment_id].append((row, name, profile))
-    views = []
-    for dep_id in newest:
-        members = grouped.get(dep_id)
-        if not members:
-            continue
-        states = _count(r.state for r, _, _ in members)
-        finished = sum(n for s, n in states.items() if s in FINISHED_STATES)
-        bad = sum(n for s, n in states.items() if s in ("failed", "rolled_back"))
-        views.append(
-            DeploymentView(
-                deployment_id=dep_id,
-                kind="deployment",
-                model=models.get(members[0][0].variant_id, "?"),
-                created_at=as_utc(min(r.created_at for r, _, _ in members)),
-                state="active" if finished < len(members) else "failed" if bad else "completed",
-                total=len(members),
-                finished=finished,
-                states=states,
-                waves=[
-                    Wave(
-                        index=1,
-                        devices=[
-                            DeviceProgress(
-                                device=name,
-                                profile=profile,
-                                state=r.state,
-                                error_code=r.error_code,
-                                error_message=r.error_message,
-                                updated_at=as_utc(r.updated_at),
-                            )
-                            for r, name, profile in members
-                        ],
-                        gates=[],
-                    )
-                ],
-            )
-        )
-    return views
 
 
 class LatencyHistory:

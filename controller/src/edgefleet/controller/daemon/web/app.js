@@ -67,7 +67,9 @@ function drawDeployments(deployments) {
     card.dataset.deployment = dep.deployment_id;
     const title = el("div");
     title.append(el("strong", dep.model + " "), el("span", dep.state, dep.state),
-      el("span", " · " + dep.finished + "/" + dep.total + " devices finished · " + dep.deployment_id));
+      el("span", " · " + dep.finished + "/" + dep.total + " devices finished · " + dep.deployment_id
+        + (dep.started_by ? " · by " + dep.started_by : "")));
+    if (dep.reason) title.append(el("div", dep.reason));
     const bar = el("div", null, "bar");
     const fill = el("div");
     fill.style.width = (dep.total ? (100 * dep.finished) / dep.total : 0) + "%";
@@ -84,7 +86,13 @@ function drawDeployments(deployments) {
         table.append(row);
       }
       details.append(table);
-      details.append(el("p", wave.gates.length ? JSON.stringify(wave.gates) : "no gates (a deployment is one wave)"));
+      if (wave.state) details.append(el("p", "wave " + wave.index + ": " + wave.state));
+      if (!wave.gates.length) {
+        details.append(el("p", dep.kind === "rollout" ? "no gate evaluated yet" : "no gates (a deployment is one wave)"));
+      }
+      for (const g of wave.gates) {
+        details.append(el("p", g.gate + " " + g.decision + ": " + g.detail, g.decision));
+      }
     }
     card.append(title, bar, counts, details);
     return card;
