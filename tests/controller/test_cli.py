@@ -202,7 +202,7 @@ def test_a_profile_in_the_home_folder_is_usable(cli: Cli, initialised: Path) -> 
     assert json.loads(spec)["runtime"]["execution_providers"][0] == "CUDAExecutionProvider"
 
 
-def test_commands_bring_an_old_database_up_to_date(cli: Cli, initialised: Path) -> None:
+def test_only_upgrade_brings_an_old_database_up_to_date(cli: Cli, initialised: Path) -> None:
     from edgefleet.controller import create_engine, current_version, upgrade
 
     db = initialised / "registry.db"
@@ -213,5 +213,10 @@ def test_commands_bring_an_old_database_up_to_date(cli: Cli, initialised: Path) 
     upgrade(engine, target=1)
     assert current_version(engine) == 1
     engine.dispose()
-    cli.ok("device", "list")
+    refused = cli("device", "list")
+    assert refused.exit_code == 2
+    assert "run `edgefleet upgrade`" in refused.output
+    assert sqlite_snapshot(db)["schema_version"][-1][0] == 1
+    cli.ok("upgrade")
     assert sqlite_snapshot(db)["schema_version"][-1][0] == SCHEMA_VERSION
+    cli.ok("device", "list")

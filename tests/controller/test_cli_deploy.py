@@ -1,16 +1,27 @@
-"""`deploy`, `status` and `events` against a real home folder and SQLite file."""
+"""`deploy` against a real home folder and SQLite file: the rows it records, what it warns
+of, and --wait (`status` and `events` are in test_cli_status)."""
 
 from __future__ import annotations
 
 import json
+import re
+import signal
 import sqlite3
+import subprocess
+import sys
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from sqlmodel import select
 
-from edgefleet.controller import Deployment, Device, Event, Telemetry, load_settings, open_home
+from edgefleet.controller import load_settings, open_home, wait_for_deployment
+from edgefleet.controller.daemon import ingest_many
+from edgefleet.controller.fleet import record_heartbeat
+from edgefleet.controller.registry import DaemonHeartbeat
+from edgefleet.shared import StatusMessage
 
 from .conftest import Cli, sqlite_snapshot
 
@@ -84,50 +95,147 @@ def test_bad_deploy_is_refused_and_writes_nothing(
     assert sqlite_snapshot(fleet / "registry.db") == before
 
 
-def test_status_and_events_read_what_the_registry_holds(cli: Cli, fleet: Path) -> None:
-    empty = json.loads(cli.ok("status", "--json").stdout)
-    assert [(d["device"], d["online"], d["model"], d["state"]) for d in empty] == [
-        ("box-1", False, None, None),
-        ("pi-1", False, None, None),
-        ("pi-2", False, None, None),
-    ]
-    dep = json.loads(cli.ok("deploy", "digits:1.0.0", "--device", "pi-1", "--json").stdout)
-    dep_id = dep[0]["deployment_id"]
-    now = datetime.now(UTC)
-    home = open_home(load_settings(fleet))
-    try:  # what the daemon would write on hearing from pi-1
-        with home.session() as session:
-            pi1 = session.exec(select(Device).where(Device.name == "pi-1")).one()
-            pi1.online, pi1.last_seen = True, now
-            session.add(Event(device_id=pi1.id, deployment_id=dep_id, state="committed", at=now))
-            session.add(Telemetry(device_id=pi1.id, at=now, p95_ms=1.25, requests=3))
-            for row in session.exec(select(Deployment).where(Deployment.device_id == pi1.id)):
-                row.state = "committed"
+def _serve_beating(home_dir: Path, *online: str) -> None:
+    """A daemon beating, and ``online`` devices' retained status heard just now."""
+    home = open_home(load_settings(home_dir))
+    try:
+        at = datetime.now(UTC)
+        record_heartbeat(
+            home,
+            DaemonHeartbeat(name="serve-test", host="ctl", pid=42, version="0", every_s=5.0,
+                            started_at=at, beat_at=at, broker_connected=True),
+        )  # fmt: skip
+        with home.session(write=True) as session:
+            messages = [(n, StatusMessage(device_id=n, online=True)) for n in online]
+            ingest_many(session, messages)
     finally:
         home.close()
-    rows = {d["device"]: d for d in json.loads(cli.ok("status", "--json").stdout)}
-    assert rows["pi-1"]["online"] is True
-    assert rows["pi-1"]["model"] == "digits:1.0.0"
-    assert rows["pi-1"]["state"] == "committed"
-    assert rows["pi-1"]["p95_ms"] == 1.25
-    assert rows["pi-1"]["last_seen"] is not None
-    assert rows["pi-2"]["model"] is None
-    table = cli.ok("status").stdout
-    assert "1.25" in table and "pi-1" in table
-
-    events = json.loads(cli.ok("events", "--device", "pi-1", "--json").stdout)
-    assert [(e["device"], e["deployment_id"], e["state"]) for e in events] == [
-        ("pi-1", dep_id, "committed")
-    ]
-    assert json.loads(cli.ok("events", "--device", "pi-2", "--json").stdout) == []
-    assert "committed" in cli.ok("events").stdout
-    bad = cli("events", "--device", "nope")
-    assert bad.exit_code == 2 and "unknown device 'nope'" in bad.stderr
 
 
-def test_deploy_wait_without_a_daemon_times_out_with_a_failure_exit(cli: Cli, fleet: Path) -> None:
+def _play_daemon(home_dir: Path, state: str, *, after_s: float = 0.3) -> threading.Thread:
+    """In the background, once a deployment is recorded: every row reaches ``state``."""
+
+    def run() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            time.sleep(after_s)
+            with sqlite3.connect(home_dir / "registry.db", timeout=10) as conn:
+                if conn.execute("UPDATE deployment SET state = ?", (state,)).rowcount:
+                    return
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_deploy_with_no_daemon_says_nothing_is_sent_and_names_offline_targets(
+    cli: Cli, fleet: Path
+) -> None:
+    _serve_beating(fleet, "pi-1")
+    home = open_home(load_settings(fleet))
+    try:  # the daemon stopped: pi-1's "online" is stale, pi-2 was never heard from
+        with home.session(write=True) as session:
+            (beat,) = session.exec(select(DaemonHeartbeat)).all()
+            beat.stopped_at = datetime.now(UTC)
+    finally:
+        home.close()
+    result = cli.ok("deploy", "digits:1.0.0", "--profile", "rpi4")
+    assert result.stdout.startswith("deployment dep-")
+    warnings = result.stderr.splitlines()
+    assert warnings[0].startswith("warning: serve on ctl:42 stopped")
+    assert warnings[0].endswith("nothing is sent until `edgefleet serve` runs")
+    # pi-1 may be back or not: only the device known to be away is named
+    assert warnings[1] == (
+        "warning: 1 of 2 target(s) offline, queued until they return: pi-2 (offline, never seen)"
+    )
+    assert _deployments(fleet) == [("pi-1", "pending"), ("pi-2", "pending")]
+
+
+def test_deploy_with_a_live_daemon_names_only_the_offline_targets(cli: Cli, fleet: Path) -> None:
+    _serve_beating(fleet, "pi-1")
+    assert cli.ok("deploy", "digits:1.0.0", "-d", "pi-1").stderr == ""
+    stderr = cli.ok("deploy", "digits:1.0.0", "--label", "site=lab").stderr
+    assert stderr == (
+        "warning: 1 of 2 target(s) offline, queued until they return: box-1 (offline, never seen)\n"
+    )
+
+
+@pytest.mark.parametrize(("state", "code"), [("committed", 0), ("failed", 1)])
+def test_deploy_wait_prints_the_id_first_and_returns_once_every_target_finished(
+    cli: Cli, fleet: Path, state: str, code: int
+) -> None:
+    _serve_beating(fleet, "pi-1", "pi-2")
+    thread = _play_daemon(fleet, state)
+    started = time.monotonic()
+    result = cli("deploy", "digits:1.0.0", "--profile", "rpi4", "--wait")
+    thread.join()
+    assert time.monotonic() - started < 10  # not the default timeout of 124 s
+    assert result.exit_code == code, result.output
+    first, *table = result.stdout.splitlines()
+    assert re.fullmatch(r"deployment dep-\S+: 2 device\(s\)", first)
+    assert [line.split()[::3] for line in table[1:]] == [["pi-1", state], ["pi-2", state]]
+    assert f"2/2 finished: {state} 2" in result.stderr  # the progress line, on stderr
+    if code:
+        assert result.stderr.splitlines()[-1] == "error: not every target committed (failed 2)"
+
+
+def test_deploy_wait_times_out_with_exit_3_and_a_hint(cli: Cli, fleet: Path) -> None:
     result = cli("deploy", "digits:1.0.0", "--device", "pi-1", "--wait", "--timeout", "0")
-    assert result.exit_code == 1
-    assert "pi-1: pending" in result.stderr
-    assert "not every target committed" in result.stderr
+    assert result.exit_code == 3
+    assert "0/1 finished: pending 1" in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "error: timed out after 0 s: 1 of 1 target(s) unfinished (pending 1); "
+        "nothing is sent until `edgefleet serve` runs"
+    )
     assert _deployments(fleet) == [("pi-1", "pending")]
+
+
+def test_ctrl_c_during_wait_prints_the_id_and_how_to_follow_it(cli: Cli, fleet: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgefleet.controller", "deploy", "digits:1.0.0", "-d", "pi-1",
+         "--wait"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        first = proc.stdout.readline()  # type: ignore[union-attr]
+        dep_id = re.fullmatch(r"deployment (dep-\S+): 1 device\(s\)\n", first)
+        assert dep_id, first
+        time.sleep(0.5)  # waiting now
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert stderr.splitlines()[-1] == (
+        f"interrupted: deployment {dep_id[1]} carries on; "
+        f"follow it with `edgefleet rollout status {dep_id[1]}`"
+    )
+
+
+def test_waiting_reports_progress_with_the_time_elapsed(cli: Cli, fleet: Path) -> None:
+    dep_id = json.loads(cli.ok("deploy", "digits:1.0.0", "-p", "rpi4", "--json").stdout)[0][
+        "deployment_id"
+    ]
+    now = [0.0]
+    seen: list[tuple[list[str], float]] = []
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+        with sqlite3.connect(fleet / "registry.db") as conn:  # the daemon, between two looks
+            conn.execute("UPDATE deployment SET state = 'committed' WHERE id = ?", (len(seen),))
+
+    home = open_home(load_settings(fleet))
+    try:
+        rows = wait_for_deployment(
+            home, dep_id, timeout_s=60, poll_s=2,
+            on_progress=lambda rows, elapsed: seen.append(([r.state for r in rows], elapsed)),
+            clock=lambda: now[0], sleep=sleep,
+        )  # fmt: skip
+    finally:
+        home.close()
+    assert [r.state for r in rows] == ["committed", "committed"]
+    assert seen == [
+        (["pending", "pending"], 0.0),
+        (["committed", "pending"], 2.0),
+        (["committed", "committed"], 4.0),
+    ]

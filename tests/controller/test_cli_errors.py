@@ -153,7 +153,7 @@ def test_an_unreachable_database_is_a_clean_failure(
     monkeypatch.setenv("EDGEFLEET_DATABASE_URL", "postgresql+psycopg2://nobody@127.0.0.1:1/none")
     result = cli("device", "list")
     assert result.exit_code == 1
-    assert result.stderr.startswith("error: cannot bring the database")
+    assert result.stderr.startswith("error: cannot open the database")
     assert len(result.stderr.strip().splitlines()) == 1
 
 

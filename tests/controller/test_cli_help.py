@@ -28,7 +28,9 @@ def test_the_expected_commands_exist() -> None:
         "device add", "device list", "device show", "device remove",
         "model add", "model list", "model show",
         "profile list", "profile show",
-        "deploy", "status", "events", "serve",
+        "deploy", "status", "events", "serve", "rollback",
+        "rollout start", "rollout list", "rollout status", "rollout analysis",
+        "rollout pause", "rollout resume", "rollout promote", "rollout abort",
     }  # fmt: skip
     assert expected <= names
 

@@ -112,6 +112,14 @@ def test_start_as_text_names_the_rollout_and_how_to_watch_it(cli: Cli, fleet: Pa
     assert f"edgefleet rollout status {rollout_id} --watch" in out
 
 
+def test_labels_and_profile_combine_like_deploy(cli: Cli, fleet: Path) -> None:
+    detail = _start(cli, "-p", "rpi4", "-l", "site=lab", "-l", "site=home")
+    assert detail["rollout"]["selector"] == {"profile": "rpi4", "labels": {"site": ["home", "lab"]}}
+    assert len(detail["devices"]) == 12  # box-1 is site=home but not rpi4
+    status = cli("rollout", "status", detail["rollout"]["rollout_id"]).stdout
+    assert "profile rpi4, labels site=home|lab" in status
+
+
 def test_start_flags_shape_the_stored_plan(cli: Cli, fleet: Path) -> None:
     detail = _start(
         cli, "-d", "pi-01", "-d", "pi-02", "-d", "box-1", "--waves", "1,100%",
@@ -203,7 +211,9 @@ def test_deploy_is_a_one_wave_rollout_recording_who_and_why(cli: Cli, fleet: Pat
 def test_list_and_status_in_json_and_as_tables(
     cli: Cli, fleet: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    first = _start(cli, "--profile", "rpi4")["rollout"]["rollout_id"]
+    first = _start(cli, "--profile", "rpi4", "--reason", "[bold]see[/] #12")["rollout"][
+        "rollout_id"
+    ]
     second = json.loads(cli.ok("deploy", "digits:1.0.0", "-d", "box-1", "--json").stdout)
     second_id = second[0]["deployment_id"]
     listed = json.loads(cli.ok("rollout", "list", "--json").stdout)
@@ -223,7 +233,8 @@ def test_list_and_status_in_json_and_as_tables(
     status = cli("rollout", "status", first)
     assert status.exit_code == EXIT_IN_PROGRESS
     for expected in (first, "digits:2.0.0 → profile rpi4", "pending 1, waiting 11", "by alice",
-                     "installing", "100%", "no gate evaluation yet for wave 1"):  # fmt: skip
+                     "installing", "100%", "no gate evaluation yet for wave 1",
+                     "[bold]see[/] #12"):  # fmt: skip
         assert expected in status.stdout, expected
     assert max(len(line.rstrip()) for line in (table + status.stdout).splitlines()) <= 80
 

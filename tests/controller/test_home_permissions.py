@@ -67,7 +67,7 @@ def test_a_registry_outside_the_home_is_created_0600(
 ) -> None:
     db = tmp_path / "elsewhere" / "fleet.db"
     monkeypatch.setenv("EDGEFLEET_DATABASE_URL", f"sqlite:///{db}")
-    opened = open_home(load_settings(home_dir), require_init=False)
+    opened = open_home(load_settings(home_dir), require_init=False, migrate=True)
     try:
         assert _mode(db) == 0o600
         assert _mode(db.parent) == 0o700  # made for it, so made private

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,6 +20,8 @@ from typer.core import TyperGroup
 from edgefleet.shared.errors import ConfigError, EdgefleetError, ModelError, NotFound
 
 from ..home import Home, Settings, load_settings, open_home
+from ..registry import SCHEMA_VERSION
+from ._help import make_readable
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -26,8 +29,17 @@ EXIT_USAGE = 2
 _USAGE_ERRORS = (ConfigError, ModelError, NotFound)
 
 
+HELP_OPTIONS = ["-h", "--help"]
+
+
 class _Group(TyperGroup):
-    """Turns edgefleet's own errors into one line on stderr and an exit code, anywhere below."""
+    """Turns edgefleet's own errors into one line on stderr and an exit code, anywhere below;
+    and gives every parameter below a readable placeholder in the help (``_help``)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        # here rather than in __init__: Typer appends the completion options afterwards
+        make_readable(self, HELP_OPTIONS)
+        return super().main(*args, **kwargs)
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -43,7 +55,10 @@ app = typer.Typer(
     help="edgefleet: roll ML models out to fleets of edge devices.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    # --install-completion and --show-completion; `edgefleet completion SHELL` prints the
+    # script without guessing the shell
+    add_completion=True,
+    context_settings={"help_option_names": HELP_OPTIONS},  # every command below inherits -h
 )
 device_app = typer.Typer(help="Enrol, list, show and remove devices.", no_args_is_help=True)
 model_app = typer.Typer(help="Add, list and show models and their versions.", no_args_is_help=True)
@@ -75,9 +90,34 @@ def _options(
             show_default="~/.edgefleet",
         ),
     ] = None,
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print edgefleet's version and the registry schema it needs, and exit.",
+            is_eager=True,
+            callback=lambda value: _print_version(value),
+        ),
+    ] = False,
 ) -> None:
     """edgefleet: roll ML models out to fleets of edge devices."""
     ctx.obj = home  # settings are read lazily, so --help works even with a broken config
+
+
+def controller_version() -> str:
+    """The installed edgefleet-controller's version."""
+    try:
+        return version("edgefleet-controller")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        from .. import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"edgefleet {controller_version()} (registry schema {SCHEMA_VERSION})")
+        raise typer.Exit()
 
 
 def settings_of(ctx: typer.Context) -> Settings:

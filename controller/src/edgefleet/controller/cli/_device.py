@@ -20,24 +20,45 @@ def device_add(
     profile: Annotated[str, typer.Option("--profile", "-p", help="Device profile, e.g. rpi4.")],
     label: Annotated[
         list[str] | None,
-        typer.Option("--label", "-l", help="A key=value label; repeat for more."),
+        typer.Option(
+            "--label", "-l", metavar="KEY=VALUE", help="A key=value label; repeat for more."
+        ),
     ] = None,
     out: Annotated[
         Path | None,
         typer.Option(
             "--out",
             "-o",
+            metavar="FILE",
             help="Write the agent config here (mode 0600); without it, print it on stdout.",
         ),
     ] = None,
     state_dir: Annotated[
-        str, typer.Option(help="The agent's state folder on the device.")
+        str, typer.Option(metavar="DIR", help="The agent's state folder on the device.")
     ] = fleet.DEFAULT_STATE_DIR,
+    as_json: JsonFlag = False,
 ) -> None:
-    """Enrol a device and produce its agent config with fresh credentials."""
+    """Enrol a device and produce its agent config with fresh credentials.
+
+    With --json: the device, and its agent config as "agent_config" unless --out wrote it
+    to a file ("written_to").
+    """
     new = DeviceCreate(name=name, profile=profile, labels=fleet.parse_labels(label or []))
     with opened_home(ctx) as home:
         enrolled = fleet.add_device(home, new, out=out, state_dir=state_dir)
+    if as_json:
+        print_json(
+            {
+                "device": enrolled.device.model_dump(mode="json"),
+                "agent_config": enrolled.agent_config if out is None else None,
+                "written_to": str(out) if out is not None else None,
+            }
+        )
+        if out is None:
+            typer.echo(
+                "note: agent_config holds the device's credentials; keep it private", err=True
+            )
+        return
     if out is None:
         typer.echo(enrolled.agent_config, nl=False)
         typer.echo("note: this config holds the device's credentials; keep it private", err=True)
@@ -50,7 +71,8 @@ def device_list(
     ctx: typer.Context,
     profile: Annotated[str | None, typer.Option(help="Only devices of this profile.")] = None,
     label: Annotated[
-        list[str] | None, typer.Option("--label", "-l", help="Only devices with key=value.")
+        list[str] | None,
+        typer.Option("--label", "-l", metavar="KEY=VALUE", help="Only devices with key=value."),
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:

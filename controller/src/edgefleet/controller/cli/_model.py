@@ -1,7 +1,8 @@
-"""``edgefleet model ...``: add, list and show model versions."""
+"""``edgefleet model ...``: add, list, show and remove model versions."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -11,18 +12,23 @@ from .. import catalog
 from ._app import JsonFlag, model_app, opened_home
 from ._render import console, io_text, new_table, print_json, shape_text, size_text, when
 
+ModelRef = Annotated[
+    str, typer.Argument(metavar="NAME:VERSION", help="The model version, e.g. digits:1.0.0.")
+]
+
 
 @model_app.command("add")
 def model_add(
     ctx: typer.Context,
-    file: Annotated[Path, typer.Argument(help="The ONNX model file.")],
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="The ONNX model file.")],
     name: Annotated[str, typer.Option("--name", "-n", help="Model name, e.g. digits.")],
     version: Annotated[str, typer.Option("--version", "-v", help="Version, e.g. 1.0.0.")],
     sample: Annotated[
         Path | None,
         typer.Option(
+            metavar="NPZ",
             help="An .npz whose first array (or arrays named after the inputs) gives the "
-            "smoke-test sample; without it one is generated from the input signature."
+            "smoke-test sample; without it one is generated from the input signature.",
         ),
     ] = None,
     as_json: JsonFlag = False,
@@ -62,7 +68,7 @@ def model_list(
 @model_app.command("show")
 def model_show(
     ctx: typer.Context,
-    ref: Annotated[str, typer.Argument(help="NAME:VERSION, e.g. digits:1.0.0.")],
+    ref: ModelRef,
     as_json: JsonFlag = False,
 ) -> None:
     """Show one model version: signature, smoke test and variants."""
@@ -90,3 +96,32 @@ def model_show(
             f"  {v.name:<10} {v.profile or 'any':<10} {size_text(v.size):>9}  sha256:{v.sha256}",
             soft_wrap=True,
         )
+
+
+@model_app.command("remove")
+def model_remove(
+    ctx: typer.Context,
+    ref: ModelRef,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Remove a model version: its variants, the files no other version uses, and its
+    finished deployment rows and rollouts.
+
+    Refused, naming the devices and rollouts, while a device serves it, a device would
+    roll back to it, an unfinished deployment needs it or a rollout of it is active.
+    Events and telemetry stay. `edgefleet artifacts gc` collects anything left behind.
+    """
+    if not yes:
+        typer.confirm(f"remove {ref} with its deployment history?", abort=True)
+    with opened_home(ctx) as home:
+        removed = catalog.remove_model_version(home, ref)
+    if as_json:
+        print_json(asdict(removed))
+        return
+    history = f"{removed.deployment_rows} deployment row(s), {len(removed.rollouts)} rollout(s)"
+    last = "; it was the model's last version" if removed.model_removed else ""
+    typer.echo(
+        f"removed {removed.ref}: variant(s) {', '.join(removed.variants)}, {history}; "
+        f"{removed.files_deleted} file(s), {size_text(removed.bytes_freed)} freed{last}"
+    )

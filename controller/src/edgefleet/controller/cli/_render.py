@@ -1,10 +1,16 @@
-"""Rendering in one place: tables, JSON, sizes and times, progress bars, the candidates."""
+"""Rendering in one place: tables, JSON, CSV, sizes, times and ages, progress bars, the
+candidates; and plain tables that never wrap, for what operators pipe into grep."""
 
 from __future__ import annotations
 
+import csv
 import json
-from collections.abc import Iterator
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import typer
@@ -130,3 +136,115 @@ def candidates_table(report: Any) -> Table:  # compress.CompressionReport
 
 def ratio(reference: float, candidate: float) -> str:
     return f"{reference / candidate:.2f}x" if candidate > 0 else "-"
+
+
+# -- plain tables that never wrap ------------------------------------------------------
+# One row a line whatever the width, so `edgefleet status | grep pi-a` shows the whole row:
+# cells are cut (with an ellipsis) rather than wrapped, the most expendable columns first.
+
+ELLIPSIS = "…"
+PIPE_WIDTH = 80  # what a line may take when stdout is not a terminal and COLUMNS is unset
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column of a plain table. ``shrink``: 0 never cut, else cut in decreasing order of
+    it down to ``min_width``; ``middle``: cut in the middle (ids: their head and tail tell
+    them apart)."""
+
+    header: str
+    shrink: int = 0
+    min_width: int = 6
+    right: bool = False
+    middle: bool = False
+
+
+def output_width() -> int:
+    """COLUMNS when set, else the terminal's width, else PIPE_WIDTH (a pipe or a file)."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns > 0:
+        return columns
+    if sys.stdout.isatty():
+        try:
+            return os.get_terminal_size(sys.stdout.fileno()).columns
+        except (OSError, ValueError):
+            pass
+    return PIPE_WIDTH
+
+
+def abbreviate(text: str, width: int, *, middle: bool = False) -> str:
+    """``text`` in at most ``width`` characters, an ellipsis where it was cut."""
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return ELLIPSIS[:width]
+    if not middle:
+        return text[: width - 1] + ELLIPSIS
+    tail = (width - 1) // 2
+    return text[: width - 1 - tail] + ELLIPSIS + text[len(text) - tail :]
+
+
+def table_lines(
+    columns: Sequence[Column], rows: Iterable[Sequence[str]], width: int | None
+) -> list[str]:
+    """The header and one line per row, columns two spaces apart, no line longer than
+    ``width`` (None: no limit) unless the columns' minimum widths alone exceed it."""
+    body = [list(r) for r in rows]
+    widths = [max([len(c.header), *(len(r[i]) for r in body)]) for i, c in enumerate(columns)]
+    excess = sum(widths) + 2 * (len(columns) - 1) - (width if width is not None else sys.maxsize)
+    for level in sorted({c.shrink for c in columns if c.shrink}, reverse=True):
+        # within a level, the widest column gives a character back first
+        while excess > 0:
+            room = [
+                (widths[i], i)
+                for i, c in enumerate(columns)
+                if c.shrink == level and widths[i] > c.min_width
+            ]
+            if not room:
+                break
+            widths[max(room)[1]] -= 1
+            excess -= 1
+    lines = []
+    for cells in [[c.header for c in columns], *body]:
+        parts = []
+        for i, (column, cell) in enumerate(zip(columns, cells, strict=True)):
+            cell = abbreviate(cell, widths[i], middle=column.middle)
+            last = i == len(columns) - 1
+            parts.append(
+                cell.rjust(widths[i]) if column.right else cell if last else cell.ljust(widths[i])
+            )
+        lines.append("  ".join(parts).rstrip())
+    return lines
+
+
+def print_lines(lines: Iterable[str]) -> None:
+    typer.echo("\n".join(lines))
+
+
+def print_csv(header: Sequence[str] | None, rows: Iterable[Sequence[Any]]) -> None:
+    """RFC 4180 CSV on stdout: the header (unless None), then one record a row; a None
+    value is an empty field."""
+    out = csv.writer(sys.stdout, lineterminator="\n")
+    if header is not None:
+        out.writerow(header)
+    for row in rows:
+        out.writerow(["" if v is None else v for v in row])
+
+
+def age_text(seconds: float | None) -> str:
+    """How long ago, in its largest whole unit: 12s, 5m, 3h, 2d; "-" for never."""
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def zoned(value: datetime | None) -> str:
+    """A time in this host's zone, the zone named: 2024-05-01 14:03:04 CEST."""
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z") if value else "-"

@@ -17,13 +17,13 @@ from rich.live import Live
 
 from edgefleet.shared.errors import ConfigError
 
-from .. import fleet, rollout
+from .. import rollout
 from ..home import Home
 from ..registry import ACTIVE_ROLLOUT_STATES, GateEvaluationPublic, RolloutDetail, RolloutState
 from ._app import EXIT_FAILURE, JsonFlag, app, opened_home
 from ._render import console, print_json
 from ._rollout_render import (
-    analysis_table,
+    analysis_view,
     duration_text,
     latest_per_gate,
     rollouts_table,
@@ -51,7 +51,13 @@ Profile = Annotated[
 ]
 Labels = Annotated[
     list[str] | None,
-    typer.Option("--label", "-l", help="Every device with this key=value label; repeatable."),
+    typer.Option(
+        "--label",
+        "-l",
+        metavar="KEY=VALUE",
+        help="Every device with this label; a key repeated means any of its values, "
+        "different keys and --profile must all match.",
+    ),
 ]
 Reason = Annotated[str, typer.Option("--reason", help="Why: recorded with your user name.")]
 
@@ -80,17 +86,20 @@ def rollout_start(
     bake: Annotated[
         str | None,
         typer.Option(
-            help="How long each wave bakes before its gates judge it: "
-            "min_requests=N (per device),min=DURATION,max=DURATION.",
-            show_default="min_requests=100,min=60s,max=15m",
+            metavar="KEY=VALUE,...",
+            help="How long each wave bakes before its gates may pass it, comma-separated: "
+            "min_requests=N (a device), min=DURATION, max=DURATION.",
+            show_default="min_requests=100, min=60s, max=15m",
         ),
     ] = None,
     gate: Annotated[
         list[str] | None,
         typer.Option(
             "--gate",
-            help="A gate setting KEY=VALUE; repeatable: quorum=0.9, latency.tolerance=0.2, "
-            "latency.limit_ms=20, errors.threshold=0.02, off=latency, only=install,errors.",
+            help="A gate setting KEY=VALUE, repeatable: quorum, install.min_finished, "
+            "latency.tolerance, latency.alpha, latency.limit_ms, errors.threshold, "
+            "errors.min_requests, errors.confidence (e.g. quorum=0.9, latency.tolerance=20%); "
+            "off=, on= or only= GATES among install, latency, absolute, errors.",
         ),
     ] = None,
     no_gates: Annotated[
@@ -116,8 +125,9 @@ def rollout_start(
         str | None,
         typer.Option(
             metavar="CRON",
-            help="Maintenance window: devices get orders only from each time this cron "
-            "expression fires until --window-duration later, e.g. '0 2 * * *'.",
+            help="Maintenance window: the rollout's orders go out only from each time this "
+            "cron expression (5 fields) fires until --window-duration later, e.g. '0 2 * * *'; "
+            "rollback orders go at once.",
         ),
     ] = None,
     window_duration: Annotated[
@@ -156,7 +166,7 @@ def rollout_start(
         no_gates=no_gates, on_fail=on_fail, timeout=timeout, window=window,
         window_duration=window_duration, window_tz=window_tz,
     )  # fmt: skip
-    labels = fleet.parse_labels(label or []) or None
+    labels = rollout.parse_label_selector(label or []) or None
     with opened_home(ctx) as home:
         detail = rollout.start_rollout(
             home, ref, devices=device or None, profile=profile, labels=labels, plan=plan,
@@ -340,4 +350,4 @@ def rollout_analysis(
     elif not evaluations:
         typer.echo(f"no gate evaluation yet for {rollout_id}")
     else:
-        console().print(analysis_table(evaluations, with_wave=wave is None))
+        console().print(analysis_view(evaluations, with_wave=wave is None))

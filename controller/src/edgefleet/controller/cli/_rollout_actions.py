@@ -11,7 +11,7 @@ import typer
 from .. import fleet, rollout
 from ._app import JsonFlag, app, opened_home
 from ._render import console, print_json
-from ._rollout import Devices, Labels, Profile, Reason, RolloutId, rollout_app
+from ._rollout import Devices, Profile, Reason, RolloutId, rollout_app
 from ._rollout_render import changed_text, rows_table
 
 
@@ -92,7 +92,15 @@ def rollback(
     ctx: typer.Context,
     device: Devices = None,
     profile: Profile = None,
-    label: Labels = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--label",
+            "-l",
+            metavar="KEY=VALUE",
+            help="Every device with this label; repeatable, all must match.",
+        ),
+    ] = None,
     reason: Reason = "",
     as_json: JsonFlag = False,
 ) -> None:

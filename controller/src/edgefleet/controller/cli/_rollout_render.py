@@ -11,10 +11,13 @@ from typing import Any
 
 from rich import box
 from rich.console import Group, RenderableType
+from rich.padding import Padding
 from rich.table import Table
+from rich.text import Text
 
 from .. import rollout
 from ..registry import (
+    ACTIVE_ROLLOUT_STATES,
     DeploymentPublic,
     GateEvaluationPublic,
     RolloutDetail,
@@ -58,16 +61,22 @@ def figure(value: float | None) -> str:
 
 
 def selector_text(selector: dict[str, Any], limit: int = 3) -> str:
-    """``{"profile": "rpi4"}`` → ``profile rpi4``; long device lists end in ``+N``."""
+    """``{"profile": "rpi4", "labels": {"site": ["home", "lab"]}}`` → ``profile rpi4,
+    labels site=home|lab``; a long device list ends in ``+N``."""
     if devices := selector.get("devices"):
-        shown = ", ".join(devices[:limit])
         more = f" +{len(devices) - limit}" if len(devices) > limit else ""
-        return f"devices {shown}{more}"
-    if labels := selector.get("labels"):
-        return "labels " + " ".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        return f"devices {', '.join(devices[:limit])}{more}"
+    parts = []
     if profile := selector.get("profile"):
-        return f"profile {profile}"
-    return "-"
+        parts.append(f"profile {profile}")
+    if labels := selector.get("labels"):
+        parts.append(
+            "labels "
+            + " ".join(
+                f"{k}={v if isinstance(v, str) else '|'.join(v)}" for k, v in sorted(labels.items())
+            )
+        )
+    return ", ".join(parts) or "-"
 
 
 def counts_text(counts: dict[str, int]) -> str:
@@ -132,7 +141,7 @@ def summary(r: RolloutPublic, plan: dict[str, Any]) -> Table:
         ("plan", plan_text(plan)),
     ]
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(key, Text(value))  # operators' words: never rich markup
     return table
 
 
@@ -166,7 +175,11 @@ def gates_table(evaluations: list[GateEvaluationPublic], wave: int) -> Table:
     )
     for e in evaluations:  # the detail cut short: `analysis` has the whole text
         table.add_row(
-            e.gate, e.decision, figure(e.statistic), figure(e.threshold), abbreviated(e.detail)
+            e.gate,
+            e.decision,
+            figure(e.statistic),
+            figure(e.threshold),
+            Text(abbreviated(e.detail)),
         )
     return table
 
@@ -184,23 +197,29 @@ def status_view(detail: RolloutDetail, gates: list[GateEvaluationPublic]) -> Ren
     ]
     if gates:
         parts += ["", gates_table(gates, gates[0].wave)]
-    elif detail.plan.get("gates") is not None:
+    elif detail.plan.get("gates") is not None and r.state in ACTIVE_ROLLOUT_STATES:
         parts += ["", f"no gate evaluation yet for wave {r.current_wave + 1}"]
     return Group(*parts)
 
 
-def analysis_table(evaluations: list[GateEvaluationPublic], *, with_wave: bool) -> Table:
+def analysis_view(evaluations: list[GateEvaluationPublic], *, with_wave: bool) -> Group:
+    """One line per evaluation (when, wave, gate, decision, figure / limit), its detail
+    wrapped below it: the detail is the long part, and a table column would squeeze it."""
+    rows = [
+        [short_when(e.at, seconds=True), *([str(e.wave + 1)] if with_wave else []), e.gate,
+         e.decision, f"{figure(e.statistic)} / {figure(e.threshold)}"]
+        for e in evaluations
+    ]  # fmt: skip
     headers = ["at", *(["wave"] if with_wave else []), "gate", "decision", "figure / limit"]
-    table = compact_table(*headers, "detail")
-    for e in evaluations:
-        cells = [
-            short_when(e.at, seconds=True),
-            *([str(e.wave + 1)] if with_wave else []),
-            e.gate,
-            e.decision,
-        ]
-        table.add_row(*cells, f"{figure(e.statistic)} / {figure(e.threshold)}", e.detail)
-    return table
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    parts: list[RenderableType] = [Text(line(headers), style="bold")]
+    for cells, e in zip(rows, evaluations, strict=True):
+        parts += [Text(line(cells)), Padding(Text(e.detail or "-"), (0, 0, 0, 4))]
+    return Group(*parts)
 
 
 def rows_table(rows: list[DeploymentPublic]) -> Table:
@@ -208,7 +227,7 @@ def rows_table(rows: list[DeploymentPublic]) -> Table:
     table = compact_table("device", "profile", "model", "state", "error")
     for row in rows:
         error = f"{row.error_code}: {row.error_message}" if row.error_code else "-"
-        table.add_row(row.device, row.profile, row.model, row.state, error)
+        table.add_row(row.device, row.profile, row.model, row.state, Text(error))
     return table
 
 

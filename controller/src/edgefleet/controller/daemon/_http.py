@@ -1,5 +1,5 @@
 """The daemon's HTTP server: artifacts for devices (content-addressed, Range, bearer token),
-``/healthz``, ``/metrics``, and the fleet page and its API (``_web``).
+``/healthz`` and ``/readyz`` (``_health``), ``/metrics``, the fleet page and its API (``_web``).
 
 Only ``<prefix>sha256/ab/<64 hex>`` is ever mapped to a file, so no request can reach
 anything else on disk. A token is a device's when its sha256 is that device's
@@ -65,9 +65,10 @@ class ArtifactServer:
         max_head_bytes: int = MAX_HEAD_BYTES,
         tls: ssl.SSLContext | None = None,
         web: FleetWeb | None = None,
+        health: Callable[[str], WebAnswer | None] | None = None,
     ) -> None:
-        """``tls``: serve HTTPS with this server-side context (see ``server_tls_context``);
-        ``web``: the fleet page and API, off without it."""
+        """``tls``: HTTPS with this server-side context (see ``server_tls_context``); ``web``:
+        the fleet page and API, off without it; ``health``: ``Health.answer``, else plain ok."""
         prefix = "/" + prefix.strip("/") + "/" if prefix.strip("/") else "/"
         path_re = re.compile("^" + re.escape(prefix) + r"sha256/([0-9a-f]{2})/([0-9a-f]{64})$")
         handler = type(
@@ -84,6 +85,7 @@ class ArtifactServer:
                 "metrics": metrics or Metrics(),
                 "metrics_text": staticmethod(metrics_text) if metrics_text else None,
                 "web": web,
+                "health": staticmethod(health) if health else None,
             },
         )
         self.httpd = _Server((host, port), handler)
@@ -130,6 +132,7 @@ class _Handler(BaseHTTPRequestHandler):
     metrics: Metrics
     metrics_text: Callable[[], str] | None
     web: FleetWeb | None
+    health: Callable[[str], WebAnswer | None] | None
     idle_timeout_s: float
     head_timeout_s: float
     send_timeout_s: float
@@ -263,6 +266,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.metrics.inc(
             "edgefleet_api_requests_total", route=route, status=str(int(answer.status))
         )
+        self._send(answer, body=body)
+
+    def _send(self, answer: WebAnswer, *, body: bool) -> None:
         self.send_response(answer.status)
         for k, v in answer.headers.items():
             self.send_header(k, v)
@@ -274,6 +280,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, *, body: bool) -> None:
         path = self.path.split("?", 1)[0]
+        if self.health is not None and (health := self.health(path)) is not None:
+            self._send(health, body=body)  # not an artifact request: not counted as one
+            return
         if path == "/healthz":
             self._reply(HTTPStatus.OK, b"ok\n", body=body)
             return

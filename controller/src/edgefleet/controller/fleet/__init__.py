@@ -1,7 +1,9 @@
 """The fleet: enrolling devices (credentials and agent config), the broker's password file
-and ACL, and the read side — what runs where, how fast, and what the devices reported."""
+and ACL, and the read side — what runs where, how fast, what the devices reported, and whether
+an `edgefleet serve` is alive (its heartbeat); and how long telemetry is kept."""
 
 from ._broker_files import BrokerConfig, cli_broker_user, write_broker_config
+from ._daemon import DaemonLiveness, DaemonState, daemon_state, record_heartbeat
 from ._deployment_views import DeploymentView, DeviceProgress, Wave, deployment_views
 from ._devices import (
     DEFAULT_STATE_DIR,
@@ -25,11 +27,14 @@ from ._overview import (
     fleet_overview,
     latency_chart,
 )
+from ._retention import PruneReport, TelemetryRetention, prune_telemetry
 from ._status import fleet_status, follow_events, list_events
 
 __all__ = [
     "DEFAULT_STATE_DIR",
     "BrokerConfig",
+    "DaemonLiveness",
+    "DaemonState",
     "DeploymentView",
     "DeviceProgress",
     "DeviceRow",
@@ -39,10 +44,13 @@ __all__ = [
     "LatencyChart",
     "LatencyHistory",
     "LatencySeries",
+    "PruneReport",
+    "TelemetryRetention",
     "Wave",
     "add_device",
     "agent_config_text",
     "cli_broker_user",
+    "daemon_state",
     "deployment_views",
     "fleet_overview",
     "fleet_status",
@@ -53,6 +61,8 @@ __all__ = [
     "list_events",
     "mosquitto_password_hash",
     "parse_labels",
+    "prune_telemetry",
+    "record_heartbeat",
     "remove_device",
     "token_sha256",
     "write_broker_config",

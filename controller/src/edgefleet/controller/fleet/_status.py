@@ -1,12 +1,18 @@
-"""The fleet's read side: what every device runs and how fast, and the events they reported."""
+"""The fleet's read side: what every device runs and should run, how fast, how far its
+online flag can be trusted, and the events the devices reported (with who started the
+rollout they belong to, and why)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
-from sqlmodel import col, select
+import sqlalchemy as sa
+from sqlalchemy import func
+from sqlmodel import Session, col, select
 
-from edgefleet.shared.errors import NotFound
+from edgefleet.shared.errors import ConfigError, NotFound
 
 from ..home import Home
 from ..registry import (
@@ -18,57 +24,230 @@ from ..registry import (
     EventPublic,
     Model,
     ModelVersion,
+    Rollout,
     Telemetry,
     Variant,
     as_utc,
+    utcnow,
 )
+from ._daemon import daemon_state
+
+# A device whose last status said online but from which nothing has come for this long is
+# "stale": an agent sends telemetry every 10 s by default and the broker publishes its will
+# 45 s (1.5 keepalives) after it goes quiet, so five minutes of silence means the daemon has
+# stopped hearing the broker, not that the device is fine.
+SILENT_AFTER = timedelta(minutes=5)
+# How far back the newest p95 is looked for: the (device_id, at) index is read backwards from
+# now for at most this long per device, so the cost does not grow with the telemetry kept.
+P95_WINDOW = timedelta(hours=1)
+ONLINE_STATES = ("online", "offline", "stale")
+STATUS_STATES = (*ONLINE_STATES, *(s.value for s in DeploymentState))
+# a row that no longer orders anything: its device's desired model is an older row's
+_DEAD = (DeploymentState.SUPERSEDED.value, DeploymentState.CANCELLED.value)
 
 
-def fleet_status(home: Home) -> list[DeviceStatus]:
+def fleet_status(
+    home: Home,
+    *,
+    profile: str | None = None,
+    labels: Mapping[str, str | Sequence[str]] | None = None,
+    state: str | None = None,
+    model: str | None = None,
+    now: datetime | None = None,
+) -> list[DeviceStatus]:
+    """Every device (or those matching every filter given), by name, in a constant number of
+    queries whatever the fleet's size.
+
+    ``labels`` maps a key to a value, or to values any of which will do; ``state`` is an
+    online state (online, offline, stale) or the state of the device's deployment row that
+    ``desired`` comes from; ``model`` is NAME or NAME:VERSION, matched against what the
+    device serves and what it should. ``online`` is true only on fresh evidence (see
+    ``SILENT_AFTER``) with a daemon alive and connected to the broker (``daemon_state``)."""
+    if state is not None and state not in STATUS_STATES:
+        raise ConfigError(f"unknown state {state!r}; choose from {', '.join(STATUS_STATES)}")
+    if profile is not None:
+        home.profile(profile)  # raises NotFound for a profile that does not exist
+    now = (now or utcnow()).astimezone(UTC)  # SQLite compares the stored UTC text
+    daemon = daemon_state(home, now=now)
+    hearing = daemon.alive and daemon.broker_connected is not False
     with home.session() as session:
-        out = []
-        for device in session.exec(select(Device).order_by(Device.name)).all():
-            latest = session.exec(
-                select(Deployment)
-                .where(Deployment.device_id == device.id)
-                .order_by(col(Deployment.id).desc())
-            ).first()
-            committed = session.exec(
-                select(Deployment, Variant, ModelVersion, Model)
-                .join(Variant, Variant.id == Deployment.variant_id)  # type: ignore[arg-type]
-                .join(ModelVersion, ModelVersion.id == Variant.model_version_id)  # type: ignore[arg-type]
-                .join(Model, Model.id == ModelVersion.model_id)  # type: ignore[arg-type]
-                .where(
-                    Deployment.device_id == device.id,
-                    Deployment.state == DeploymentState.COMMITTED.value,
-                )
-                .order_by(col(Deployment.updated_at).desc(), col(Deployment.id).desc())
-            ).first()
-            p95 = session.exec(
-                select(Telemetry.p95_ms)
-                .where(Telemetry.device_id == device.id, col(Telemetry.p95_ms).is_not(None))
-                .order_by(col(Telemetry.at).desc(), col(Telemetry.id).desc())
-            ).first()
-            out.append(
-                DeviceStatus(
-                    device=device.name,
-                    online=device.online,
-                    profile=device.profile,
-                    model=f"{committed[3].name}:{committed[2].version}" if committed else None,
-                    state=latest.state if latest else None,
-                    p95_ms=p95,
-                    last_seen=as_utc(device.last_seen),
-                )
-            )
-        return out
+        if model is not None:
+            _check_model(session, model)
+        found = session.execute(_status_query(now, profile)).all()
+        refs = _variant_refs(session)
+    out = []
+    for row in found:
+        if labels and not _labelled(row.labels or {}, labels):
+            continue
+        seen = as_utc(row.last_seen)
+        age = (now - seen).total_seconds() if seen is not None else None
+        status = DeviceStatus(
+            device=row.name,
+            online=False,
+            profile=row.profile,
+            model=_short(refs.get(row.committed_variant)),
+            state=row.desired_state or row.latest_state,
+            p95_ms=row.p95_ms,
+            last_seen=seen,
+            online_state=_online_state(row.online, age, hearing),
+            reported_online=row.online,
+            age_s=age,
+            labels=dict(row.labels or {}),
+            desired=refs.get(row.desired_variant),
+            deployment_id=row.desired_id,
+            serving=row.serving_model,
+            serving_deployment_id=row.serving_deployment_id,
+            agent_version=row.agent_version,
+        )
+        status.online = status.online_state == "online"
+        if _wanted(status, state, model):
+            out.append(status)
+    return out
+
+
+def _status_query(now: datetime, profile: str | None) -> sa.Select[Any]:
+    """Every device with its newest p95 and three of its deployment rows, in one statement:
+    per device, index lookups only (telemetry by (device_id, at) back from now, deployment
+    rows by device_id), so its cost follows the fleet's size, not the history kept.
+
+    The rows: its newest (``latest_state``), its newest still ordering a model (``desired``:
+    neither superseded nor cancelled, of either kind, since a rollback row's variant is the
+    model it goes back to) and its newest committed (``committed_variant``)."""
+    device = Device.__table__  # type: ignore[attr-defined]
+    telemetry = Telemetry.__table__.c  # type: ignore[attr-defined]
+    deployment = Deployment.__table__  # type: ignore[attr-defined]
+    d = deployment.c
+
+    def newest(*where: Any) -> Any:
+        # max() rather than ORDER BY id DESC LIMIT 1: PostgreSQL's planner could walk the
+        # primary key backwards for that; max() keeps it on the device_id index
+        query = sa.select(func.max(d.id)).where(d.device_id == device.c.id, *where)
+        return query.correlate(device).scalar_subquery()
+
+    p95 = (
+        sa.select(telemetry.p95_ms)
+        .where(
+            telemetry.device_id == device.c.id,
+            telemetry.at >= now - P95_WINDOW,
+            telemetry.p95_ms.is_not(None),
+        )
+        .order_by(telemetry.at.desc(), telemetry.id.desc())
+        .limit(1)
+        .correlate(device)
+        .scalar_subquery()
+    )
+    c = device.c
+    devices = sa.select(
+        c.name, c.profile, c.labels, c.online, c.last_seen, c.agent_version, c.serving_model,
+        c.serving_deployment_id, p95.label("p95_ms"), newest().label("latest"),
+        newest(d.state.not_in(_DEAD)).label("live"),
+        newest(d.state == DeploymentState.COMMITTED.value).label("done"),
+    )  # fmt: skip
+    if profile is not None:
+        devices = devices.where(c.profile == profile)
+    each = devices.subquery()
+    latest, live, done = (deployment.alias(name) for name in ("latest", "live", "done"))
+    return (
+        sa.select(
+            each,
+            latest.c.state.label("latest_state"),
+            live.c.deployment_id.label("desired_id"),
+            live.c.variant_id.label("desired_variant"),
+            live.c.state.label("desired_state"),
+            done.c.variant_id.label("committed_variant"),
+        )
+        .select_from(each)
+        .outerjoin(latest, latest.c.id == each.c.latest)
+        .outerjoin(live, live.c.id == each.c.live)
+        .outerjoin(done, done.c.id == each.c.done)
+        .order_by(each.c.name)
+    )
+
+
+def _online_state(
+    reported: bool, age_s: float | None, hearing: bool
+) -> Literal["online", "offline", "stale"]:  # registry's OnlineState
+    """A device's own "offline" (its will, or nothing ever heard) stands; its "online" holds
+    only while a daemon is alive and connected to the broker, so it would have heard the
+    will, and the device spoke recently."""
+    if not reported:
+        return "offline"
+    if hearing and age_s is not None and age_s <= SILENT_AFTER.total_seconds():
+        return "online"
+    return "stale"
+
+
+def _labelled(have: dict[str, str], wanted: Mapping[str, str | Sequence[str]]) -> bool:
+    """Each key's label is its wanted value, or one of them (as ``deploy --label`` picks)."""
+    return all(
+        have.get(key) in ([value] if isinstance(value, str) else value)
+        for key, value in wanted.items()
+    )
+
+
+def _wanted(status: DeviceStatus, state: str | None, model: str | None) -> bool:
+    if state in ONLINE_STATES and status.online_state != state:
+        return False
+    if state is not None and state not in ONLINE_STATES and status.state != state:
+        return False
+    if model is None:
+        return True
+    return any(_matches(ref, model) for ref in (status.serving, status.desired))
+
+
+def _matches(ref: str | None, wanted: str) -> bool:
+    """Whether ``ref`` (name:version/variant) is of model ``wanted`` (NAME or NAME:VERSION)."""
+    if ref is None:
+        return False
+    name_version = ref.split("/", 1)[0]
+    if ":" in wanted:
+        return name_version == wanted
+    return name_version.split(":", 1)[0] == wanted
+
+
+def _short(ref: str | None) -> str | None:
+    return ref.split("/", 1)[0] if ref else None
+
+
+def _check_model(session: Session, wanted: str) -> None:
+    name, _, version = wanted.partition(":")
+    query = select(Model.id).where(Model.name == name)
+    if version:
+        query = query.join(ModelVersion, col(ModelVersion.model_id) == col(Model.id)).where(
+            ModelVersion.version == version
+        )
+    if session.exec(query).first() is None:
+        raise NotFound(f"unknown model {wanted}")
+
+
+def _variant_refs(session: Session) -> dict[int, str]:
+    """variant id -> name:version/variant"""
+    rows = session.exec(
+        select(Variant.id, Variant.name, Model.name, ModelVersion.version)
+        .join(ModelVersion, col(ModelVersion.id) == col(Variant.model_version_id))
+        .join(Model, col(Model.id) == col(ModelVersion.model_id))
+    ).all()
+    return {vid: f"{name}:{version}/{variant}" for vid, variant, name, version in rows if vid}
 
 
 def list_events(
     home: Home, *, device: str | None = None, limit: int = 200, after: int = 0
 ) -> list[EventPublic]:
-    """The newest ``limit`` events with an id above ``after``, oldest first."""
+    """The newest ``limit`` events with an id above ``after``, oldest first; an event of a
+    rollout's row carries who started the rollout and why."""
     with home.session() as session:
-        query = select(Event, Device.name).join(Device, Device.id == Event.device_id)  # type: ignore[arg-type]
+        query = (
+            select(Event, Device.name, Rollout.started_by, Rollout.note)
+            .join(Device, col(Device.id) == col(Event.device_id))
+            .outerjoin(
+                Deployment,
+                sa.and_(
+                    col(Deployment.deployment_id) == col(Event.deployment_id),
+                    col(Deployment.device_id) == col(Event.device_id),
+                ),
+            )
+            .outerjoin(Rollout, col(Rollout.id) == col(Deployment.rollout_id))
+        )
         if device is not None:
             if session.exec(select(Device.id).where(Device.name == device)).first() is None:
                 raise NotFound(f"unknown device {device!r}")
@@ -87,8 +266,10 @@ def list_events(
                 error_code=e.error_code,
                 message=e.message,
                 details=e.details,
+                started_by=started_by,
+                note=note,
             )
-            for e, name in reversed(rows)
+            for e, name, started_by, note in reversed(rows)
         ]
 
 

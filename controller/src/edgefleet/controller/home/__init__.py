@@ -3,7 +3,16 @@ signing key, files written privately, and :class:`Home`, which opens the registr
 the artifact store for every other part."""
 
 from ._files import write_private
-from ._home import Home, InitReport, available_profiles, init_home, open_home
+from ._home import (
+    AppliedMigration,
+    Home,
+    InitReport,
+    UpgradeReport,
+    available_profiles,
+    init_home,
+    open_home,
+    upgrade_home,
+)
 from ._keys import key_path, make_home_key_current, read_key, write_new_key
 from ._profiles import (
     Budgets,
@@ -29,6 +38,7 @@ from ._tls import TlsFiles, ensure_tls, existing_tls
 __all__ = [
     "CONTROLLER_USER",
     "HOME_ENV",
+    "AppliedMigration",
     "Budgets",
     "Compression",
     "DeviceProfile",
@@ -36,6 +46,7 @@ __all__ = [
     "InitReport",
     "Settings",
     "TlsFiles",
+    "UpgradeReport",
     "available_profiles",
     "builtin_profiles_dir",
     "config_text",
@@ -52,6 +63,7 @@ __all__ = [
     "read_key",
     "record_profile",
     "toml_value",
+    "upgrade_home",
     "with_controller_login",
     "write_new_key",
     "write_private",

@@ -21,10 +21,13 @@ from edgefleet.shared import (
 from edgefleet.shared.errors import ConfigError
 
 from ..registry import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
     ArtifactStore,
     KeyState,
     SigningKey,
     create_engine,
+    current_version,
     describe_url,
     session_scope,
     upgrade,
@@ -138,7 +141,7 @@ def init_home(settings: Settings) -> InitReport:
             created.append(str(settings.private_key_path))
     except OSError as exc:
         raise ConfigError(f"cannot set up {home}: {exc}") from exc
-    opened = open_home(settings, require_init=False)
+    opened = open_home(settings, require_init=False, migrate=True)
     try:
         key = opened.signing_key()
         public = settings.public_key_path
@@ -195,16 +198,30 @@ def _private_database(url: str, *, fix: bool = False) -> None:
 _SQLITE_SIDES = ("-wal", "-shm", "-journal")
 
 
-def open_home(settings: Settings, *, require_init: bool = True) -> Home:
-    """Open the registry, bringing its schema up to date first."""
+def open_home(settings: Settings, *, require_init: bool = True, migrate: bool = False) -> Home:
+    """Open the registry and the artifact store.
+
+    Only ``init`` and ``upgrade`` change the schema (``migrate=True``). Any other command
+    finds the registry at this edgefleet's schema or is refused with the command to run,
+    before anything is written: an empty database is not created, let alone given tables,
+    by a command that only reads (``status`` on a new PostgreSQL database)."""
     if require_init and not settings.is_initialised:
         raise ConfigError(
             f"{settings.home} is not an edgefleet home (no config.toml); run `edgefleet init`"
         )
-    _private_database(settings.database_url)
+    database = describe_url(settings.database_url)
+    if migrate:
+        _private_database(settings.database_url)
+    else:
+        sqlite = _sqlite_file(settings.database_url)
+        if sqlite is not None and not sqlite.is_file():
+            # connecting would create the file (and its folder): refuse first
+            raise ConfigError(f"there is no registry at {database}: run `edgefleet init`")
     engine = create_engine(settings.database_url)
     try:
-        applied = upgrade(engine)
+        applied = upgrade(engine) if migrate else []
+        if not migrate:
+            _check_schema(engine, database)
     except BaseException:
         engine.dispose()
         raise
@@ -213,4 +230,61 @@ def open_home(settings: Settings, *, require_init: bool = True) -> Home:
         engine=engine,
         store=ArtifactStore(settings.artifacts_dir),
         migrations_applied=applied,
+    )
+
+
+def _check_schema(engine: Engine, database: str) -> None:
+    found = current_version(engine)  # reads only: no table is created to find out
+    if found == SCHEMA_VERSION:
+        return
+    if found == 0:
+        raise ConfigError(f"the registry {database} is empty: run `edgefleet init`")
+    if found < SCHEMA_VERSION:
+        raise ConfigError(
+            f"the registry is at schema {found}, this edgefleet needs {SCHEMA_VERSION}: "
+            "run `edgefleet upgrade`"
+        )
+    raise ConfigError(
+        f"the registry is at schema {found}, newer than this edgefleet understands "
+        f"({SCHEMA_VERSION}): upgrade edgefleet-controller"
+    )
+
+
+@dataclass(frozen=True)
+class AppliedMigration:
+    version: int
+    description: str
+
+
+@dataclass(frozen=True)
+class UpgradeReport:
+    """What ``upgrade_home`` did: the schema before and after, and each migration applied."""
+
+    database: str
+    from_version: int
+    to_version: int
+    applied: list[AppliedMigration]
+
+
+def upgrade_home(settings: Settings) -> UpgradeReport:
+    """Bring the registry's schema up to this edgefleet's (``edgefleet upgrade``): the one
+    place besides ``init`` where migrations run."""
+    if not settings.is_initialised:
+        raise ConfigError(
+            f"{settings.home} is not an edgefleet home (no config.toml); run `edgefleet init`"
+        )
+    _private_database(settings.database_url)
+    engine = create_engine(settings.database_url)
+    try:
+        before = current_version(engine)
+        applied = upgrade(engine)
+        after = current_version(engine)
+    finally:
+        engine.dispose()
+    described = {m.version: m.description for m in MIGRATIONS}
+    return UpgradeReport(
+        database=describe_url(settings.database_url),
+        from_version=before,
+        to_version=after,
+        applied=[AppliedMigration(v, described[v]) for v in applied],
     )

@@ -51,6 +51,11 @@ class Settings:
     # Who may reach the page and the API at all (addresses or networks, comma-separated);
     # everyone else gets 404. Loopback only unless widened here.
     web_allow: str = "127.0.0.0/8, ::1"
+    # Telemetry retention (`edgefleet serve` every hour, or `edgefleet telemetry prune`):
+    # rows older than telemetry_raw_days become one row per device, model and hour; rows
+    # older than telemetry_keep_days are deleted. 0 turns either step off.
+    telemetry_raw_days: int = 7
+    telemetry_keep_days: int = 90
 
     @property
     def config_path(self) -> Path:
@@ -139,6 +144,11 @@ def _checked(settings: Settings) -> Settings:
     if art.scheme not in ("http", "https") or not art.hostname:
         raise ConfigError(
             f"artifact_url must be an http:// or https:// URL, got {settings.artifact_url!r}"
+        )
+    raw, keep = settings.telemetry_raw_days, settings.telemetry_keep_days
+    if raw and keep and keep < raw:
+        raise ConfigError(
+            f"telemetry_keep_days ({keep}) must not be below telemetry_raw_days ({raw})"
         )
     if not settings.artifact_url.endswith("/"):
         settings = replace(settings, artifact_url=settings.artifact_url + "/")

@@ -1,15 +1,23 @@
 """The controller's one MQTT adapter: a paho client built from a ``BrokerEndpoint`` with the
 MQTT 5 session settings in one place, every callback guarded, and one "publish and wait
 for the broker's acknowledgement". Nothing of paho leaves this module: handlers receive a
-frozen :class:`Received`, and paho's failures become ``BrokerError``."""
+frozen :class:`Received`, and paho's failures become ``BrokerError``.
+
+paho retries a lost or refused connection by itself (``reconnect_delay_set``); the link
+logs each failure with the broker's own reason (a warning when it first happens or changes,
+then a reminder every ``REMIND_EVERY_S``, debug in between) and keeps the latest one, with
+the time the connection last came up or went down, for ``/healthz``."""
 
 from __future__ import annotations
 
 import logging
 import ssl
+import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -29,6 +37,10 @@ KEEPALIVE_S = 30
 PUBLISH_TIMEOUT_S = 10.0
 # paho's own queue while disconnected: dispatch can go on publishing through a short outage
 MAX_QUEUED = 10_000
+# paho's wait between attempts doubles from the first to the second figure
+RECONNECT_DELAY_S = (1, 10)
+# a failure repeating the previous one is logged at warning level at most this often
+REMIND_EVERY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -88,8 +100,15 @@ class MqttLink:
         self._on_disconnected = on_disconnected
         self._connected = threading.Event()
         self._ready = threading.Event()  # subscribed (or refused) after the latest connect
+        self._settled = threading.Event()  # the first attempt has an outcome
         self._refused: str | None = None
         self._subscribe_mid: int | None = None
+        self._state_lock = threading.Lock()
+        self._since = datetime.now(UTC)  # when the connection last came up or went down
+        self._last_error: str | None = None
+        self._failures = 0  # attempts failed since the connection was last up
+        self._warned_at = float("-inf")  # time.monotonic() of the last warning
+        self._closing = False
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=session.client_id,
@@ -97,8 +116,9 @@ class MqttLink:
             manual_ack=session.manual_ack,
         )
         self._client.max_queued_messages_set(MAX_QUEUED)
-        self._client.reconnect_delay_set(1, 10)
+        self._client.reconnect_delay_set(*RECONNECT_DELAY_S)
         self._client.on_connect = self._guarded(self._handle_connect)
+        self._client.on_connect_fail = self._guarded(self._handle_connect_fail)
         self._client.on_subscribe = self._guarded(self._handle_subscribe)
         self._client.on_disconnect = self._guarded(self._handle_disconnect)
         self._client.on_message = self._guarded(self._handle_message)
@@ -137,11 +157,38 @@ class MqttLink:
             self.close()
             raise BrokerError(f"the broker at {self.endpoint.public_url} did not let us in: {why}")
 
+    def wait_settled(self, timeout_s: float) -> bool:
+        """Wait until the first connection attempt has an outcome (connected, refused or
+        failed); False when there is none within ``timeout_s``. Raises nothing."""
+        return self._settled.wait(timeout_s)
+
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def since(self) -> datetime:
+        """When the connection last came up (while ``connected``) or went down (UTC); the
+        link's creation time until the first attempt has an outcome."""
+        with self._state_lock:
+            return self._since
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the latest attempt failed or the connection was lost, in the broker's words
+        where it gave any ("refused by the broker: Not authorized"); None until then. Kept
+        after a reconnect, as history."""
+        with self._state_lock:
+            return self._last_error
+
+    @property
+    def failed_attempts(self) -> int:
+        """Connection attempts failed since the connection was last up."""
+        with self._state_lock:
+            return self._failures
+
     def close(self) -> None:
+        self._closing = True
         # disconnect first: loop_stop() on a live connection waits out paho's select timeout
         self._client.disconnect()
         self._client.loop_stop()
@@ -181,13 +228,19 @@ class MqttLink:
 
     def _handle_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
-            log.warning("the broker at %s refused us: %s", self.endpoint.public_url, reason)
             self._refused = str(reason)
+            self._attempt_failed(f"refused by the broker: {reason}")
             self._ready.set()
             return
         self._refused = None
+        with self._state_lock:
+            failed, self._failures = self._failures, 0
+            self._since = datetime.now(UTC)
+            self._warned_at = float("-inf")
         self._connected.set()
-        log.info("connected to %s", self.endpoint.public_url)
+        self._settled.set()
+        after = f" after {failed} failed attempt(s)" if failed else ""
+        log.info("connected to %s%s", self.endpoint.public_url, after)
         if self.subscriptions:
             _, self._subscribe_mid = client.subscribe(self.subscriptions)
         else:
@@ -204,9 +257,50 @@ class MqttLink:
             log.warning("the broker refused our subscriptions: %s", ", ".join(failed))
         self._ready.set()
 
-    def _handle_disconnect(self, *_: Any) -> None:
+    def _handle_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
+        # paho calls this inside its `except OSError:` around the attempt, and passes no
+        # reason: the exception being handled is the reason
+        exc = sys.exc_info()[1]
+        why = (getattr(exc, "strerror", None) or str(exc)) if exc else ""
+        self._attempt_failed(f"cannot connect: {why or 'no reason given'}")
+
+    def _attempt_failed(self, why: str) -> None:
+        with self._state_lock:
+            self._failures += 1
+            attempt, repeated = self._failures, why == self._last_error
+            self._last_error = why
+            now = time.monotonic()
+            warn = not repeated or now - self._warned_at >= REMIND_EVERY_S
+            if warn:
+                self._warned_at = now
+        self._settled.set()
+        log.log(
+            logging.WARNING if warn else logging.DEBUG,
+            "no connection to the broker at %s: %s (attempt %d; retrying within %d s)",
+            self.endpoint.public_url,
+            why,
+            attempt,
+            RECONNECT_DELAY_S[1],
+        )
+
+    def _handle_disconnect(
+        self, _c: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any
+    ) -> None:
+        if not self._connected.is_set():
+            return  # the end of a refused attempt, already told: paho calls it a protocol error
         self._connected.clear()
-        log.info("disconnected from the broker")
+        if flags.is_disconnect_packet_from_server:
+            why = f"the broker closed the connection: {reason}"
+        else:
+            why = f"connection lost ({reason})" if reason.is_failure else "disconnected"
+        with self._state_lock:
+            self._since = datetime.now(UTC)
+            if not self._closing:
+                self._last_error = why
+        if self._closing:
+            log.info("disconnected from the broker")
+        else:
+            log.warning("lost the broker at %s: %s; reconnecting", self.endpoint.public_url, why)
         if self._on_disconnected is not None:
             self._on_disconnected()
 

@@ -336,6 +336,25 @@ def add_column(conn: sa.Connection, table: str, column: sa.Column) -> None:
     conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {ddl}"))
 
 
+def schema_v8(conn: sa.Connection) -> None:
+    md = sa.MetaData()
+    sa.Table(
+        "daemon_heartbeat",
+        md,
+        sa.Column("name", sa.String(128), primary_key=True),
+        sa.Column("host", sa.String(255), nullable=False),
+        sa.Column("pid", sa.Integer, nullable=False),
+        sa.Column("version", sa.String(64), nullable=False),
+        sa.Column("every_s", sa.Float, nullable=False),
+        column_when("started_at"),
+        column_when("beat_at"),
+        column_when("stopped_at", nullable=True),
+        sa.Column("broker_connected", sa.Boolean, nullable=False),
+        sa.Column("detail", sa.String, nullable=False),
+    )
+    md.tables["daemon_heartbeat"].create(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "profiles, devices, models, versions, artifacts, variants", schema_v1),
     Migration(2, "deployments, events, telemetry, device status", schema_v2),
@@ -346,4 +365,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         7, "rollouts, their waves and gate evaluations; rollback rows; serving models", schema_v7
     ),
+    Migration(8, "the daemon's heartbeat, so commands can tell whether it is alive", schema_v8),
 )

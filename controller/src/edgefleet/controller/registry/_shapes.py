@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import field_validator
 from sqlmodel import SQLModel
@@ -128,14 +128,29 @@ class GateEvaluationPublic(SQLModel):
     at: datetime
 
 
+# How far the registry's word on a device can be trusted: "online" needs the device's last
+# status to say so, a daemon alive to have heard any will since, and a recent message.
+OnlineState = Literal["online", "offline", "stale"]
+
+
 class DeviceStatus(SQLModel):
     device: str
-    online: bool
+    online: bool  # online_state == "online": fresh evidence says it is connected
     profile: str
     model: str | None  # name:version of the last committed deployment
-    state: str | None  # of the device's latest deployment
-    p95_ms: float | None  # last reported by the device
+    state: str | None  # of the row ``desired`` comes from, else of its newest row
+    p95_ms: float | None  # the newest the device reported in the last hour
     last_seen: datetime | None
+    # since rollouts: the evidence behind ``online``, and desired vs serving
+    online_state: OnlineState = "offline"
+    reported_online: bool = False  # what the device's last status (or its will) said
+    age_s: float | None = None  # seconds since the controller last heard from it
+    labels: dict[str, str] = {}
+    desired: str | None = None  # name:version/variant its newest live deployment row orders
+    deployment_id: str | None = None  # that row's deployment (or rollback) id
+    serving: str | None = None  # name:version/variant, as the device's status says
+    serving_deployment_id: str | None = None
+    agent_version: str = ""
 
 
 class EventPublic(SQLModel):
@@ -148,3 +163,6 @@ class EventPublic(SQLModel):
     error_code: str | None
     message: str
     details: dict[str, Any] | None
+    # who started the rollout the event belongs to, and why (None: not a rollout's event)
+    started_by: str | None = None
+    note: str | None = None

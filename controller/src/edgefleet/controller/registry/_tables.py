@@ -374,3 +374,21 @@ class GateEvaluation(SQLModel, table=True):
     inputs: dict[str, Any] = _json()
     detail: str = ""
     at: datetime = _when(default_factory=utcnow)
+
+
+class DaemonHeartbeat(SQLModel, table=True):
+    """The latest sign of life of one ``edgefleet serve`` (schema 8), one row per client id,
+    rewritten every ``every_s`` seconds; ``fleet.daemon_state`` reads it for the CLI."""
+
+    __tablename__ = "daemon_heartbeat"
+
+    name: str = Field(primary_key=True, max_length=128)  # the daemon's MQTT client id
+    host: str = Field(max_length=255)
+    pid: int
+    version: str = Field(max_length=64)
+    every_s: float  # how often it beats: a beat older than a few of these is stale
+    started_at: datetime = _when(default_factory=utcnow)
+    beat_at: datetime = _when(default_factory=utcnow)
+    stopped_at: datetime | None = _when(default=None)  # set by a clean shutdown
+    broker_connected: bool = False
+    detail: str = ""  # why it is unhealthy ("" when healthy), as /healthz says it

@@ -42,7 +42,7 @@ from ._plan import (
 )
 from ._progress import deployment_progress, wait_for_deployment
 from ._start import deploy, start_rollout
-from ._targets import new_deployment_id
+from ._targets import new_deployment_id, parse_label_selector
 from ._views import gate_analysis, list_rollouts, rollout_detail
 
 __all__ = [
@@ -81,6 +81,7 @@ __all__ = [
     "parse_bake",
     "parse_duration",
     "parse_gate_options",
+    "parse_label_selector",
     "parse_waves",
     "parse_window",
     "pause_rollout",

@@ -162,7 +162,9 @@ def _judge_wave(
             if result.decision is Decision.FAIL:
                 _store(session, rollout, wave, [result], now)
                 return True, _failed(plan), f"{label}: {result.detail}"
-        if not _installed(session, rollout, wave):
+        # Without gates nothing is judged, and the one wave is done when every row is:
+        # the devices offline at its start are waited for too.
+        if not _installed(session, rollout, wave, with_queued=plan.gates is None):
             return wrote, None, ""
         wave.state, wave.bake_started_at, wave.analysed_at = WaveState.BAKING.value, now, None
         session.add(wave)
@@ -214,9 +216,12 @@ def _due(wave: RolloutWave, plan: RolloutPlan, now: datetime) -> bool:
     return last is None or (now - last).total_seconds() >= plan.analysis_interval_s
 
 
-def _installed(session: Session, rollout: Rollout, wave: RolloutWave) -> bool:
-    """Every counted device of the wave has finished its part (committed, failed, lost)."""
-    counted = list(wave.devices or [])
+def _installed(
+    session: Session, rollout: Rollout, wave: RolloutWave, *, with_queued: bool = False
+) -> bool:
+    """Every counted device of the wave (with ``with_queued``, every one) has finished its
+    part (committed, failed, lost)."""
+    counted = list(wave.devices or []) + list(wave.queued or [] if with_queued else [])
     if not counted:
         return True
     states = session.exec(

@@ -66,33 +66,51 @@ def dispatch_pending(
 ) -> list[Dispatched]:
     """Sign and publish up to ``limit`` pending orders (deployments and rollbacks), oldest
     first, to devices that have connected at least once; not those of a paused rollout, and
-    a rollout's deployments only inside its maintenance window (rollbacks go at once)."""
+    a rollout's deployments only inside its maintenance window (rollbacks go at once).
+    ``now`` is the controller's clock: the window's, the orders' issue time and ``sent_at``
+    (from which the rollout tick times out a silent device)."""
     key = home.signing_key()
     settings = home.settings
     now = now or datetime.now(UTC)
     sent: list[Dispatched] = []
     with home.session() as session:
+        # Rollouts whose window is closed are left out before the limit is applied, so their
+        # rows cannot fill every batch and hold back the orders behind them.
+        closed = [
+            rollout_id
+            for rollout_id, plan in session.exec(
+                select(Rollout.id, Rollout.plan).where(
+                    col(Rollout.id).in_(
+                        select(Deployment.rollout_id).where(
+                            Deployment.state == DeploymentState.PENDING.value
+                        )
+                    )
+                )
+            ).all()
+            if not _window_open(plan, now)
+        ]
         # A device never heard from has no session at the broker yet, so a command sent
         # now would be dropped; once it has connected, the broker queues for it offline.
-        found = session.exec(
-            select(Deployment.id, Deployment.kind, Rollout.plan)
+        ids = session.exec(
+            select(Deployment.id)
             .join(Device, Device.id == Deployment.device_id)  # type: ignore[arg-type]
             .outerjoin(Rollout, col(Rollout.id) == Deployment.rollout_id)
             .where(
                 Deployment.state == DeploymentState.PENDING.value,
                 col(Device.last_seen).is_not(None),
-                (col(Rollout.state).is_(None))
-                | (Rollout.state != RolloutState.PAUSED.value)
-                | (Deployment.kind == DeploymentKind.ROLLBACK.value),
+                (col(Deployment.kind) == DeploymentKind.ROLLBACK.value)
+                | (
+                    (col(Rollout.state).is_(None) | (Rollout.state != RolloutState.PAUSED.value))
+                    & (col(Rollout.id).is_(None) | col(Rollout.id).not_in(closed))
+                ),
             )
             .order_by(col(Deployment.id))
             .limit(limit)
         ).all()
-    ids = [row_id for row_id, kind, plan in found if kind != "deploy" or _window_open(plan, now)]
     for row_id in ids:
         try:
             with home.session(write=True) as session:
-                prepared = _prepare(home, session, row_id, key)  # type: ignore[arg-type]
+                prepared = _prepare(home, session, row_id, key, now)  # type: ignore[arg-type]
         except EdgefleetError as exc:
             log.error("deployment row %s cannot be sent: %s", row_id, exc)
             _fail(home, row_id, exc)  # type: ignore[arg-type]
@@ -198,7 +216,7 @@ def _expiry(payload: bytes) -> datetime:
 
 
 def _prepare(
-    home: Home, session: Session, row_id: int, key: Ed25519PrivateKey
+    home: Home, session: Session, row_id: int, key: Ed25519PrivateKey, now: datetime
 ) -> tuple[Manifest | RollbackOrder, str, bytes] | None:
     found = session.exec(
         select(Deployment, Device, Variant)
@@ -226,6 +244,7 @@ def _prepare(
             undoes=row.undoes or "",
             key=key,
             ttl_s=home.settings.manifest_ttl_s,
+            now=now,
         )
         payload = rollback_payload(document, key)
     else:
@@ -240,6 +259,7 @@ def _prepare(
             runtime=_runtime(home, session, device.profile),
             key=key,
             ttl_s=home.settings.manifest_ttl_s,
+            now=now,
         )
         payload = deploy_payload(document, key)
     device.last_sequence = sequence
@@ -247,7 +267,7 @@ def _prepare(
     row.state = DeploymentState.SENT.value
     row.payload = payload  # committed with the state, so a lost publish can be resent
     row.command_sha256 = hashlib.sha256(payload).hexdigest()
-    row.updated_at = row.sent_at = datetime.now(UTC)
+    row.updated_at = row.sent_at = now
     session.add(device)
     session.add(row)
     return document, device.name, payload

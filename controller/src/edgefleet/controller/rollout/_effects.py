@@ -30,6 +30,8 @@ from ..registry import (
 from ._engine import Outcome, next_state
 from ._plan import spread_order
 
+# The error of a row failed by the in-progress timeout: the device said nothing.
+LOST = "device_lost"
 # Rows that have not reached the device yet: an abort cancels them.
 _NOT_SENT = (DeploymentState.WAITING.value, DeploymentState.PENDING.value)
 _UNFINISHED = [s.value for s in DeploymentState if s not in FINISHED_STATES]
@@ -189,7 +191,8 @@ def _cancel_the_rest(session: Session, rollout: Rollout, now: datetime) -> None:
 def previous_variant(session: Session, device: Device, undoing: str) -> int | None:
     """The variant a device goes back to when ``undoing`` is taken back: the deployment it
     reported as its previous model, else its newest other committed one; None if the
-    registry knows of none (the device had no model before)."""
+    registry knows of none (the device had no model before). A deployment the device
+    rolled back from is nowhere to go back to."""
     previous = device.previous_deployment_id
     if device.serving_deployment_id != undoing:
         previous = device.serving_deployment_id  # its status predates the new model
@@ -197,6 +200,7 @@ def previous_variant(session: Session, device: Device, undoing: str) -> int | No
         Deployment.device_id == device.id,
         Deployment.kind == DeploymentKind.DEPLOY.value,
         Deployment.deployment_id != undoing,
+        Deployment.state == DeploymentState.COMMITTED.value,
         col(Deployment.committed_at).is_not(None),
     )
     if previous:
@@ -207,10 +211,21 @@ def previous_variant(session: Session, device: Device, undoing: str) -> int | No
     return row.variant_id if row is not None else None
 
 
+def _touched(row: Deployment) -> bool:
+    """A deploy row whose device took the version, or may still: committed, or lost (the
+    order may be at the broker or half done, and the device still install it)."""
+    return row.kind == DeploymentKind.DEPLOY.value and (
+        row.state == DeploymentState.COMMITTED
+        or (row.state == DeploymentState.FAILED and row.error_code == LOST)
+    )
+
+
 def send_back(session: Session, rollout: Rollout, now: datetime) -> tuple[bool, list[str]]:
-    """Record a rollback order for every device of ``rollout`` that committed and has none
-    yet (level-triggered: a device that commits late gets one on a later tick). Returns
-    whether anything was written and the devices with no previous model to go back to."""
+    """Record a rollback order for every device of ``rollout`` that committed, or went
+    silent (its rollback follows the order it may yet carry out: the device refuses it if
+    it never took the version), and has none yet (level-triggered: a device that commits
+    late gets one on a later tick). Returns whether anything was written and the devices
+    with no previous model to go back to."""
     undo = rollback_id(rollout)
     rows = session.exec(
         select(Deployment, Device)
@@ -220,7 +235,7 @@ def send_back(session: Session, rollout: Rollout, now: datetime) -> tuple[bool, 
     ordered = {row.device_id for row, _ in rows if row.kind == DeploymentKind.ROLLBACK.value}
     wrote, stranded = False, []
     for row, device in rows:
-        if row.kind != DeploymentKind.DEPLOY.value or row.state != DeploymentState.COMMITTED:
+        if not _touched(row):
             continue
         if row.device_id in ordered:
             continue
@@ -247,18 +262,14 @@ def send_back(session: Session, rollout: Rollout, now: datetime) -> tuple[bool, 
 
 def all_sent_back(session: Session, rollout: Rollout, stranded: list[str]) -> bool:
     """Every row of an aborted rollout has settled: nothing still on its way to a device,
-    and every committed device either was sent back (whatever it answered) or has no
-    previous model to go back to."""
+    and every committed or silent device either was sent back (whatever it answered) or
+    has no previous model to go back to."""
     rows = session.exec(select(Deployment).where(Deployment.rollout_id == rollout.id)).all()
     if any(row.state in _UNFINISHED for row in rows):
         return False
     back = {row.device_id for row in rows if row.kind == DeploymentKind.ROLLBACK.value}
-    committed = [
-        row
-        for row in rows
-        if row.kind == DeploymentKind.DEPLOY.value and row.state == DeploymentState.COMMITTED
-    ]
-    return len([row for row in committed if row.device_id not in back]) == len(stranded)
+    touched = [row for row in rows if _touched(row)]
+    return len([row for row in touched if row.device_id not in back]) == len(stranded)
 
 
 def time_out_silent(
@@ -288,7 +299,7 @@ def time_out_silent(
         if (now - sent_at).total_seconds() < timeout_s:
             continue
         row.state = DeploymentState.FAILED.value
-        row.error_code = "device_lost"
+        row.error_code = LOST
         row.error_message = f"no word from the device {timeout_s:.0f} s after its order was sent"
         row.updated_at = now
         session.add(row)

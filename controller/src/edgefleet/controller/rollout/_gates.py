@@ -21,7 +21,7 @@ class Decision(StrEnum):
     INCONCLUSIVE = "inconclusive"
 
 
-class Outcome(StrEnum):
+class DeviceOutcome(StrEnum):
     """Where a wave device stands, as the engine reports it in ``DeviceEvidence.outcome``."""
 
     COMMITTED = "committed"
@@ -32,8 +32,13 @@ class Outcome(StrEnum):
     INSTALLING = "installing"
 
 
-OUTCOMES: tuple[str, ...] = tuple(Outcome)
-FAILED_LIKE = frozenset({Outcome.FAILED, Outcome.ROLLED_BACK, Outcome.LOST, Outcome.FALLBACK})
+OUTCOMES: tuple[str, ...] = tuple(DeviceOutcome)
+FAILED_LIKE = (
+    DeviceOutcome.FAILED,
+    DeviceOutcome.ROLLED_BACK,
+    DeviceOutcome.LOST,
+    DeviceOutcome.FALLBACK,
+)
 
 # From this many judged devices on, the latency gate compares devices with a sign test
 # (robust to one noisy device); below, it pools their requests in a binomial test. The sign
@@ -97,8 +102,8 @@ def binomial_upper_tail(k: int, n: int, p: float) -> float:
     for i in range(k, n + 1) if upper else range(k - 1, -1, -1):
         term = pmf(i)
         total += term
-        if term < total * 1e-17:
-            break  # the terms only shrink from here: the start is past the mode
+        if term <= total * 1e-17:
+            break  # the terms only shrink from here: the sums start on the far side of the mode
     return min(1.0, total) if upper else max(0.0, 1.0 - total)
 
 
@@ -119,34 +124,38 @@ def install_gate(evidence: Sequence[DeviceEvidence], gates: Gates, *, counted: i
     """FAIL once ``min_finished`` devices finished and the quorum can no longer be reached;
     PASS when all ``counted`` devices finished and enough committed; else INCONCLUSIVE.
     Devices of the wave with no evidence yet count as installing."""
-    tally = {o: sum(e.outcome == o for e in evidence) for o in Outcome}
+    tally = {o: sum(e.outcome == o for e in evidence) for o in DeviceOutcome}
     failed = sum(tally[o] for o in FAILED_LIKE)
-    finished = failed + tally[Outcome.COMMITTED]
+    finished = failed + tally[DeviceOutcome.COMMITTED]
     counted = max(counted, finished)
-    needed = math.ceil(round(gates.quorum * counted, 9))  # round: 0.8 * 10 is 8.000000000000002
+    needed = math.ceil(round(gates.quorum * counted, 9))  # 0.07 * 100 is 7.000000000000001
     allowed = counted - needed
     inputs: dict[str, float | int | str | None] = {
         "counted": counted,
         "finished": finished,
-        "committed": tally[Outcome.COMMITTED],
+        "committed": tally[DeviceOutcome.COMMITTED],
         "failed_like": failed,
         "allowed_failures": allowed,
         **{o.value: tally[o] for o in FAILED_LIKE},
     }
-    share = failed / counted if counted else None
-    breakdown = ", ".join(f"{tally[o]} {o.value}" for o in sorted(FAILED_LIKE) if tally[o])
-    figure = f"{failed} of {counted} devices failed" + (f" ({breakdown})" if breakdown else "")
+    breakdown = ", ".join(f"{tally[o]} {o.value}" for o in FAILED_LIKE if tally[o])
+    figure = f"{failed} of {_n(counted, 'device')} failed" + (
+        f" ({breakdown})" if breakdown else ""
+    )
     against = f"{allowed} allowed by quorum {gates.quorum:.2f}"
     if counted == 0:
         return GateResult("install", Decision.INCONCLUSIVE, None, None, inputs, "no device counted")
     if failed > allowed and finished >= gates.min_finished:
         decision, detail = Decision.FAIL, f"{figure} > {against}"
     elif finished == counted:
-        decision, detail = Decision.PASS, f"{figure} <= {against}; {needed} needed committed"
+        decision, detail = (
+            Decision.PASS,
+            f"{figure} <= {against} ({tally[DeviceOutcome.COMMITTED]} committed)",
+        )
     else:
-        detail = f"{finished} of {counted} devices finished; {figure}, {against}"
+        detail = f"{finished} of {_n(counted, 'device')} finished; {figure}, {against}"
         decision = Decision.INCONCLUSIVE
-    return GateResult("install", decision, share, 1 - gates.quorum, inputs, detail)
+    return GateResult("install", decision, float(failed), float(allowed), inputs, detail)
 
 
 def latency_gate(
@@ -154,7 +163,9 @@ def latency_gate(
 ) -> GateResult:
     """Each committed device's p95 on the new version against its own p95 on its previous
     model. FAIL needs both: the median of the devices' p95 ratios above 1 + tolerance (the
-    size of the slowdown) and a test saying the slowdown is not noise, at ``latency_alpha``:
+    size of the slowdown) and a test saying the slowdown is not noise, at ``latency_alpha``.
+    A median above 1 + tolerance that the test cannot yet tell from noise is INCONCLUSIVE
+    (bake on, then pause): passing it would let a large slowdown through on thin evidence.
 
     - sign test, from ``SIGN_TEST_MIN_DEVICES``: how many devices got slower at all (ratio
       above 1) against a fair coin. Above 1 rather than above 1 + tolerance because under
@@ -171,7 +182,7 @@ def latency_gate(
     Devices with fewer than ``min_requests`` (at least MIN_P95_REQUESTS) requests on either
     side are not judged yet. If no committed device had a previous model, the gate does not
     apply and PASSes: the absolute gate judges such devices alone."""
-    committed = [e for e in evidence if e.outcome == Outcome.COMMITTED]
+    committed = [e for e in evidence if e.outcome == DeviceOutcome.COMMITTED]
     with_baseline = [e for e in committed if e.baseline_counts is not None]
     need = max(min_requests, MIN_P95_REQUESTS)
     judged = [
@@ -195,7 +206,9 @@ def latency_gate(
         detail = "no committed device had a previous model: the absolute gate judges alone"
         return GateResult("latency", Decision.PASS, None, limit, inputs, detail)
     if not judged:
-        detail = f"none of {len(with_baseline)} devices has {need} requests on both models yet"
+        detail = (
+            f"none of {_n(len(with_baseline), 'device')} has {need} requests on both models yet"
+        )
         return GateResult("latency", Decision.INCONCLUSIVE, None, limit, inputs, detail)
     ratios = [_p95(e.new_counts) / _p95(e.baseline_counts) for e in judged]
     median = statistics.median(ratios)
@@ -205,21 +218,24 @@ def latency_gate(
         slower, faster = sum(r > 1 for r in ratios), sum(r < 1 for r in ratios)
         p = binomial_upper_tail(slower, slower + faster, 0.5)
         inputs.update(test="sign", slower=slower, faster=faster, p_value=p)
-        test = f"{slower} of {slower + faster} slower, sign test {_fmt_p(p)}"
+        test = f"{slower} of {slower + faster} devices slower, sign test {_fmt_p(p)}"
     else:
         k = sum(_above_baseline_p95(e) for e in judged)
         total = sum(_total(e.new_counts) for e in judged)
         p = binomial_upper_tail(k, total, P95_SHARE)
         inputs.update(test="binomial", above=k, requests=total, p_value=p)
         test = (
-            f"{k} of {total} requests ({k / total:.1%}) above the baseline p95 buckets,"
-            f" binomial {_fmt_p(p)} against {P95_SHARE:.0%}"
+            f"{k} of {total} new requests ({k / total:.1%}) above the baseline p95 buckets"
+            f" against {P95_SHARE:.0%}, binomial {_fmt_p(p)}"
         )
     slow, significant = median > limit, p < gates.latency_alpha
-    decision = Decision.FAIL if slow and significant else Decision.PASS
+    if not slow:
+        decision = Decision.PASS
+    else:
+        decision = Decision.FAIL if significant else Decision.INCONCLUSIVE
     detail = (
-        f"median p95 ratio {median:.2f} {'>' if slow else '<='} {limit:.2f} across {n} devices"
-        f" ({test} {'<' if significant else '>='} {gates.latency_alpha:g})"
+        f"median p95 ratio {median:.2f} {'>' if slow else '<='} {limit:.2f}"
+        f" across {_n(n, 'device')}; {test} {'<' if significant else '>='} {gates.latency_alpha:g}"
     )
     return GateResult("latency", decision, median, limit, inputs, detail)
 
@@ -231,7 +247,7 @@ def absolute_gate(
     (``latency_limit_ms`` for all, else each device's own). FAIL if any group with at least
     ``min_requests`` requests is over; INCONCLUSIVE while a group has fewer; PASS when every
     group is within, or when no device has a limit."""
-    committed = [e for e in evidence if e.outcome == Outcome.COMMITTED]
+    committed = [e for e in evidence if e.outcome == DeviceOutcome.COMMITTED]
     groups: dict[float, list[DeviceEvidence]] = {}
     for e in committed:
         limit = gates.latency_limit_ms if gates.latency_limit_ms is not None else e.limit_ms
@@ -262,12 +278,14 @@ def absolute_gate(
     _, p95, limit, requests, devices = worst
     figure = "no request" if p95 is None else f"p95 {p95:.2f} ms"
     sign = ">" if over else "<="
-    detail = f"{figure} {sign} {limit:g} ms limit over {requests} requests on {devices} devices"
+    detail = (
+        f"{figure} {sign} {limit:g} ms limit over {requests} requests on {_n(devices, 'device')}"
+    )
     if over:
         decision = Decision.FAIL
     elif short:
         decision = Decision.INCONCLUSIVE
-        detail = f"{figure} of {limit:g} ms limit: {requests} of {need} requests so far"
+        detail = f"{figure} against the {limit:g} ms limit from only {requests} of {need} requests"
     else:
         decision = Decision.PASS
     return GateResult("absolute", decision, p95, limit, inputs, detail)
@@ -277,7 +295,7 @@ def error_gate(evidence: Sequence[DeviceEvidence], gates: Gates) -> GateResult:
     """The committed devices' pooled error rate: PASS when the Wilson interval's upper bound
     is at or below the threshold, FAIL when its lower bound is above, else INCONCLUSIVE;
     INCONCLUSIVE below ``error_min_requests`` requests."""
-    committed = [e for e in evidence if e.outcome == Outcome.COMMITTED]
+    committed = [e for e in evidence if e.outcome == DeviceOutcome.COMMITTED]
     n = sum(e.new_requests for e in committed)
     k = sum(e.new_errors for e in committed)
     low, high = wilson_interval(k, n, gates.confidence)
@@ -349,4 +367,8 @@ def _above_baseline_p95(e: DeviceEvidence) -> int:
 
 
 def _fmt_p(p: float) -> str:
-    return "p<0.0001" if p < 1e-4 else f"p={p:.2g}"
+    return f"p={p:.2g}"
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")

@@ -42,24 +42,36 @@ def operator_name() -> str:
         return "unknown"
 
 
-def pause_rollout(home: Home, rollout_id: str, *, by: str, reason: str = "") -> RolloutPublic:
+def pause_rollout(
+    home: Home, rollout_id: str, *, by: str, reason: str = "", now: datetime | None = None
+) -> RolloutPublic:
     """No further orders are sent and no wave is judged until it is resumed."""
-    return _act(home, rollout_id, lambda s, r: Outcome.PAUSE, "paused", by, reason)
+    return _act(home, rollout_id, lambda s, r: Outcome.PAUSE, "paused", by, reason, now)
 
 
-def resume_rollout(home: Home, rollout_id: str, *, by: str, reason: str = "") -> RolloutPublic:
+def resume_rollout(
+    home: Home, rollout_id: str, *, by: str, reason: str = "", now: datetime | None = None
+) -> RolloutPublic:
     """Carry on; a wave that was baking bakes afresh (the evidence that paused it stands)."""
-    return _act(home, rollout_id, lambda s, r: Outcome.RESUME, "resumed", by, reason)
+    return _act(home, rollout_id, lambda s, r: Outcome.RESUME, "resumed", by, reason, now)
 
 
-def abort_rollout(home: Home, rollout_id: str, *, by: str, reason: str = "") -> RolloutPublic:
+def abort_rollout(
+    home: Home, rollout_id: str, *, by: str, reason: str = "", now: datetime | None = None
+) -> RolloutPublic:
     """Stop: nothing more is sent, and every device that took the version goes back to its
     own previous model by a signed rollback order."""
-    return _act(home, rollout_id, lambda s, r: Outcome.ABORT, "aborted", by, reason)
+    return _act(home, rollout_id, lambda s, r: Outcome.ABORT, "aborted", by, reason, now)
 
 
 def promote_rollout(
-    home: Home, rollout_id: str, *, full: bool = False, by: str, reason: str = ""
+    home: Home,
+    rollout_id: str,
+    *,
+    full: bool = False,
+    by: str,
+    reason: str = "",
+    now: datetime | None = None,
 ) -> RolloutPublic:
     """Pass the current wave without waiting for its bake and gates; with ``full``, every
     remaining device goes in one last wave."""
@@ -69,7 +81,7 @@ def promote_rollout(
             return Outcome.LAST_WAVE_PASSED
         return Outcome.PROMOTED_FULL if full else Outcome.WAVE_PASSED
 
-    return _act(home, rollout_id, outcome, "promoted", by, reason)
+    return _act(home, rollout_id, outcome, "promoted", by, reason, now)
 
 
 def _act(
@@ -79,8 +91,9 @@ def _act(
     verb: str,
     by: str,
     reason: str,
+    now: datetime | None,
 ) -> RolloutPublic:
-    now = datetime.now(UTC)
+    now = now or datetime.now(UTC)
     with home.session(write=True) as session:
         rollout = find_rollout(session, rollout_id)
         revision = rollout.revision
@@ -102,13 +115,14 @@ def roll_back(
     labels: dict[str, str] | None = None,
     by: str,
     reason: str = "",
+    now: datetime | None = None,
 ) -> list[DeploymentPublic]:
     """Send each chosen device back to its own previous model by a signed rollback order
     that names the deployment it undoes (what the device serves now). A device whose
     serving or previous model the registry does not know is refused before anything is
     written."""
     check_selector(devices, profile, labels)
-    now = datetime.now(UTC)
+    now = now or datetime.now(UTC)
     order_id = new_deployment_id(now).replace("dep-", "rb-", 1)
     with home.session(write=True) as session:
         targets = select_targets(session, devices=devices, profile=profile, labels=labels)

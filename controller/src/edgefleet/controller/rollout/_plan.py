@@ -110,9 +110,10 @@ class Window(BaseModel):
 
     def _last_firing(self, now: datetime) -> datetime | None:
         """The most recent firing at or before ``now`` (aware), None if none in 50 years."""
-        local = now.astimezone(ZoneInfo(self.tz)).replace(microsecond=0)
-        try:  # cronsim steps one second back before searching: start a second later
-            return next(CronSim(self.cron, local + timedelta(seconds=1), reverse=True))
+        # cronsim steps one second back before it searches: start a second later
+        start = now.astimezone(UTC).replace(microsecond=0) + timedelta(seconds=1)
+        try:
+            return next(CronSim(self.cron, start.astimezone(ZoneInfo(self.tz)), reverse=True))
         except StopIteration:
             return None
 

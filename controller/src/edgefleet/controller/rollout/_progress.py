@@ -59,13 +59,16 @@ def wait_for_deployment(
     timeout_s: float,
     poll_s: float = 0.5,
     on_change: Callable[[DeploymentPublic], None] | None = None,
+    on_progress: Callable[[list[DeploymentPublic], float], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> list[DeploymentPublic]:
     """Poll the registry (the daemon writes progress there) until every device's part is
     finished or ``timeout_s`` has passed; return the rows as they are then. ``on_change`` is
-    called with a row each time its state differs from the last one seen."""
-    deadline = clock() + timeout_s
+    called with a row each time its state differs from the last one seen, ``on_progress``
+    after every look with all the rows and the seconds since the wait began."""
+    start = clock()
+    deadline = start + timeout_s
     last: dict[str, str] = {}
     while True:
         rows = deployment_progress(home, deployment_id)
@@ -73,6 +76,8 @@ def wait_for_deployment(
             if on_change is not None and last.get(row.device) != row.state:
                 on_change(row)
             last[row.device] = row.state
+        if on_progress is not None:
+            on_progress(rows, clock() - start)
         if all(row.state in FINISHED_STATES for row in rows) or clock() > deadline:
             return rows
         sleep(poll_s)

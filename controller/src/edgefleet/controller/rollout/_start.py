@@ -26,6 +26,8 @@ from ..registry import (
 from ._effects import start_wave
 from ._plan import RolloutPlan, deploy_plan
 from ._targets import (
+    LabelSelector,
+    check_budgets,
     check_selector,
     new_deployment_id,
     select_targets,
@@ -44,17 +46,19 @@ def start_rollout(
     *,
     devices: list[str] | None = None,
     profile: str | None = None,
-    labels: dict[str, str] | None = None,
+    labels: LabelSelector | None = None,
     plan: RolloutPlan,
     started_by: str = "",
     note: str = "",
     now: datetime | None = None,
+    force: bool = False,
 ) -> RolloutDetail:
     """Record a rollout of model version ``ref`` to the chosen devices and start its first
     wave (its rows become pending; `edgefleet serve` sends them).
 
-    Unknown devices, profile or model, an empty selection, or a target that is part of
-    another rollout with gates still running raise before anything is written."""
+    Unknown devices, profile or model, an empty selection, a variant over its profile's
+    size budget (unless ``force``), or a target that is part of another rollout with gates
+    still running raise before anything is written."""
     now = now or datetime.now(UTC)
     name, version = parse_model_ref(ref)
     selector = check_selector(devices, profile, labels)
@@ -63,6 +67,7 @@ def start_rollout(
     with home.session(write=True) as session:
         row = find_version(session, name, version)
         targets = select_targets(session, devices=devices, profile=profile, labels=labels)
+        check_budgets(home, session, targets, row, ref=ref, force=force)
         _refuse_overlap(session, targets)
         rollout = Rollout(
             rollout_id=new_deployment_id(now),
@@ -115,9 +120,11 @@ def deploy(
     *,
     devices: list[str] | None = None,
     profile: str | None = None,
-    labels: dict[str, str] | None = None,
+    labels: LabelSelector | None = None,
     started_by: str = "",
     note: str = "",
+    now: datetime | None = None,
+    force: bool = False,
 ) -> list[DeploymentPublic]:
     """Record a deployment of ``ref`` to every target at once: a rollout of one wave without
     gates. Returns one pending row per device; the rollout id is their deployment id."""
@@ -130,6 +137,8 @@ def deploy(
         plan=deploy_plan(),
         started_by=started_by,
         note=note,
+        now=now,
+        force=force,
     )
     return detail.devices
 

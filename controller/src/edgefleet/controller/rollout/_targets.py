@@ -1,9 +1,11 @@
-"""Choosing a rollout's target devices by name, profile or labels, and the variant each one
-gets (its profile's own, else the original)."""
+"""Choosing a rollout's target devices by name, or by profile and labels, and the variant
+each one gets (its profile's own, else the original), within its profile's size budget."""
 
 from __future__ import annotations
 
+import logging
 import secrets
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 
 from sqlmodel import Session, col, select
@@ -11,7 +13,11 @@ from sqlmodel import Session, col, select
 from edgefleet.shared.errors import ConfigError, NotFound
 
 from ..catalog import ORIGINAL_VARIANT
-from ..registry import Deployment, DeploymentState, Device, Variant
+from ..fleet import parse_labels
+from ..home import Home
+from ..registry import Artifact, Deployment, DeploymentState, Device, ModelVersion, Variant
+
+log = logging.getLogger(__name__)
 
 
 def new_deployment_id(now: datetime | None = None) -> str:
@@ -19,18 +25,52 @@ def new_deployment_id(now: datetime | None = None) -> str:
     return f"dep-{now:%Y%m%d%H%M%S}-{secrets.token_hex(3)}"
 
 
+LabelSelector = Mapping[str, str | Sequence[str]]
+
+
+def parse_label_selector(items: Iterable[str]) -> dict[str, list[str]]:
+    """``["site=lab", "site=home", "room=2"]`` → ``{"site": ["home", "lab"], "room": ["2"]}``.
+
+    A device matches when each key's label is one of that key's values: a key given twice
+    means either value, different keys must all match."""
+    wanted: dict[str, set[str]] = {}
+    for item in items:
+        for key, value in parse_labels([item]).items():  # the same syntax as `device add`
+            wanted.setdefault(key, set()).add(value)
+    return {key: sorted(values) for key, values in wanted.items()}
+
+
+def _values(labels: LabelSelector | None) -> dict[str, set[str]]:
+    return {
+        key: {value} if isinstance(value, str) else set(value)
+        for key, value in (labels or {}).items()
+    }
+
+
 def check_selector(
-    devices: list[str] | None, profile: str | None, labels: dict[str, str] | None
+    devices: list[str] | None, profile: str | None, labels: LabelSelector | None
 ) -> dict[str, object]:
-    """The selector as stored on a rollout; exactly one way of choosing must be given."""
-    chosen = sum(x is not None and x != [] and x != {} for x in (devices, profile, labels))
-    if chosen != 1:
-        raise ConfigError("choose the targets with exactly one of --device, --profile or --label")
+    """The selector as stored on a rollout: devices by name, or by profile and/or labels
+    (both given: a device must match both). A label with one value is stored as a string,
+    with several as a sorted list."""
+    by_name = bool(devices)
+    by_kind = profile is not None or bool(labels)
+    if by_name == by_kind:
+        raise ConfigError(
+            "choose the targets with exactly one of --device or --profile/--label "
+            "(--profile and --label combine)"
+        )
     if devices:
         return {"devices": sorted(devices)}
+    selector: dict[str, object] = {}
     if profile is not None:
-        return {"profile": profile}
-    return {"labels": dict(sorted((labels or {}).items()))}
+        selector["profile"] = profile
+    if labels:
+        selector["labels"] = {
+            key: next(iter(values)) if len(values) == 1 else sorted(values)
+            for key, values in sorted(_values(labels).items())
+        }
+    return selector
 
 
 def select_targets(
@@ -38,8 +78,10 @@ def select_targets(
     *,
     devices: list[str] | None,
     profile: str | None,
-    labels: dict[str, str] | None,
+    labels: LabelSelector | None,
 ) -> list[Device]:
+    """The devices named, or those of ``profile`` whose labels match ``labels`` (see
+    ``parse_label_selector``); NotFound when a name is unknown or nothing matches."""
     if devices:
         found = session.exec(select(Device).where(col(Device.name).in_(devices))).all()
         missing = sorted(set(devices) - {d.name for d in found})
@@ -49,16 +91,78 @@ def select_targets(
     query = select(Device).order_by(Device.name)
     if profile is not None:
         query = query.where(Device.profile == profile)
-    wanted = (labels or {}).items()
-    found = [d for d in session.exec(query).all() if wanted <= (d.labels or {}).items()]
+    wanted = _values(labels)
+    # labels are JSON; matching in Python keeps one code path for SQLite and PostgreSQL
+    found = [
+        d
+        for d in session.exec(query).all()
+        if all((d.labels or {}).get(key) in values for key, values in wanted.items())
+    ]
     if not found:
-        what = (
-            f"profile {profile!r}"
-            if profile
-            else "labels " + " ".join(f"{k}={v}" for k, v in sorted(wanted))
-        )
-        raise NotFound(f"no device matches {what}")
+        what = [f"profile {profile!r}"] if profile is not None else []
+        if wanted:
+            what.append(
+                "labels "
+                + " ".join(f"{k}={'|'.join(sorted(v))}" for k, v in sorted(wanted.items()))
+            )
+        raise NotFound(f"no device matches {' and '.join(what)}")
     return found
+
+
+def check_budgets(
+    home: Home,
+    session: Session,
+    targets: list[Device],
+    version: ModelVersion,
+    *,
+    ref: str,
+    force: bool = False,
+) -> None:
+    """Refuse to send a device a variant larger than its profile's ``max_size_bytes``
+    (ConfigError naming the variant, the profiles and the devices), unless ``force``.
+    A device whose profile file is gone has no budget to break."""
+    over: dict[tuple[str, str], list[Device]] = {}
+    sizes: dict[tuple[str, str], tuple[int, int]] = {}
+    profiles = home.profiles()
+    for device in targets:
+        profile = profiles.get(device.profile)
+        if profile is None:
+            continue
+        variant = variant_for(session, version.id, device.profile)  # type: ignore[arg-type]
+        artifact = session.get(Artifact, variant.artifact_sha256)
+        size, budget = (artifact.size if artifact else 0), profile.budgets.max_size_bytes
+        if size > budget:
+            key = (variant.name, profile.name)
+            over.setdefault(key, []).append(device)
+            sizes[key] = (size, budget)
+    if not over:
+        return
+    parts = []
+    for (variant_name, profile_name), devices in sorted(over.items()):
+        size, budget = sizes[(variant_name, profile_name)]
+        names = ", ".join(d.name for d in devices[:5]) + (" ..." if len(devices) > 5 else "")
+        parts.append(
+            f"variant {variant_name} is {_size(size)}, over profile {profile_name}'s size "
+            f"budget of {_size(budget)} ({len(devices)} device(s): {names})"
+        )
+    message = f"{ref}: " + "; ".join(parts)
+    if force:
+        log.warning("%s; sent anyway (forced)", message)
+        return
+    first_profile = sorted(over)[0][1]
+    raise ConfigError(
+        f"{message}. Compress it for the profile (`edgefleet compress {ref} --profile "
+        f"{first_profile} --data ...`), or send it anyway with --force"
+    )
+
+
+def _size(n: float) -> str:
+    """Bytes as `edgefleet model list` shows them (1 KB = 1024 bytes)."""
+    for unit in ("B", "KB", "MB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
 
 
 def variant_for(session: Session, model_version_id: int, profile: str) -> Variant:
