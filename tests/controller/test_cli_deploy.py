@@ -1,5 +1,5 @@
 """`deploy` against a real home folder and SQLite file: the rows it records, what it warns
-of, and --wait (`status` and `events` are in test_cli_status)."""
+of, and --wait (`status` and `events` are in test_cli_status and test_cli_events)."""
 
 from __future__ import annotations
 
@@ -11,19 +11,14 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlmodel import select
 
-from edgefleet.controller import load_settings, open_home, wait_for_deployment
-from edgefleet.controller.daemon import ingest_many
-from edgefleet.controller.fleet import record_heartbeat
-from edgefleet.controller.registry import DaemonHeartbeat
-from edgefleet.shared import StatusMessage
+from edgefleet.controller import wait_for_deployment
 
 from .conftest import Cli, sqlite_snapshot
+from .fleet_evidence import beat, opened, say
 
 
 @pytest.fixture
@@ -97,19 +92,10 @@ def test_bad_deploy_is_refused_and_writes_nothing(
 
 def _serve_beating(home_dir: Path, *online: str) -> None:
     """A daemon beating, and ``online`` devices' retained status heard just now."""
-    home = open_home(load_settings(home_dir))
-    try:
-        at = datetime.now(UTC)
-        record_heartbeat(
-            home,
-            DaemonHeartbeat(name="serve-test", host="ctl", pid=42, version="0", every_s=5.0,
-                            started_at=at, beat_at=at, broker_connected=True),
-        )  # fmt: skip
-        with home.session(write=True) as session:
-            messages = [(n, StatusMessage(device_id=n, online=True)) for n in online]
-            ingest_many(session, messages)
-    finally:
-        home.close()
+    with opened(home_dir) as home:
+        beat(home)
+        for name in online:
+            say(home, name, True)
 
 
 def _play_daemon(home_dir: Path, state: str, *, after_s: float = 0.3) -> threading.Thread:
@@ -132,13 +118,8 @@ def test_deploy_with_no_daemon_says_nothing_is_sent_and_names_offline_targets(
     cli: Cli, fleet: Path
 ) -> None:
     _serve_beating(fleet, "pi-1")
-    home = open_home(load_settings(fleet))
-    try:  # the daemon stopped: pi-1's "online" is stale, pi-2 was never heard from
-        with home.session(write=True) as session:
-            (beat,) = session.exec(select(DaemonHeartbeat)).all()
-            beat.stopped_at = datetime.now(UTC)
-    finally:
-        home.close()
+    with opened(fleet) as home:  # the daemon stopped: pi-1's "online" is stale, pi-2 was
+        beat(home, stopped=True)  # never heard from
     result = cli.ok("deploy", "digits:1.0.0", "--profile", "rpi4")
     assert result.stdout.startswith("deployment dep-")
     warnings = result.stderr.splitlines()
@@ -224,15 +205,12 @@ def test_waiting_reports_progress_with_the_time_elapsed(cli: Cli, fleet: Path) -
         with sqlite3.connect(fleet / "registry.db") as conn:  # the daemon, between two looks
             conn.execute("UPDATE deployment SET state = 'committed' WHERE id = ?", (len(seen),))
 
-    home = open_home(load_settings(fleet))
-    try:
+    with opened(fleet) as home:
         rows = wait_for_deployment(
             home, dep_id, timeout_s=60, poll_s=2,
             on_progress=lambda rows, elapsed: seen.append(([r.state for r in rows], elapsed)),
             clock=lambda: now[0], sleep=sleep,
         )  # fmt: skip
-    finally:
-        home.close()
     assert [r.state for r in rows] == ["committed", "committed"]
     assert seen == [
         (["pending", "pending"], 0.0),

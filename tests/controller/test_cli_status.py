@@ -1,5 +1,5 @@
-"""`status` and `events` as an operator relies on them: online from fresh evidence, desired
-vs serving, filters, lines that never wrap, CSV and JSON for machines; against a real home
+"""`status` as an operator relies on it: online from fresh evidence, desired vs serving,
+filters, lines that never wrap, CSV and JSON for machines, --watch; against a real home
 folder and SQLite file (the library's parts also on PostgreSQL when configured)."""
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,23 +18,14 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import select
 
-from edgefleet.controller import (
-    Deployment,
-    Device,
-    Event,
-    Home,
-    Telemetry,
-    load_settings,
-    open_home,
-)
+from edgefleet.controller import Deployment, Device, Event, Home, Telemetry
 from edgefleet.controller import deploy as record_deployment
 from edgefleet.controller.catalog import add_model
-from edgefleet.controller.daemon import ingest_many
-from edgefleet.controller.fleet import add_device, fleet_status, record_heartbeat
-from edgefleet.controller.registry import DaemonHeartbeat, DeviceCreate
-from edgefleet.shared import ModelRef, ServingModel, StatusMessage
+from edgefleet.controller.fleet import add_device, fleet_status
+from edgefleet.controller.registry import DeviceCreate
 
 from .conftest import Cli
+from .fleet_evidence import beat, enrol_lab, opened, say, set_rows
 
 LONG = "a-very-long-device-name-for-the-north-warehouse-rack-seventeen-b"  # 64, the maximum
 JSON_FIELDS = [
@@ -46,57 +35,9 @@ JSON_FIELDS = [
 ]  # fmt: skip
 
 
-@contextmanager
-def opened(home_dir: Path) -> Iterator[Home]:
-    home = open_home(load_settings(home_dir))
-    try:
-        yield home
-    finally:
-        home.close()
-
-
-def beat(home: Home, *, age_s: float = 1.0, stopped: bool = False, broker: bool = True) -> None:
-    """What a daemon beating every 5 s would have written ``age_s`` ago."""
-    at = datetime.now(UTC) - timedelta(seconds=age_s)
-    record_heartbeat(
-        home,
-        DaemonHeartbeat(
-            name="serve-test", host="ctl", pid=42, version="0", every_s=5.0, started_at=at,
-            beat_at=at, stopped_at=at if stopped else None, broker_connected=broker,
-        ),
-    )  # fmt: skip
-
-
-def say(home: Home, device: str, online: bool, serving: tuple[str, str] | None = None) -> None:
-    """The device's retained status as the daemon ingests it; ``serving``: (ref, dep id)."""
-    active = None
-    if serving is not None:
-        name_version, variant = serving[0].split("/")
-        name, version = name_version.split(":")
-        model = ModelRef(name=name, version=version, variant=variant)
-        active = ServingModel(model=model, deployment_id=serving[1], sha256="ab" * 32)
-    message = StatusMessage(device_id=device, online=online, agent_version="1.0", active=active)
-    with home.session(write=True) as session:
-        ingest_many(session, [(device, message)])
-
-
-def set_rows(home: Home, device: str, state: str) -> None:
-    with home.session(write=True) as session:
-        for row in session.exec(
-            select(Deployment).join(Device).where(Device.name == device)  # type: ignore[arg-type]
-        ):
-            row.state = state
-            session.add(row)
-
-
 @pytest.fixture
 def lab(cli: Cli, initialised: Path, model_file: Path, model_file_v2: Path) -> Path:
-    """pi-a and pi-b (rpi4) and box-1 (x86-edge); digits 1.0.0 and 2.0.0; no daemon yet."""
-    cli.ok("device", "add", "pi-a", "--profile", "rpi4", "-l", "site=lab")
-    cli.ok("device", "add", "pi-b", "--profile", "rpi4", "-l", "site=home")
-    cli.ok("device", "add", "box-1", "--profile", "x86-edge", "-l", "site=lab")
-    cli.ok("model", "add", str(model_file), "--name", "digits", "--version", "1.0.0")
-    cli.ok("model", "add", str(model_file_v2), "--name", "digits", "--version", "2.0.0")
+    enrol_lab(cli, model_file, model_file_v2)
     return initialised
 
 
@@ -382,40 +323,3 @@ def test_watch_shows_a_frame_per_look_until_its_count(cli: Cli, running: dict[st
     lines = cli.ok("status", "-w", "--json", "--count", "2", "--interval", "0.1").stdout
     frames = [json.loads(line) for line in lines.splitlines()]
     assert [[d["device"] for d in frame] for frame in frames] == [["box-1", "pi-a", "pi-b"]] * 2
-
-
-# -- events: who and why ---------------------------------------------------------------
-
-
-def test_events_say_who_started_the_rollout_and_why(
-    cli: Cli, lab: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("EDGEFLEET_USER", "alice")
-    (row,) = json.loads(
-        cli.ok(
-            "deploy", "digits:1.0.0", "-d", "pi-a", "--reason", "canary for the lab", "--json"
-        ).stdout
-    )
-    with opened(lab) as home, home.session(write=True) as session:
-        pi_a = session.exec(select(Device).where(Device.name == "pi-a")).one()
-        now = datetime.now(UTC)
-        session.add(Event(device_id=pi_a.id, deployment_id=row["deployment_id"], state="loading",
-                          at=now - timedelta(minutes=3)))  # fmt: skip
-        session.add(Event(device_id=pi_a.id, deployment_id="rb-by-hand", state="failed",
-                          ok=False, error_code="E_LOAD", message="x" * 200, at=now))  # fmt: skip
-    events = json.loads(cli.ok("events", "--json").stdout)
-    assert [(e["state"], e["started_by"], e["note"]) for e in events] == [
-        ("loading", "alice", "canary for the lab"),
-        ("failed", None, None),
-    ]
-    lines = cli.ok("events").stdout.splitlines()
-    assert all(len(line) <= 80 for line in lines) and len(lines) == 3
-    assert re.match(r"\s*3m\s+pi-a\s+dep-.*\s+loading\s+alice\s+why: canary for the lab$", lines[1])
-    assert "E_LOAD: xxx" in lines[2] and lines[2].endswith("…")
-    wide = cli.ok("events", "--wide").stdout
-    assert row["deployment_id"] in wide and "x" * 200 in wide
-    records = list(csv.DictReader(io.StringIO(cli.ok("events", "--csv").stdout)))
-    assert [(r["state"], r["started_by"], r["error_code"]) for r in records] == [
-        ("loading", "alice", ""),
-        ("failed", "", "E_LOAD"),
-    ]

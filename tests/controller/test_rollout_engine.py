@@ -382,9 +382,12 @@ def test_two_daemons_racing_for_one_transition_make_it_once(
     postgres = database_url.startswith("postgresql")
     sim.latency_ms["2.0.0"] = 4.0
     rid = start(sim, PLAN.model_copy(update={"waves": ("2", "100%")}))
-    sim.step()  # pi4-1 and pi5-1 committed; the next tick fails their wave
+    sim.step()  # pi4-1 and pi5-1 committed
     sim.now += STEP
     sim.report()
+    advance_rollouts(sim.home, now=sim.now)  # their wave bakes; judged from its minimum on
+    sim.now += STEP
+    sim.report()  # the next tick fails their wave
     revision = sim.rollout(rid).revision
     other = open_home(load_settings(home_dir))
     if postgres:

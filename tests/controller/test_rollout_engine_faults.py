@@ -41,9 +41,10 @@ def test_errors_in_five_percent_of_requests_fail_the_error_gate(sim: Sim) -> Non
     assert sim.state(rid) == "rolling_back"
     (errors,) = [e for e in sim.evaluations(rid) if e.decision == "fail"]
     assert (errors.gate, errors.statistic, errors.threshold) == ("errors", 0.05, 0.01)
-    assert errors.inputs["requests"] == 200 and errors.inputs["errors"] == 10
+    requests, failed = errors.inputs["requests"], errors.inputs["errors"]
+    assert requests >= 200 and failed == requests // 20  # judged from the bake's minimum on
     assert errors.inputs["lower"] > 0.01  # the whole interval is above the threshold
-    assert "10 errors in 200 requests" in sim.rollout(rid).reason
+    assert f"{failed} errors in {requests} requests" in sim.rollout(rid).reason
     sim.run_until(lambda: settled(sim, rid), max_steps=3)
     assert sim.state(rid) == "aborted"
     assert sim.row_states(rid)["pi4-1"] == "rolled_back"

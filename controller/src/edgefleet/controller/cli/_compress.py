@@ -14,7 +14,10 @@ from ._render import candidates_table, console, print_json, progress_bars, size_
 @app.command()
 def compress(
     ctx: typer.Context,
-    ref: Annotated[str, typer.Argument(help="NAME:VERSION of the model, e.g. digits:1.0.0.")],
+    ref: Annotated[
+        str,
+        typer.Argument(metavar="NAME:VERSION", help="The model version, e.g. digits:1.0.0."),
+    ],
     profile: Annotated[
         str, typer.Option("--profile", "-p", help="The device profile to compress for.")
     ],

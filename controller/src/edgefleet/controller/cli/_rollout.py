@@ -65,7 +65,10 @@ Reason = Annotated[str, typer.Option("--reason", help="Why: recorded with your u
 @rollout_app.command("start")
 def rollout_start(
     ctx: typer.Context,
-    ref: Annotated[str, typer.Argument(help="NAME:VERSION of the model, e.g. digits:2.0.0.")],
+    ref: Annotated[
+        str,
+        typer.Argument(metavar="NAME:VERSION", help="The model version, e.g. digits:2.0.0."),
+    ],
     device: Devices = None,
     profile: Profile = None,
     label: Labels = None,

@@ -180,7 +180,9 @@ def _judge_wave(
         if elapsed < bake.min_s:
             return wrote, None, ""
         return True, passed, f"{label} installed" + ("; done" if last else "")
-    if not _due(wave, plan, now):
+    # Judged only from the bake's minimum on: every look at the evidence is a chance of a
+    # false alarm, and the early ones rest on the fewest requests.
+    if elapsed < bake.min_s or not _due(wave, plan, now):
         return wrote, None, ""
     evidence = wave_evidence(session, rollout, wave, limits)
     results = evaluate_gates(
