@@ -3,10 +3,12 @@ subprocess per device (as bench/controller_rollout.py runs them), with steady cl
 on every agent's inference endpoint the whole time.
 
 Run: .venv/bin/python bench/rollout_safety.py [--devices 20] [--rate 20] [--bad-runs 3]
-     [--same-runs 6] [--bake min_requests=100,min=10s,max=2m] [--no-default-bake]
+     [--bad-waves 3,50%,100%] [--same-runs 6] [--bake min_requests=100,min=10s,max=2m]
+     [--no-default-bake]
 
 1. A bad version (write_slow_digits_model: the same answers, several times slower) rolled
-   out with the default waves and gates, ``--bad-runs`` times: the seconds from the first
+   out with ``--bad-waves`` (three devices first) and the default bake and gates,
+   ``--bad-runs`` times: the seconds from the first
    wave device's commit to the abort decision (the first failing gate evaluation) and to
    the last touched device reporting it serves its old model again; the client requests
    that failed from the rollout's start until every touched device was back (must be 0).
@@ -59,10 +61,12 @@ class Bench:
         with contextlib.closing(sqlite3.connect(self.fleet.home / "registry.db")) as db:
             return db.execute(sql, args).fetchall()
 
-    def start(self, version: str, bake: str | None) -> tuple[str, float]:
+    def start(self, version: str, bake: str | None, waves: str | None = None) -> tuple[str, float]:
         args = ["rollout", "start", f"digits:{version}", "--label", LABEL, "--json"]
         if bake is not None:
             args += ["--bake", bake]
+        if waves is not None:
+            args += ["--waves", waves]
         started = time.monotonic()
         out = json.loads(self.fleet.ok(*args))
         return str(out["rollout"]["rollout_id"]), started
@@ -121,9 +125,9 @@ def at(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def bad_run(bench: Bench, version: str) -> dict[str, Any]:
+def bad_run(bench: Bench, version: str, waves: str) -> dict[str, Any]:
     failed_before = bench.failed()
-    rollout_id, _ = bench.start(version, bake=None)
+    rollout_id, _ = bench.start(version, bake=None, waves=waves)
     state = bench.wait_settled(rollout_id)
     if state != "aborted":  # not caught: stop it by hand, and say so in the table
         bench.fleet.ok("rollout", "abort", rollout_id, "--reason", "bench: not caught")
@@ -191,6 +195,7 @@ def main() -> int:
     parser.add_argument("--devices", type=int, default=20)
     parser.add_argument("--rate", type=float, default=20.0, help="client requests/s per device")
     parser.add_argument("--bad-runs", type=int, default=3)
+    parser.add_argument("--bad-waves", default="3,50%,100%")
     parser.add_argument("--same-runs", type=int, default=6)
     parser.add_argument("--bake", default="min_requests=100,min=10s,max=2m")
     parser.add_argument("--no-default-bake", action="store_true")
@@ -234,7 +239,7 @@ def main() -> int:
             bench = Bench(fleet, devices, traffic)
             bad = []
             for run in range(args.bad_runs):
-                bad.append(bad_run(bench, "9.0.0-slow"))
+                bad.append(bad_run(bench, "9.0.0-slow", args.bad_waves))
                 print(f"bad run {run + 1}: {bad[-1]}", flush=True)
                 bench.settle(15)
             sames = []
@@ -279,7 +284,7 @@ def report(
     failures: list[str],
 ) -> None:
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
-    print("\n1. bad version (slow model), default waves, gates and bake")
+    print(f"\n1. bad version (slow model), --waves {args.bad_waves}, default gates and bake")
     print(f"{'run':>3}  {'state':<9} {'wave':>4} {'touched':>7}  {'gates failed':<18}"
           f"{'commit->abort s':>15} {'commit->all back s':>18} {'failed req':>10}")  # fmt: skip
     for i, b in enumerate(bad, 1):

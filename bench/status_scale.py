@@ -46,7 +46,7 @@ from edgefleet.shared import N_BUCKETS
 PROFILES = ("rpi4", "rpi5", "x86-edge")
 ROLLOUTS = 30
 EVENTS = ("downloading", "verifying", "loading")  # then the row's own final state
-BEFORE = {("status", 1000): "1.6–1.9 s"}  # the figure; nothing else was measured
+BEFORE = {("status", 1000): "1.6-1.9 s"}  # the figure; nothing else was measured
 COMMANDS = {
     "status": ["status"],
     "status --json": ["status", "--json"],
@@ -109,7 +109,6 @@ def _versions(db: sqlite3.Connection) -> list[int]:
         "SELECT model_id, io, smoke_test, created_at FROM model_version"
     ).fetchone()
     sha = db.execute("SELECT artifact_sha256 FROM variant").fetchone()[0]
-    variants = []
     for k in range(1, ROLLOUTS):
         cur = db.execute(
             "INSERT INTO model_version (model_id, version, io, smoke_test, source_name, "
@@ -209,9 +208,7 @@ def _telemetry(
     thin = max(1, -(-sparse_wanted // room)) if room else 0
     sparse = sparse_wanted // thin if thin else 0
     stamps = [now - timedelta(seconds=args.interval_s * (dense - n)) for n in range(dense)]
-    older = [
-        stamps[0] - timedelta(seconds=args.interval_s * thin * (n + 1)) for n in range(sparse)
-    ]
+    older = [stamps[0] - timedelta(seconds=args.interval_s * thin * (n + 1)) for n in range(sparse)]
     counts = [0] * N_BUCKETS
     counts[18:24] = [5, 20, 40, 20, 10, 5]
     histogram = json.dumps(counts)

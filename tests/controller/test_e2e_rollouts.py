@@ -28,7 +28,6 @@ import json
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +146,7 @@ class RolloutFleet(ControllerFleet):
         self.agents[device]["proc"].stop()
         self.wait_online(device, online=False)
 
-    @contextmanager
+    @contextlib.contextmanager
     def traffic(self, devices: list[str], poison_share: float = 0.0) -> Iterator[ClientTraffic]:
         """Steady clients on ``devices``, answered ``WARM_UP`` times each before the test
         goes on (so each device's baseline window holds requests)."""
@@ -226,14 +225,16 @@ def answered_by(traffic: ClientTraffic, device: str) -> dict[str, int]:
 def wait_answers_from(
     traffic: ClientTraffic, device: str, deployment_id: str, more: int = 40
 ) -> None:
-    """Wait until ``device`` answered ``more`` further requests, all from ``deployment_id``."""
+    """Wait until ``device`` answered ``more`` further requests, all from ``deployment_id``
+    (after a few let through: a request in flight may finish on the model it started on)."""
+
+    def answers() -> int:
+        return sum(answered_by(traffic, device).values())
+
+    settled = answers() + 5
+    wait_until(lambda: answers() >= settled, 30, f"{device} answered no more requests")
     before = answered_by(traffic, device)
-
-    def grew() -> bool:
-        now = answered_by(traffic, device)
-        return sum(now.values()) - sum(before.values()) >= more
-
-    wait_until(grew, 30, f"{device} answered no more requests")
+    wait_until(lambda: answers() >= settled + more, 30, f"{device} answered no more requests")
     now = answered_by(traffic, device)
     new = {k: n - before.get(k, 0) for k, n in now.items() if n != before.get(k, 0)}
     assert set(new) == {deployment_id}, (device, new)
@@ -375,9 +376,11 @@ def test_a_wave_without_traffic_is_inconclusive_and_pauses(fleet: RolloutFleet) 
 def test_serve_killed_mid_bake_carries_on_and_sends_nothing_twice(fleet: RolloutFleet) -> None:
     fleet.add_version("6.0.0", lambda p: write_digits_model(p, seed=3))
     with fleet.traffic(DEVICES) as traffic:
+        # a bake long enough that `status --watch` sees it whatever the host's load
         rollout_id = fleet.start_rollout(
-            "6.0.0", "--label", "site=lab", "--waves", "1,100%", *NOISY_HOST
-        )
+            "6.0.0", "--label", "site=lab", "--waves", "1,100%", *NOISY_HOST,
+            bake="min_requests=100,min=10s,max=40s",
+        )  # fmt: skip
         watch = fleet.watch(rollout_id)
         watch.wait(lambda d: d["waves"][0]["state"] == "baking", "wave 1 never baked")
         assert fleet.daemon is not None

@@ -17,8 +17,9 @@ from ._render import console, print_json
 def upgrade(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Bring the registry's schema up to this edgefleet's, and say which migrations ran.
 
-    Only `init` and `upgrade` change the schema; every other command refuses a registry
-    at an older schema and names this command. Stop `edgefleet serve` first.
+    Only `init` and `upgrade` change the schema; every other command
+    refuses a registry at an older schema and names this command.
+    Stop `edgefleet serve` first.
     """
     report = upgrade_home(settings_of(ctx))
     if as_json:
@@ -44,9 +45,10 @@ def completion(
 ) -> None:
     """Print the completion script for bash, zsh or fish: no terminal, no guessing.
 
-    Load it from your shell's start-up file, e.g. `source <(edgefleet completion bash)`
-    in ~/.bashrc, or write it where the shell looks for completions;
-    `edgefleet --install-completion` does that for the shell it runs in.
+    Load it from your shell's start-up file, e.g.
+    `source <(edgefleet completion bash)` in ~/.bashrc, or write it where
+    the shell looks for completions; `edgefleet --install-completion`
+    does that for the shell it runs in.
     """
     typer.echo(
         get_completion_script(

@@ -108,9 +108,10 @@ def model_remove(
     """Remove a model version: its variants, the files no other version uses, and its
     finished deployment rows and rollouts.
 
-    Refused, naming the devices and rollouts, while a device serves it, a device would
-    roll back to it, an unfinished deployment needs it or a rollout of it is active.
-    Events and telemetry stay. `edgefleet artifacts gc` collects anything left behind.
+    Refused, naming the devices and rollouts, while a device serves it,
+    a device would roll back to it, an unfinished deployment needs it
+    or a rollout of it is active. Events and telemetry stay.
+    `edgefleet artifacts gc` collects anything left behind.
     """
     if not yes:
         typer.confirm(f"remove {ref} with its deployment history?", abort=True)

@@ -113,14 +113,18 @@ def status(
     model: Annotated[
         str | None,
         typer.Option(
-            "--model", "-m", help="Only devices serving or meant to serve NAME[:VERSION]."
+            "--model",
+            "-m",
+            metavar="NAME[:VERSION]",
+            help="Only devices serving or meant to serve this model (any version, or this one).",
         ),
     ] = None,
     watch: Annotated[
         bool, typer.Option("--watch", "-w", help="Show it again every --interval until Ctrl-C.")
     ] = False,
     interval: Annotated[
-        float, typer.Option(help="With --watch: seconds between looks.", min=0.1)
+        float,
+        typer.Option(metavar="SECONDS", help="With --watch: seconds between looks.", min=0.1),
     ] = 2.0,
     count: Annotated[int, typer.Option(hidden=True, help="With --watch: stop after N.")] = 0,
     wide: WideFlag = False,
@@ -139,6 +143,8 @@ def status(
 
     The table fits the terminal, or 80 columns when piped (COLUMNS overrides), one device
     a line. --json and --csv carry every field; times in them are ISO 8601 with an offset.
+    --watch shows it again every --interval seconds until Ctrl-C (redrawn in place on a
+    terminal); with --json, one array a line.
     """
     if as_json and as_csv:
         raise ConfigError("choose one of --json and --csv")

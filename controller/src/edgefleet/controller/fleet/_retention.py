@@ -41,6 +41,12 @@ _WINDOW = timedelta(days=1)  # raw rows merged per transaction: one device, at m
 _DELETE_CHUNK = 20_000  # expired rows deleted per transaction
 _SYSTEM = ("cpu_percent", "memory_used_bytes", "temperature_c", "disk_free_bytes")
 _INTEGRAL = {"memory_used_bytes", "disk_free_bytes"}
+_T = Telemetry.__table__.c  # type: ignore[attr-defined]
+# rows are read as plain tuples: a day of one device is thousands of rows
+_COLUMNS = (
+    _T.id, _T.at, _T.interval_s, _T.deployment_id, _T.model, _T.requests, _T.errors,
+    _T.latency_counts, *(_T[name] for name in _SYSTEM),
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,7 @@ def prune_telemetry(
     expired = merged = hourly = 0
     complete = True
     for device_id in device_ids:
-        if keep_after is not None:
+        if keep_after is not None and _expires(home, device_id, keep_after):  # type: ignore[arg-type]
             while True:
                 with home.session(write=True) as session:
                     gone = _delete_expired(session, device_id, keep_after)  # type: ignore[arg-type]
@@ -152,11 +158,24 @@ class TelemetryRetention:
             )
 
 
+def _utc(when: datetime) -> datetime:
+    """SQLite hands back naive UTC, PostgreSQL the session's time zone (which may be half an
+    hour off UTC)."""
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
 def _hour_of(when: datetime) -> datetime:
-    """The start of ``when``'s hour in UTC (SQLite hands back naive UTC, PostgreSQL the
-    session's time zone, which may be half an hour off)."""
-    utc = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-    return utc.replace(minute=0, second=0, microsecond=0)
+    return _utc(when).replace(minute=0, second=0, microsecond=0)
+
+
+def _expires(home: Home, device_id: int, keep_after: datetime) -> bool:
+    """Whether the device has a row to delete: one indexed read, so a run with nothing to
+    delete takes no write lock for it."""
+    with home.session() as session:
+        oldest = session.execute(
+            sa.select(sa.func.min(_T.at)).where(_T.device_id == device_id)
+        ).scalar()
+    return oldest is not None and _utc(oldest) < keep_after
 
 
 def _delete_expired(session: Session, device_id: int, keep_after: datetime) -> int:
@@ -167,14 +186,6 @@ def _delete_expired(session: Session, device_id: int, keep_after: datetime) -> i
     )
     result = session.execute(sa.delete(Telemetry).where(col(Telemetry.id).in_(doomed)))
     return int(getattr(result, "rowcount", 0) or 0)
-
-
-_T = Telemetry.__table__.c  # type: ignore[attr-defined]
-# rows are read as plain tuples: a day of one device is thousands of rows
-_COLUMNS = (
-    _T.id, _T.at, _T.interval_s, _T.deployment_id, _T.model, _T.requests, _T.errors,
-    _T.latency_counts, *(_T[name] for name in _SYSTEM),
-)  # fmt: skip
 
 
 def _merge_next_window(
