@@ -66,7 +66,10 @@ class Lab(Fleet):
         )
 
     def registry(self) -> dict[str, list[tuple[Any, ...]]]:
-        return sqlite_snapshot(self.home / "registry.db")
+        """What the command could have written: not the running daemon's own heartbeat."""
+        tables = sqlite_snapshot(self.home / "registry.db")
+        tables.pop("daemon_heartbeat", None)
+        return tables
 
     def stored(self) -> list[str]:
         return files_under(self.home / "artifacts")
