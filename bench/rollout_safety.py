@@ -1,6 +1,6 @@
 """Rollout safety under load, end to end: the real `edgefleet serve`, Mosquitto and one agent
-subprocess per device (as bench/controller_rollout.py runs them), with steady client traffic
-on every agent's inference endpoint the whole time.
+subprocess per device, with steady client traffic on every agent's inference endpoint the
+whole time.
 
 Run: .venv/bin/python bench/rollout_safety.py [--devices 20] [--rate 20] [--bad-runs 3]
      [--bad-waves 3,50%,100%] [--same-runs 6] [--bake min_requests=100,min=10s,max=2m]
@@ -8,15 +8,23 @@ Run: .venv/bin/python bench/rollout_safety.py [--devices 20] [--rate 20] [--bad-
 
 1. A bad version (write_slow_digits_model: the same answers, several times slower) rolled
    out with ``--bad-waves`` (three devices first) and the default bake and gates,
-   ``--bad-runs`` times: the seconds from the first
-   wave device's commit to the abort decision (the first failing gate evaluation) and to
-   the last touched device reporting it serves its old model again; the client requests
-   that failed from the rollout's start until every touched device was back (must be 0).
+   ``--bad-runs`` times: seconds from the first wave device's commit to the abort decision
+   (the first failing gate evaluation) and to the last touched device reporting it serves
+   its old model again; client requests that failed meanwhile (must be 0), and whether a
+   touched device still answered from the bad version afterwards.
 2. The gates' false-abort rate: the same model file under a new version, ``--same-runs``
-   times, with ``--bake``; aborted (and paused) out of all.
+   times, with the default waves and gates and ``--bake``: aborted (and paused) out of
+   all, and the latency gate's median p95 ratio at its last look at each wave.
 3. A good version (the same file again) through every wave with the default bake
    (min_requests=100, min=60s, max=15m): seconds from `rollout start` to completed
    (skipped with --no-default-bake; it is also counted in 2).
+
+One agent process per device, as bench/controller_rollout.py runs them (up to 50 there, for
+a deploy without load). With client traffic on every device, 20 agents is what a 2-core
+host carries: 20 x 20 requests/s from this process, the agents, `serve` and Mosquitto used
+about one of the two cores. All devices share the host's cores, so one device's swap or another
+program's burst slows its neighbours too: the false-abort rate here is an upper bound for
+a fleet of separate boards.
 
 Timestamps are the registry's: gate evaluations are stamped by the controller, events by
 the devices; all run on this host, so they share a clock. Medians where repeated.
@@ -181,10 +189,17 @@ def same_run(bench: Bench, version: str, bake: str | None) -> dict[str, Any]:
             120,
             "rollbacks never finished",
         )
+    # the latency gate's median p95 ratio at its last look at each wave: same model, so
+    # anything but noise around 1 is a bias of the evidence windows
+    ratios: dict[int, float] = {}
+    for e in bench.analysis(rollout_id):
+        if e["gate"] == "latency" and e["statistic"] is not None:
+            ratios[e["wave"]] = e["statistic"]
     return {
         "rollout": rollout_id,
         "state": state,
         "seconds": took,
+        "ratios": [ratios[w] for w in sorted(ratios)],
         "why": why,
         "failed_requests": bench.failed() - failed_before,
     }
@@ -268,8 +283,8 @@ def main() -> int:
         fleet.close()
 
 
-def _median(values: list[float]) -> str:
-    return f"{statistics.median(values):.1f}" if values else "-"
+def _median(values: list[float], digits: int = 1) -> str:
+    return f"{statistics.median(values):.{digits}f}" if values else "-"
 
 
 def report(
@@ -302,15 +317,21 @@ def report(
     runs = sames + ([default] if default else [])
     print(f"\n2. same model under a new version: --bake {args.bake}" + (
         "; the last row with the default bake" if default else ""))  # fmt: skip
-    print(f"{'run':>3}  {'state':<9} {'seconds':>7} {'failed req':>10}  why")
+    print(f"{'run':>3}  {'state':<9} {'seconds':>7} {'failed req':>10}  {'p95 ratios':<24} why")
     for i, s in enumerate(runs, 1):
+        ratios = " ".join(f"{r:.2f}" for r in s["ratios"])
         print(
             f"{i:>3}  {s['state']:<9} {s['seconds']:>7.1f} {s['failed_requests']:>10}  "
-            f"{s['why'][:110]}"
+            f"{ratios:<24} {s['why'][:90]}"
         )
     aborted = sum(s["state"] == "aborted" for s in runs)
     paused = sum(s["state"] == "paused" for s in runs)
     short = [s["seconds"] for s in sames if s["state"] == "completed"]
+    every = [r for s in runs for r in s["ratios"]]
+    print(
+        f"p95 ratios (last look per wave, same model): median {_median(every, 2)}, "
+        f"{sum(r > 1 for r in every)} of {len(every)} above 1"
+    )
     print(
         f"false aborts {aborted}/{len(runs)}, paused (inconclusive) {paused}/{len(runs)}; "
         f"median seconds to complete with --bake {args.bake}: {_median(short)}"

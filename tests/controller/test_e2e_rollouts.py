@@ -475,9 +475,12 @@ def test_a_late_rollback_that_no_longer_matches_is_refused(fleet: RolloutFleet) 
     already queued for it: pi-3 takes the newer one first, then refuses the rollback, which
     undoes a model it no longer serves."""
     fleet.add_version("9.0.0", lambda p: write_digits_model(p, seed=6))
+    fleet.add_version("9.1.0", lambda p: write_digits_model(p, seed=7))
+    # pi-3 serves 9.0.0 with a model before it, so a rollback of 9.0.0 is one it would take
+    fleet.ok("deploy", "digits:9.0.0", "--device", "pi-3", "--wait", "--timeout", "60")
     old = fleet.serving("pi-3")
     fleet.stop_agent("pi-3")
-    deployed = json.loads(fleet.ok("deploy", "digits:9.0.0", "--device", "pi-3", "--json"))
+    deployed = json.loads(fleet.ok("deploy", "digits:9.1.0", "--device", "pi-3", "--json"))
     new = deployed[0]["deployment_id"]
     wait_until(lambda: fleet.row_state(new, "pi-3") == "sent", 30, "the deploy never sent")
     ordered = json.loads(fleet.ok("rollback", "--device", "pi-3", "--reason", "late", "--json"))

@@ -289,7 +289,7 @@ def test_rolling_back_by_hand_needs_a_previous_model_the_registry_knows(sim: Sim
     # every board serves 2.0.0 after 1.0.0: a hand rollback names what it undoes
     rows = roll_back(sim.home, devices=["pi4-1"], by="carol", reason="smells", now=sim.now)
     assert [(r.device, r.kind, r.state, r.model) for r in rows] == [
-        ("pi4-1", "rollback", "pending", f"back from {rid}")
+        ("pi4-1", "rollback", "pending", "digits:1.0.0/fp32")  # where it goes back to
     ]
     (order,) = [d for d in sim.dispatch() if isinstance(d, RollbackOrder)]
     assert (order.device_id, order.undoes) == ("pi4-1", rid)

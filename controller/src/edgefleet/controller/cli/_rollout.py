@@ -139,6 +139,12 @@ def rollout_start(
     window_tz: Annotated[
         str, typer.Option(help="The time zone of --window, e.g. Europe/Berlin.")
     ] = "UTC",
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Roll out even a variant larger than its profile's size budget."
+        ),
+    ] = False,
     reason: Reason = "",
     as_json: JsonFlag = False,
 ) -> None:
@@ -173,7 +179,7 @@ def rollout_start(
     with opened_home(ctx) as home:
         detail = rollout.start_rollout(
             home, ref, devices=device or None, profile=profile, labels=labels, plan=plan,
-            started_by=rollout.operator_name(), note=reason,
+            started_by=rollout.operator_name(), note=reason, force=force,
         )  # fmt: skip
     if as_json:
         print_json(detail)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .. import fleet, rollout
+from .. import rollout
 from ._app import JsonFlag, app, opened_home
 from ._render import console, print_json
 from ._rollout import Devices, Profile, Reason, RolloutId, rollout_app
@@ -112,7 +112,7 @@ def rollback(
 
       edgefleet rollback -d kitchen-pi --reason "answers look wrong"
     """
-    labels = fleet.parse_labels(label or []) or None
+    labels = rollout.parse_label_selector(label or []) or None
     with opened_home(ctx) as home:
         rows = rollout.roll_back(
             home, devices=device or None, profile=profile, labels=labels,

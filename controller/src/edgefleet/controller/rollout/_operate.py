@@ -25,8 +25,14 @@ from ..registry import (
 )
 from ._effects import apply_outcome, compare_and_set, previous_variant, send_back, waiting_left
 from ._engine import Outcome
-from ._targets import check_selector, new_deployment_id, select_targets, supersede_unfinished
-from ._views import find_rollout, rollout_public
+from ._targets import (
+    LabelSelector,
+    check_selector,
+    new_deployment_id,
+    select_targets,
+    supersede_unfinished,
+)
+from ._views import find_rollout, rollout_public, variant_ref
 
 log = logging.getLogger("edgefleet.controller.rollout")
 
@@ -112,7 +118,7 @@ def roll_back(
     *,
     devices: list[str] | None = None,
     profile: str | None = None,
-    labels: dict[str, str] | None = None,
+    labels: LabelSelector | None = None,
     by: str,
     reason: str = "",
     now: datetime | None = None,
@@ -159,7 +165,7 @@ def roll_back(
                     deployment_id=order_id,
                     device=device.name,
                     profile=device.profile,
-                    model=f"back from {serving}",
+                    model=variant_ref(session, variant),
                     state=DeploymentState.PENDING.value,
                     kind=DeploymentKind.ROLLBACK.value,
                 )

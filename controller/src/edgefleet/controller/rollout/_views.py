@@ -80,6 +80,14 @@ def _model_ref(session: Session, model_version_id: int) -> str:
     return f"{model.name}:{version.version}" if model and version else "?"
 
 
+def variant_ref(session: Session, variant_id: int) -> str:
+    """``name:version/variant`` of a variant row."""
+    variant = session.get(Variant, variant_id)
+    if variant is None:
+        return "?"
+    return f"{_model_ref(session, variant.model_version_id)}/{variant.name}"
+
+
 def rollout_public(session: Session, rollout: Rollout) -> RolloutPublic:
     states = session.exec(select(Deployment.state).where(Deployment.rollout_id == rollout.id)).all()
     waves = session.exec(select(RolloutWave.id).where(RolloutWave.rollout_id == rollout.id)).all()
