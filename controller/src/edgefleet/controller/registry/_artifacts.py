@@ -79,6 +79,7 @@ class ArtifactStore:
             final = self.path_of(sha256)
             if final.is_file() and final.stat().st_size == size:
                 tmp.unlink()
+                os.utime(final)  # stored just now again: young, so `artifacts gc` leaves it
             else:
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.chmod(tmp, 0o644)
