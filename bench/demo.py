@@ -5,12 +5,17 @@ and export them to ONNX; start a private Mosquitto; `edgefleet init`, `model add
 versions, `compress` v2 for the x86-edge profile, `device add` three devices (rpi4, rpi5,
 x86-edge); start `edgefleet serve` and
 three agents; `edgefleet deploy` v1 then v2 with --wait; print `edgefleet status`;
-classify held-out digits through two agents' inference endpoints; shut everything down.
-Run: make demo
+classify held-out digits through two agents' inference endpoints. Then a staged rollout
+with gates under steady client load: a small MLP (1.0.0) is deployed, and `edgefleet
+rollout start` sends 2.0.0, which answers the same but about 3x slower per request; the
+latency gate compares each device with its own previous model, fails wave 1, and the
+device goes back to 1.0.0 by a signed rollback order, without a failed client request.
+Shut everything down. Run: make demo
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 import warnings
@@ -21,10 +26,13 @@ import numpy as np
 
 from edgefleet.harness import (
     TRAIN_ROWS,
+    ClientTraffic,
     ControllerFleet,
     digits_images,
     train_cnn,
     wait_until,
+    write_digits_model,
+    write_slow_digits_model,
 )
 
 DEVICES = {"kitchen-pi": "rpi4", "garage-pi": "rpi5", "edge-box": "x86-edge"}
@@ -140,6 +148,7 @@ def main() -> int:
             accuracy = float((probs.argmax(axis=1) == y[TRAIN_ROWS:]).mean())
             model = r.headers.get("X-Edgefleet-Model", "?")
             print(f"  served by {model}: accuracy {accuracy:.1%}")
+        staged_rollout(fleet, work)
     except BaseException:
         print("\ndemo failed; last lines of each process log:", file=sys.stderr)
         print(fleet.logs(), file=sys.stderr)
@@ -149,6 +158,41 @@ def main() -> int:
         fleet.close()
     print(f"done in {time.monotonic() - t_start:.0f} s")
     return 0
+
+
+def staged_rollout(fleet: ControllerFleet, work: Path) -> None:
+    """A gated rollout of a slower version under client load, rolled back by its gates."""
+    step("a staged rollout with gates: mlp 1.0.0 serves under steady client load")
+    fleet.ok("model", "add", str(write_digits_model(work / "mlp-1.onnx")), "--name", "mlp",
+             "--version", "1.0.0")  # fmt: skip
+    slow = write_slow_digits_model(work / "mlp-2.onnx")  # the same answers, ~3x the work
+    fleet.ok("model", "add", str(slow), "--name", "mlp", "--version", "2.0.0")
+    fleet.ok("deploy", "mlp:1.0.0", "--label", "fleet=demo", "--wait", "--timeout", "60")
+    urls = {name: fleet.url(name) for name in DEVICES}
+    with ClientTraffic(urls, rate_per_s=30.0) as traffic:
+        traffic.wait_answered(150, timeout=60)  # a baseline for each device's own comparison
+        args = ["rollout", "start", "mlp:2.0.0", "--label", "fleet=demo", "--waves", "1,100%",
+                "--bake", "min_requests=100,min=5s,max=60s", "--reason", "the demo"]  # fmt: skip
+        step("edgefleet " + " ".join(args))
+        started = json.loads(fleet.ok(*args, "--json"))
+        rollout_id = started["rollout"]["rollout_id"]
+        print(f"  rollout {rollout_id}: wave 1 is {started['waves'][0]['devices']}")
+        t0 = time.monotonic()
+
+        def state() -> str:
+            shown = json.loads(fleet.run("rollout", "status", rollout_id, "--json").stdout)
+            return str(shown["rollout"]["state"])
+
+        wait_until(lambda: state() in ("aborted", "completed", "paused"), 180, "rollout")
+        print(f"  {state()} after {time.monotonic() - t0:.0f} s")
+        step(f"edgefleet rollout status {rollout_id}")
+        print(fleet.run("rollout", "status", rollout_id).stdout, end="")
+        step(f"edgefleet rollout analysis {rollout_id}")
+        print(fleet.run("rollout", "analysis", rollout_id).stdout, end="")
+        time.sleep(1.0)  # a last second of requests on the model the device went back to
+    failed = sum(f for _, f in traffic.counts().values())
+    answered = sum(ok for ok, _ in traffic.counts().values())
+    print(f"  client requests during the rollout: {answered} answered, {failed} failed")
 
 
 if __name__ == "__main__":
