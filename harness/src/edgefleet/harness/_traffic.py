@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import TracebackType
@@ -79,7 +79,8 @@ class ClientTraffic:
         self.max_duration_s = max_duration_s
         self._tallies = {name: DeviceTally() for name in self.urls}
         self._answered: set[str] = set()  # devices that have answered once: "up"
-        self._failures: list[str] = []
+        self._failures: list[str] = []  # the first MAX_FAILURES_KEPT
+        self._latest: deque[str] = deque(maxlen=MAX_FAILURES_KEPT)  # and the newest ones
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -140,9 +141,10 @@ class ClientTraffic:
             }
 
     def failures(self) -> list[str]:
-        """The first reasons of failed requests: ``"<device> +<s>s: <reason>"``."""
+        """The first and the newest reasons of failed requests, oldest first:
+        ``"<device> +<s>s: <reason>"``."""
         with self._lock:
-            return list(self._failures)
+            return self._failures + [f for f in self._latest if f not in self._failures]
 
     def wait_answered(self, at_least: int = 1, timeout: float = 30.0) -> None:
         """Wait until every device answered ``at_least`` requests with a 200."""
@@ -226,9 +228,12 @@ class ClientTraffic:
                 tally.poisoned_refused += 1
             else:
                 tally.failed += 1
+                at = time.monotonic() - self._started
+                line = f"{name} +{at:.2f}s: {reason or status}"
                 if len(self._failures) < MAX_FAILURES_KEPT:
-                    at = time.monotonic() - self._started
-                    self._failures.append(f"{name} +{at:.2f}s: {reason or status}")
+                    self._failures.append(line)
+                else:
+                    self._latest.append(line)
 
 
 def _error_of(response: httpx.Response) -> tuple[str, str]:
