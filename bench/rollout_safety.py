@@ -22,9 +22,9 @@ Run: .venv/bin/python bench/rollout_safety.py [--devices 20] [--rate 20] [--bad-
 One agent process per device, as bench/controller_rollout.py runs them (up to 50 there, for
 a deploy without load). With client traffic on every device, 20 agents is what a 2-core
 host carries: 20 x 20 requests/s from this process, the agents, `serve` and Mosquitto used
-about one of the two cores. All devices share the host's cores, so one device's swap or another
-program's burst slows its neighbours too: the false-abort rate here is an upper bound for
-a fleet of separate boards.
+about one of the two cores. All devices share the host's cores, so one device's swap or
+another program's burst slows its neighbours too: expect more false aborts here than on a
+fleet of separate boards. The defaults take 15 to 20 minutes.
 
 Timestamps are the registry's: gate evaluations are stamped by the controller, events by
 the devices; all run on this host, so they share a clock. Medians where repeated.

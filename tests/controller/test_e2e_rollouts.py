@@ -59,14 +59,16 @@ WARM_UP = 100  # answers per device before a rollout starts: its baseline window
 BAKE = "min_requests=100,min=5s,max=40s"
 THREE_WAVES = ("--waves", "1,3,100%")  # 1, 2 and 3 of the six devices
 ROLLOUT_TIMEOUT = 150.0  # generous: three waves take well under a minute here
-# The latency gate where latency is not what a test is about: it fails only past 5x the
-# device's own baseline p95. Same-model swaps on this shared 2-core host (agents at 40
-# requests/s, 8 s windows, other test runs loading it to 6-7) gave per-device p95 ratios
-# from 0.1 to 2.7, moving together on every device; a same-model wave failed the default
-# gate at a median ratio of 2.08 (binomial p=6e-15) and passed tolerance 2 at 2.74: bursts of
-# load make latency autocorrelated, which the per-request binomial test takes for a real
-# slowdown. The slow-version test keeps the default tolerance.
+# The latency gate on this shared 2-core host. Same-model swaps here (agents at 40
+# requests/s, 8 s windows, other test runs loading the host to 6-7) gave per-device p95
+# ratios from 0.1 to 2.7, moving together on every device; a same-model wave failed the
+# default gate at a median ratio of 2.08 (binomial p=6e-15), and bench/rollout_safety.py
+# saw 4 or 5 of 7 same-model rollouts abort: bursts of load make latency autocorrelated,
+# which the gate's tests take for a real slowdown. So the good version is judged with
+# room for that noise (it fails only past 5x its own baseline), the tests about something
+# else leave latency out, and the slow-version test keeps the default tolerance.
 NOISY_HOST = ("--gate", "latency.tolerance=4")
+NOT_LATENCY = ("--gate", "off=latency")
 
 
 class RolloutFleet(ControllerFleet):
@@ -333,7 +335,7 @@ def test_a_version_that_fails_requests_aborts_on_the_error_gate(fleet: RolloutFl
     before = {name: fleet.serving(name) for name in DEVICES}
     with fleet.traffic(DEVICES, poison_share=0.05) as traffic:
         rollout_id = fleet.start_rollout(
-            "4.0.0-failing", "--label", "site=lab", *THREE_WAVES, *NOISY_HOST
+            "4.0.0-failing", "--label", "site=lab", *THREE_WAVES, *NOT_LATENCY
         )
         code, detail = fleet.watch(rollout_id).finished()
         assert code == 1, detail["rollout"]
@@ -378,7 +380,7 @@ def test_serve_killed_mid_bake_carries_on_and_sends_nothing_twice(fleet: Rollout
     with fleet.traffic(DEVICES) as traffic:
         # a bake long enough that `status --watch` sees it whatever the host's load
         rollout_id = fleet.start_rollout(
-            "6.0.0", "--label", "site=lab", "--waves", "1,100%", *NOISY_HOST,
+            "6.0.0", "--label", "site=lab", "--waves", "1,100%", *NOT_LATENCY,
             bake="min_requests=100,min=10s,max=40s",
         )  # fmt: skip
         watch = fleet.watch(rollout_id)
@@ -416,7 +418,7 @@ def test_a_device_offline_when_its_wave_starts_is_queued_and_not_counted(
     with fleet.traffic(["pi-4", "pi-5"]) as traffic:
         rollout_id = fleet.start_rollout(
             "7.0.0", *(a for t in targets for a in ("--device", t)), "--waves", "1,100%",
-            *NOISY_HOST,
+            *NOT_LATENCY,
         )  # fmt: skip
         code, detail = fleet.watch(rollout_id).finished()
         assert code == 0, detail["rollout"]
@@ -443,7 +445,7 @@ def test_an_operator_abort_mid_rollout_sends_every_touched_device_back(
     with fleet.traffic(DEVICES) as traffic:
         # a bake that would take ten minutes: the operator moves it on by hand, then stops it
         rollout_id = fleet.start_rollout(
-            "8.0.0", "--label", "site=lab", *THREE_WAVES, *NOISY_HOST,
+            "8.0.0", "--label", "site=lab", *THREE_WAVES, *NOT_LATENCY,
             bake="min_requests=100,min=10m,max=20m",
         )  # fmt: skip
         watch = fleet.watch(rollout_id)
