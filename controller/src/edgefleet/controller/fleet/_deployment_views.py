@@ -57,8 +57,8 @@ class DeploymentView(BaseModel):
     waves: list[Wave]
 
 
-def _models(session: Session) -> dict[int, str]:
-    """variant id -> name:version"""
+def variant_models(session: Session) -> dict[int, str]:
+    """variant id -> name:version, for every variant (the fleet page and the deployments)."""
     rows = session.exec(
         select(Variant.id, Model.name, ModelVersion.version)
         .join(ModelVersion, col(ModelVersion.id) == col(Variant.model_version_id))
@@ -87,7 +87,7 @@ def deployment_views(
             .where(col(Deployment.deployment_id).in_(newest))
             .order_by(col(Device.name))
         ).all()
-        models = _models(session)
+        models = variant_models(session)
         rollouts = {
             r.rollout_id: r
             for r in session.exec(select(Rollout).where(col(Rollout.rollout_id).in_(newest))).all()

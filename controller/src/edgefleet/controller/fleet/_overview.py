@@ -24,13 +24,11 @@ from ..registry import (
     Deployment,
     DeploymentState,
     Device,
-    Model,
-    ModelVersion,
     Telemetry,
-    Variant,
     as_utc,
     utcnow,
 )
+from ._deployment_views import variant_models
 
 # The newest telemetry rows read for each device's latest p95 and host stats: an id range on
 # the primary key, so the cost does not grow with the table (at 10,000 devices reporting
@@ -81,16 +79,6 @@ class LatencyChart(BaseModel):
     series: list[LatencySeries]
 
 
-def _models(session: Session) -> dict[int, str]:
-    """variant id -> name:version"""
-    rows = session.exec(
-        select(Variant.id, Model.name, ModelVersion.version)
-        .join(ModelVersion, col(ModelVersion.id) == col(Variant.model_version_id))
-        .join(Model, col(Model.id) == col(ModelVersion.model_id))
-    ).all()
-    return {vid: f"{name}:{version}" for vid, name, version in rows if vid is not None}
-
-
 def fleet_overview(
     home: Home,
     *,
@@ -101,7 +89,7 @@ def fleet_overview(
     """Every device (or those matching the filters) and a summary of the whole fleet."""
     with home.session() as session:
         devices = session.exec(select(Device).order_by(col(Device.name))).all()
-        models = _models(session)
+        models = variant_models(session)
         latest_ids = select(func.max(Deployment.id)).group_by(col(Deployment.device_id))
         latest = {
             d.device_id: d
