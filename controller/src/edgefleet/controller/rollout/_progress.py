@@ -15,10 +15,9 @@ from ..registry import (
     Deployment,
     DeploymentPublic,
     Device,
-    Model,
-    ModelVersion,
     Variant,
 )
+from ._views import variant_ref
 
 
 def deployment_progress(home: Home, deployment_id: str) -> list[DeploymentPublic]:
@@ -35,15 +34,12 @@ def deployment_progress(home: Home, deployment_id: str) -> list[DeploymentPublic
             raise NotFound(f"unknown deployment {deployment_id!r}")
         out = []
         for dep, device, variant in rows:
-            version = session.get(ModelVersion, variant.model_version_id)
-            model = session.get(Model, version.model_id) if version else None
-            ref = f"{model.name}:{version.version}" if model and version else "?"
             out.append(
                 DeploymentPublic(
                     deployment_id=dep.deployment_id,
                     device=device.name,
                     profile=device.profile,
-                    model=f"{ref}/{variant.name}",
+                    model=variant_ref(session, variant.id),  # type: ignore[arg-type]
                     state=dep.state,
                     error_code=dep.error_code,
                     error_message=dep.error_message,
