@@ -65,9 +65,12 @@ def wave(
     error_rate: float = BASE_ERROR_RATE,
     min_n: int = 100,
     max_n: int = 2000,
+    intervals: int = 6,
     looks: int = 1,
 ) -> list[list[DeviceEvidence]]:
-    """The wave's evidence at each of ``looks`` evaluations, the windows growing evenly."""
+    """The wave's evidence at each of ``looks`` evaluations. With one look each window is
+    ``intervals`` telemetry intervals; with more, each look adds one interval per side."""
+    total = intervals if looks == 1 else looks
     timeline: list[list[DeviceEvidence]] = [[] for _ in range(looks)]
     for i in range(size):
         log_median = rng.uniform(math.log(2), math.log(20))
@@ -75,63 +78,72 @@ def wave(
         n_base, n_new = (
             int(math.exp(rng.uniform(math.log(min_n), math.log(max_n)))) for _ in range(2)
         )
-        new = np.zeros(N_BUCKETS, dtype=int)
-        base = np.zeros(N_BUCKETS, dtype=int)
+        new: list[tuple[int, ...]] = []
+        base: list[tuple[int, ...]] = []
         requests = errors = 0
-        for look in range(looks):
-            step_new = n_new * (look + 1) // looks - requests
-            step_base = n_base * (look + 1) // looks - n_base * look // looks
-            new += window(rng, step_new, log_median + math.log(slowdown), sigma)
-            base += window(rng, step_base, log_median, sigma)
+        for k in range(total):
+            step_new = n_new * (k + 1) // total - n_new * k // total
+            step_base = n_base * (k + 1) // total - n_base * k // total
+            new.append(window(rng, step_new, log_median + math.log(slowdown), sigma))
+            base.append(window(rng, step_base, log_median, sigma))
             requests += step_new
             errors += int(rng.binomial(step_new, error_rate))
+            look = k if looks > 1 else (0 if k == total - 1 else -1)
+            if look < 0:
+                continue
             timeline[look].append(
                 DeviceEvidence(
                     device=f"d{i}",
                     profile="p",
                     outcome="committed",
-                    new_counts=tuple(int(c) for c in new),
+                    new_intervals=tuple(new),
                     new_requests=requests,
                     new_errors=errors,
-                    baseline_counts=tuple(int(c) for c in base),
+                    baseline_intervals=tuple(base),
                 )
             )
     return timeline
 
 
-def rates(seeds: int, size: int, scenario: str, value: float) -> tuple[float, float]:
-    """The shares of seeds that FAIL and that end INCONCLUSIVE: all gates for 'same' (at
-    ``value`` looks, FAIL at any), the latency gate for 'slower', the error gate for 'errors'."""
-    fails = waits = 0
+def rates(seeds: int, size: int, scenario: str, value: float, intervals: int) -> tuple[float, ...]:
+    """The shares of seeds that FAIL, that end INCONCLUSIVE and that PASS: all gates for
+    'same' (at ``value`` looks, FAIL at any), the latency gate for 'slower', the error gate
+    for 'errors'."""
+    fails = waits = passes = 0
     for seed in range(seeds):
         rng = np.random.default_rng([seed, size, int(value * 1000)])
         if scenario == "same":
             decisions = [
                 overall(evaluate_gates(look, GATES, counted=size, min_requests=MIN_REQUESTS))
-                for look in wave(rng, size, looks=int(value))
+                for look in wave(rng, size, intervals=intervals, looks=int(value))
             ]
         elif scenario == "slower":
-            (evidence,) = wave(rng, size, slowdown=value, min_n=200)
+            (evidence,) = wave(rng, size, slowdown=value, min_n=200, intervals=intervals)
             decisions = [latency_gate(evidence, GATES, min_requests=MIN_REQUESTS).decision]
         else:
-            (evidence,) = wave(rng, size, error_rate=value, min_n=200)
+            (evidence,) = wave(rng, size, error_rate=value, min_n=200, intervals=intervals)
             decisions = [error_gate(evidence, GATES).decision]
         fails += Decision.FAIL in decisions
         waits += decisions[-1] == Decision.INCONCLUSIVE
-    return fails / seeds, waits / seeds
+        passes += decisions[-1] == Decision.PASS
+    return fails / seeds, waits / seeds, passes / seeds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5000)
     parser.add_argument("--sizes", default="1,3,6,20", help="wave sizes, comma-separated")
+    parser.add_argument(
+        "--intervals", type=int, default=6, help="telemetry intervals per window (one look)"
+    )
     args = parser.parse_args()
-    columns = [  # (heading, scenario, value, which rate: 0 FAIL, 1 INCONCLUSIVE)
+    columns = [  # (heading, scenario, value, which rate: 0 FAIL, 1 INCONCLUSIVE, 2 PASS)
         ("same", "same", 1, 0),
         ("wait", "same", 1, 1),
         ("10looks", "same", 10, 0),
         ("1.2x", "slower", 1.2, 0),
         ("1.5x", "slower", 1.5, 0),
+        ("1.5x ok", "slower", 1.5, 2),
         ("2x", "slower", 2.0, 0),
         ("1% err", "errors", 0.01, 0),
         ("2% err", "errors", 0.02, 0),
@@ -140,15 +152,16 @@ def main() -> None:
     print(
         f"over {args.seeds} seeds per cell: 'same' FAILs (false), 'wait' the same waves left"
         " INCONCLUSIVE, '10looks' FAILs at any of 10 evaluations as the windows grow;"
-        " the other columns are FAILs (caught)"
+        " the other columns are FAILs (caught), but '1.5x ok' the 1.5x slower waves PASSed;"
+        f" {args.intervals} telemetry intervals per window"
     )
     print(f"{'devices':<9}" + "".join(f"{name:>9}" for name, *_ in columns))
     for size in (int(s) for s in args.sizes.split(",")):
-        cache: dict[tuple[str, float], tuple[float, float]] = {}
+        cache: dict[tuple[str, float], tuple[float, ...]] = {}
         cells = []
         for _, scenario, value, which in columns:
             if (scenario, value) not in cache:
-                cache[scenario, value] = rates(args.seeds, size, scenario, value)
+                cache[scenario, value] = rates(args.seeds, size, scenario, value, args.intervals)
             cells.append(cache[scenario, value][which])
         print(f"{size:<9}" + "".join(f"{c:>9.2%}" for c in cells), flush=True)
 

@@ -77,11 +77,31 @@ def test_environment_overrides_the_file(tmp_path):
         ({"inference_port": 70000}, "inference_port"),
         ({"inference_port": "eighty"}, "inference_port"),
         ({"colour": "blue"}, "unknown setting"),
+        ({"download_attempts": -1}, "download_attempts"),
+        ({"download_retry_s": 90.0}, "download_retry_s"),  # above download_retry_max_s
+        ({"download_retry_max_s": "inf"}, "download_retry_max_s"),
+        ({"download_deadline_s": 0}, "download_deadline_s"),
+        ({"download_deadline_s": "soon"}, "download_deadline_s"),
     ],
 )
 def test_bad_settings_are_named(tmp_path, values, message):
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, **values), env={})
+
+
+def test_download_retries_last_until_expiry_unless_capped(tmp_path):
+    config = load_config(write(tmp_path), env={})
+    assert (config.download_attempts, config.download_deadline_s) == (None, None)
+    assert (config.download_retry_s, config.download_retry_max_s) == (2.0, 60.0)
+    # a config file from before keeps loading: its download_attempts is a cap
+    assert load_config(write(tmp_path, download_attempts=5), env={}).download_attempts == 5
+    assert load_config(write(tmp_path, download_attempts=0), env={}).download_attempts is None
+    env = {
+        "EDGEFLEET_AGENT_DOWNLOAD_DEADLINE_S": "600",
+        "EDGEFLEET_AGENT_DOWNLOAD_ATTEMPTS": "",
+    }
+    config = load_config(write(tmp_path, download_attempts=5), env=env)
+    assert (config.download_deadline_s, config.download_attempts) == (600.0, None)
 
 
 def test_missing_settings_and_files(tmp_path):

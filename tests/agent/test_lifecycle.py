@@ -9,6 +9,7 @@ from edgefleet.agent._lifecycle import (
     TERMINAL,
     TRANSITIONS,
     DeploymentRecord,
+    Interrupted,
     LifecycleError,
     Outcome,
     State,
@@ -176,12 +177,58 @@ def test_resume_after_crash(name, start, outcomes, ran, final, code):
     assert reports[-1] == (final, code)
 
 
-def test_endless_retries_are_a_loop():
-    record, ran, _, reports = run(S.DOWNLOADING, [O.RETRY] * (MAX_SAVES + 5))
-    assert record.state is S.FAILED
-    assert record.error_code == "loop_detected"
-    assert len(ran) == MAX_SAVES
-    assert reports[-1] == (S.FAILED, "loop_detected")
+def test_retries_in_place_are_bounded_by_their_action_not_counted_as_a_loop():
+    # a download waits out an outage until its manifest expires: however many attempts
+    # that takes, the state was entered once
+    outcomes = [O.RETRY] * (MAX_SAVES + 5) + [O.SUCCESS] * 5
+    record, ran, saved, reports = run(S.DOWNLOADING, outcomes)
+    assert record.state is S.COMMITTED
+    assert ran.count(S.DOWNLOADING) == MAX_SAVES + 6
+    assert saved.count(S.DOWNLOADING) == MAX_SAVES + 6  # still saved before every attempt
+    assert record.saves == 5
+    assert reports.count((S.DOWNLOADING, "download_failed")) == MAX_SAVES + 5
+
+
+def test_a_state_entered_over_and_over_is_a_loop():
+    """Resumed after one restart too many (a crash loop): failed without running again."""
+    record = DeploymentRecord(
+        deployment_id="d1",
+        kind="deploy",
+        signed=BLOB,
+        state=S.DOWNLOADING,
+        saves=MAX_SAVES,
+        resumed=True,
+    )
+    ran: list[State] = []
+    reports: list[tuple[State, str | None]] = []
+
+    def action(r: DeploymentRecord) -> Outcome:
+        ran.append(r.state)
+        return O.RETRY
+
+    drive(
+        record,
+        dict.fromkeys(State, action),
+        lambda r: None,
+        lambda r: reports.append((r.state, r.error_code)),
+    )
+    assert ran == []
+    assert reports == [(S.FAILED, "loop_detected")]
+
+
+def test_an_interrupted_action_leaves_the_record_where_it_was():
+    record = DeploymentRecord(deployment_id="d1", kind="deploy", signed=BLOB, state=S.DOWNLOADING)
+    saved: list[State] = []
+
+    def stopped(r: DeploymentRecord) -> Outcome:
+        raise Interrupted("stopping")
+
+    with pytest.raises(Interrupted):
+        drive(
+            record, dict.fromkeys(State, stopped), lambda r: saved.append(r.state), lambda r: None
+        )
+    assert record.state is S.DOWNLOADING
+    assert saved == [S.DOWNLOADING]
 
 
 def test_table_is_closed():

@@ -130,7 +130,7 @@ def test_start_flags_shape_the_stored_plan(cli: Cli, fleet: Path) -> None:
     )  # fmt: skip
     plan = detail["plan"]
     assert plan["waves"] == ["1", "100%"] and plan["min_wave_devices"] == 2
-    assert plan["bake"] == {"min_requests": 10, "min_s": 30.0, "max_s": 300.0}
+    assert plan["bake"] == {"min_requests": 10, "min_s": 30.0, "max_s": 300.0, "settle_s": 10.0}
     assert plan["gates"]["quorum"] == 0.9 and plan["gates"]["latency_tolerance"] == 0.2
     assert "errors" not in plan["gates"]["enabled"]
     assert plan["on_fail"] == "hold" and plan["in_progress_timeout_s"] == 1800.0

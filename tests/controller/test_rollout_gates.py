@@ -11,20 +11,21 @@ import numpy as np
 import pytest
 
 from edgefleet.controller.rollout._gates import (
+    MIN_BLOCK_REQUESTS,
     MIN_P95_REQUESTS,
     OUTCOMES,
     Decision,
     DeviceEvidence,
     GateResult,
     absolute_gate,
-    binomial_upper_tail,
+    blocks,
     error_gate,
     evaluate_gates,
     install_gate,
     latency_gate,
     overall,
-    wilson_interval,
 )
+from edgefleet.controller.rollout._stats import stratified_rank_test, wilson_interval
 from edgefleet.controller.rollout._plan import Bake, Gates
 from edgefleet.shared import BUCKET_BOUNDS_MS, N_BUCKETS, LatencyHistogram
 
@@ -52,6 +53,13 @@ BASE_100 = spread(15, [10] * 10)
 TAIL_6 = tuple(c + 6 * (i == 30) for i, c in enumerate(spread(15, [10] * 9 + [4])))
 
 
+def split(counts: tuple[int, ...], k: int) -> tuple[tuple[int, ...], ...]:
+    """``counts`` as k intervals of (nearly) the same histogram, summing to it."""
+    return tuple(
+        tuple(c // k + (i < c % k) for c in counts) for i in range(k)
+    )  # fmt: skip
+
+
 def committed(
     new: tuple[int, ...] | None = SAME,
     base: tuple[int, ...] | None = BASE,
@@ -60,16 +68,18 @@ def committed(
     errors: int = 0,
     limit: float | None = None,
     name: str = "d",
+    intervals: int = 6,
 ) -> DeviceEvidence:
+    """A committed device whose windows each hold ``intervals`` telemetry intervals."""
     n = sum(new) if new is not None else 0
     return DeviceEvidence(
         device=name,
         profile="pi",
         outcome="committed",
-        new_counts=new,
+        new_intervals=split(new, intervals) if new is not None else (),
         new_requests=n if requests is None else requests,
         new_errors=errors,
-        baseline_counts=base,
+        baseline_intervals=split(base, intervals) if base is not None else None,
         limit_ms=limit,
     )
 
@@ -78,24 +88,44 @@ def outcome(name: str, state: str) -> DeviceEvidence:
     return DeviceEvidence(device=name, profile="pi", outcome=state)
 
 
-@pytest.mark.parametrize(
-    ("k", "n", "p"),
-    [(k, n, p) for n in (0, 1, 7, 30) for k in (-1, 0, 1, 3, n, n + 1) for p in (0.05, 0.5)]
-    + [(0, 10, 0.0), (3, 10, 0.0), (3, 10, 1.0), (10, 10, 1.0)],
-)
-def test_binomial_upper_tail_is_the_exact_sum(k: int, n: int, p: float) -> None:
-    q = Fraction(p)
-    exact = sum(
-        Fraction(math.comb(n, i)) * q**i * (1 - q) ** (n - i) for i in range(max(k, 0), n + 1)
-    )
-    assert binomial_upper_tail(k, n, p) == pytest.approx(float(exact), rel=1e-9, abs=1e-300)
+def test_rank_test_against_the_exact_distribution() -> None:
+    # 5 new values all above 5 baseline ones: exact p = 1/C(10,5) = 0.004; normal 0.0055
+    five = stratified_rank_test([([2, 3, 4, 5, 6], [0, 0, 1, 1, 1])])
+    assert (five.u, five.pairs, five.share) == (25, 25, 1.0)
+    assert five.p_value == pytest.approx(0.0055, abs=1e-4)  # ties shrink the variance
+    # strata add: two such devices are stronger evidence than one
+    two = stratified_rank_test([([2, 3, 4, 5, 6], [0, 0, 1, 1, 1])] * 2)
+    assert two.p_value < five.p_value / 5
+    # all tied, empty sides, no strata: no evidence of anything
+    assert stratified_rank_test([([3, 3], [3, 3, 3])]).p_value == 1.0
+    assert stratified_rank_test([([], [1, 2])]).pairs == 0
+    assert stratified_rank_test([]).p_value == 1.0
+    # faster is not slower: the test is one-sided
+    assert stratified_rank_test([([0, 0, 1], [5, 6, 7])]).p_value > 0.9
 
 
-def test_binomial_upper_tail_in_the_far_tail_and_at_scale() -> None:
-    assert binomial_upper_tail(6, 6, 0.5) == pytest.approx(1 / 64)
-    assert binomial_upper_tail(16, 20, 0.5) == pytest.approx(6196 / 2**20)
-    assert 0 < binomial_upper_tail(900, 12_000, 0.05) < 1e-15
-    assert binomial_upper_tail(5, 40_000, 0.5) == 1.0
+def test_rank_test_is_calibrated_on_exchangeable_blocks() -> None:
+    rng = np.random.default_rng(7)
+    trials, alpha = 4000, 0.05
+    rejected = 0
+    for _ in range(trials):
+        strata = [
+            (list(rng.integers(20, 26, size=6)), list(rng.integers(20, 26, size=6)))
+            for _ in range(int(rng.integers(1, 5)))
+        ]
+        rejected += stratified_rank_test(strata).p_value < alpha
+    assert rejected / trials <= alpha * 1.2  # conservative with ties, never much above
+
+
+def test_blocks_gather_intervals_until_they_hold_enough_requests() -> None:
+    one = spread(20, [1])
+    assert blocks([]) == []
+    assert blocks([one] * 3) == [spread(20, [3])]  # too few for a block: one block anyway
+    assert blocks([one] * (MIN_BLOCK_REQUESTS * 2 + 5)) == [
+        spread(20, [MIN_BLOCK_REQUESTS]),
+        spread(20, [MIN_BLOCK_REQUESTS + 5]),  # the short remainder joins the last block
+    ]
+    assert blocks([spread(20, [50]), spread(21, [50])]) == [spread(20, [50]), spread(21, [50])]
 
 
 @pytest.mark.parametrize(
@@ -157,62 +187,46 @@ def test_install_gate_says_who_failed_beside_what_is_allowed() -> None:
 
 
 @pytest.mark.parametrize(
-    ("evidence", "gates", "decision", "test"),
+    ("evidence", "gates", "decision"),
     [
-        ([], GATES, WAIT, None),
-        ([outcome("d", "installing")], GATES, WAIT, None),
-        ([committed(SAME)], GATES, PASS, "binomial"),
-        ([committed(SLOWER)], GATES, FAIL, "binomial"),
-        ([committed(SLIGHTLY)], GATES, PASS, "binomial"),  # significant, but within tolerance
-        ([committed(SLIGHTLY)], Gates(latency_tolerance=0.2), FAIL, "binomial"),
-        ([committed(SLOWER, name=f"d{i}") for i in range(3)], GATES, FAIL, "binomial"),
-        ([committed(SLOWER, name=f"d{i}") for i in range(6)], GATES, FAIL, "binomial"),
-        ([committed(SLOWER, name=f"d{i}") for i in range(7)], GATES, FAIL, "sign"),
-        ([committed(SAME, name=f"d{i}") for i in range(7)], GATES, PASS, "sign"),
-        # alpha 0.05 lets 6 of 6 reach it (p = 1/64), so the sign test takes over at 6
-        (
-            [committed(SLOWER, name=f"d{i}") for i in range(6)],
-            Gates(latency_alpha=0.05),
-            FAIL,
-            "sign",
-        ),
+        ([], GATES, WAIT),
+        ([outcome("d", "installing")], GATES, WAIT),
+        ([committed(SAME)], GATES, PASS),
+        ([committed(SLOWER)], GATES, FAIL),
+        ([committed(SLIGHTLY)], GATES, PASS),  # significant, but within tolerance
+        ([committed(SLIGHTLY)], Gates(latency_tolerance=0.2), FAIL),
+        ([committed(SLOWER, name=f"d{i}") for i in range(3)], GATES, FAIL),
+        ([committed(SLOWER, name=f"d{i}") for i in range(20)], GATES, FAIL),
+        ([committed(SAME, name=f"d{i}") for i in range(7)], GATES, PASS),
+        ([committed(FASTER, name=f"d{i}") for i in range(7)], GATES, PASS),
         # one device three times slower among 20 that are not: the median is not moved
         (
             [committed(spread(20, [50] * 10), name="odd")]
             + [committed(SAME, name=f"d{i}") for i in range(19)],
             GATES,
             PASS,
-            "sign",
         ),
-        ([committed(TAIL_6, BASE_100)], GATES, WAIT, "binomial"),  # large, not significant
-        # 9 of 10 slower: p = 11/1024 = 0.0107, just short of 0.01; 10 of 11 is 0.0059
-        (
-            [committed(SLOWER, name=f"d{i}") for i in range(9)] + [committed(FASTER, name="f")],
-            GATES,
-            WAIT,
-            "sign",
-        ),
-        (
-            [committed(SLOWER, name=f"d{i}") for i in range(10)] + [committed(FASTER, name="f")],
-            GATES,
-            FAIL,
-            "sign",
-        ),
+        ([committed(TAIL_6, BASE_100)], GATES, WAIT),  # large, not significant
+        # three intervals a side, all slower, are not yet enough (p = 0.023); five are
+        ([committed(SLOWER, intervals=3)], GATES, WAIT),
+        ([committed(SLOWER, intervals=5)], GATES, FAIL),
+        # a whole window in one interval: slower, but one stall would look the same
+        ([committed(SLOWER, intervals=1)], GATES, WAIT),
+        # ... which it takes eight devices to outweigh (7: p = 0.012, 8: p = 0.0067)
+        ([committed(SLOWER, intervals=1, name=f"d{i}") for i in range(7)], GATES, WAIT),
+        ([committed(SLOWER, intervals=1, name=f"d{i}") for i in range(8)], GATES, FAIL),
         # a slower device judged, one without enough baseline requests left out
         (
             [committed(SLOWER), committed(SLOWER, spread(15, [9] * 10), name="e")],
             GATES,
             FAIL,
-            "binomial",
         ),
     ],
 )
-def test_latency_gate(
-    evidence: list[DeviceEvidence], gates: Gates, decision: Decision, test: str | None
-) -> None:
+def test_latency_gate(evidence: list[DeviceEvidence], gates: Gates, decision: Decision) -> None:
     result = latency_gate(evidence, gates, min_requests=MIN_REQUESTS)
     assert result.decision == decision, result.detail
-    assert result.inputs.get("test") == test
+    assert result.inputs.get("test") == ("rank" if "median" in result.detail else None)
 
 
 @pytest.mark.parametrize(
@@ -244,12 +258,14 @@ def test_latency_gate_shows_its_figures_beside_the_thresholds() -> None:
     result = latency_gate([committed(SLOWER)], GATES, min_requests=MIN_REQUESTS)
     assert result.statistic == pytest.approx(1.5625)
     assert result.threshold == pytest.approx(1.3)
-    assert result.detail.startswith("median p95 ratio 1.56 > 1.30 across 1 device; 100 of 500")
-    assert result.detail.endswith("< 0.01")
-    sign = latency_gate(
-        [committed(SLOWER, name=f"d{i}") for i in range(7)], GATES, min_requests=MIN_REQUESTS
+    assert result.detail == (
+        "median p95 ratio 1.56 > 1.30 across 1 device; new intervals slower in 100% of 36"
+        " pairs with the baseline's, rank test p=0.00063 < 0.01"
     )
-    assert "7 of 7 devices slower, sign test p=0.0078 < 0.01" in sign.detail
+    assert result.inputs["new_blocks"] == result.inputs["baseline_blocks"] == 6
+    # every block of a side is alike here (one histogram split evenly): ties within a side
+    # shrink the variance, so the p-value is smaller than 6 real intervals would give
+    assert result.inputs["p_value"] == pytest.approx(0.00063, abs=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -363,7 +379,7 @@ def test_device_evidence_refuses_unknown_outcomes_and_odd_histograms() -> None:
     with pytest.raises(ValueError, match="outcome"):
         DeviceEvidence("d", "pi", "exploded")
     with pytest.raises(ValueError, match="65 buckets"):
-        DeviceEvidence("d", "pi", "committed", new_counts=(1, 2, 3))
+        DeviceEvidence("d", "pi", "committed", new_intervals=((1, 2, 3),))
 
 
 # Synthetic waves: each device has its own lognormal latency (median 2-20 ms, sigma
@@ -384,22 +400,28 @@ def synthetic_wave(
     slowdown: float = 1.0,
     error_rate: float = 0.002,
     requests: tuple[int, int] = (100, 2000),
+    intervals: int = 6,
 ) -> list[DeviceEvidence]:
+    """Each window is ``intervals`` telemetry intervals of equal traffic."""
     rng = np.random.default_rng([seed, size, round(slowdown * 100), round(error_rate * 1e4)])
     wave = []
     for i in range(size):
         mu, sigma = rng.uniform(math.log(2), math.log(20)), rng.uniform(0.15, 0.45)
         n_base, n_new = (int(x) for x in np.exp(rng.uniform(*np.log(requests), size=2)))
-        new = rng.lognormal(mu + math.log(slowdown), sigma, n_new)
+
+        def window(n: int, scale: float) -> tuple[tuple[int, ...], ...]:
+            sizes = [n // intervals + (j < n % intervals) for j in range(intervals)]
+            return tuple(bucketed(rng.lognormal(mu + math.log(scale), sigma, k)) for k in sizes)
+
         wave.append(
             DeviceEvidence(
                 device=f"d{i}",
                 profile="pi",
                 outcome="committed",
-                new_counts=bucketed(new),
+                new_intervals=window(n_new, slowdown),
                 new_requests=n_new,
                 new_errors=int(rng.binomial(n_new, error_rate)),
-                baseline_counts=bucketed(rng.lognormal(mu, sigma, n_base)),
+                baseline_intervals=window(n_base, 1.0),
             )
         )
     return wave

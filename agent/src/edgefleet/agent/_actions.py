@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 from edgefleet.shared import Manifest, RollbackOrder, parse_signed_document, sha256_file
 from edgefleet.shared.errors import (
@@ -24,7 +25,8 @@ from edgefleet.shared.errors import (
 )
 
 from ._fetch import ArtifactFetcher
-from ._lifecycle import Action, DeploymentRecord, Outcome, State
+from ._lifecycle import Action, DeploymentRecord, Interrupted, Outcome, State
+from ._retry import DownloadRetry, GiveUp
 from ._runtime import LoadedModel, benchmark, check_signature, load_model, smoke_test
 from ._slot import ModelSlot
 from ._store import AgentState, ServingRecord, StateStore
@@ -62,8 +64,10 @@ def check_rollback(order: RollbackOrder, active: ServingRecord | None) -> None:
 class LifecycleActions:
     """The agent's side effects for deployments and rollbacks.
 
-    ``state`` and ``slot`` are the agent's own, changed under ``lock``; ``wait``
-    sleeps between download attempts and returns early when the agent stops.
+    ``state`` and ``slot`` are the agent's own, changed under ``lock``; ``retry`` says
+    when a failed download is tried again; ``wait`` sleeps between download attempts and
+    returns True, early, when the agent stops; ``now`` is the wall clock (manifests expire
+    by it, and a deadline must hold across restarts).
     """
 
     def __init__(
@@ -74,18 +78,18 @@ class LifecycleActions:
         lock: threading.Lock,
         slot: ModelSlot,
         fetcher: ArtifactFetcher,
-        download_attempts: int,
-        download_retry_s: float,
-        wait: Callable[[float], object],
+        retry: DownloadRetry,
+        wait: Callable[[float], bool],
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._store = store
         self._state = state
         self._lock = lock
         self._slot = slot
         self._fetcher = fetcher
-        self._download_attempts = download_attempts
-        self._download_retry_s = download_retry_s
+        self._retry = retry
         self._wait = wait
+        self._now = now
         self._candidate: LoadedModel | None = None
 
     def table(self, record: DeploymentRecord) -> dict[State, Action]:
@@ -108,20 +112,57 @@ class LifecycleActions:
     def download(self, record: DeploymentRecord, doc: Manifest) -> Outcome:
         if self._fetcher.is_stored(doc.artifact):
             return Outcome.SUCCESS  # already on disk (a redeploy); VERIFYING re-checks it
+        if record.retry_at is not None:
+            # the backoff runs here, after the failure was reported and the record saved,
+            # so a restart waits out only what is left of it
+            pause = (record.retry_at - self._now()).total_seconds()
+            if self._wait(min(max(pause, 0.0), self._retry.max_s)):
+                raise Interrupted(f"stopped while waiting to download {doc.deployment_id}")
+            record.retry_at = None
+        # a record resumed after a restart may already be past its last chance
+        stop = self._stop_retrying(record, doc, self._now())
+        if stop is not None:
+            return self._give_up(record, DownloadError.code, "download unfinished", *stop)
         start = time.monotonic()
         try:
             self._fetcher.download(doc.artifact)
-        except DownloadError as exc:
+        except DownloadError as exc:  # transient: the server or the network may come back
             record.attempts += 1
-            if record.attempts >= self._download_attempts:
-                return record.fail(exc.code, f"{exc} (gave up after {record.attempts} attempts)")
-            record.error_code, record.error = exc.code, str(exc)
-            self._wait(self._download_retry_s * record.attempts)
+            delay = self._retry.delay(record.attempts)
+            retry_at = self._now() + timedelta(seconds=delay)
+            stop = self._stop_retrying(record, doc, retry_at)
+            if stop is not None:
+                return self._give_up(record, exc.code, str(exc), *stop)
+            record.retry_at = retry_at
+            record.details["download_attempts"] = record.attempts
+            record.error_code = exc.code
+            record.error = f"{exc} (attempt {record.attempts}; next in {delay:.1f} s)"
             return Outcome.RETRY
-        except ArtifactError as exc:
-            return record.fail(exc.code, str(exc))
+        except ArtifactError as exc:  # permanent: asking again gets the same answer
+            record.attempts += 1
+            return self._give_up(record, exc.code, str(exc), GiveUp.PERMANENT, "not retried")
         record.timings_ms["download"] = _ms_since(start)
         return Outcome.SUCCESS
+
+    def _stop_retrying(
+        self, record: DeploymentRecord, doc: Manifest, at: datetime
+    ) -> tuple[GiveUp, str] | None:
+        return self._retry.stop(
+            attempts=record.attempts,
+            at=at,
+            accepted_at=record.accepted_at,
+            expires_at=doc.expires_at,
+        )
+
+    def _give_up(
+        self, record: DeploymentRecord, code: str, error: str, why: GiveUp, detail: str
+    ) -> Outcome:
+        record.details["download_attempts"] = record.attempts
+        record.details["gave_up"] = why.value
+        tries = "attempt" if record.attempts == 1 else "attempts"
+        return record.fail(
+            code, f"{error} (gave up after {record.attempts} {tries}, {why.value}: {detail})"
+        )
 
     def verify(self, record: DeploymentRecord, doc: Manifest) -> Outcome:
         start = time.monotonic()

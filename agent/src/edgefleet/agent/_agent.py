@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import ssl
 import threading
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -21,6 +20,7 @@ from edgefleet.shared import (
     BenchmarkCommand,
     BenchmarkOrder,
     DeployCommand,
+    Manifest,
     PingCommand,
     RollbackCommand,
     RollbackOrder,
@@ -33,11 +33,11 @@ from edgefleet.shared.errors import EdgefleetError, InternalError, KeyRevoked, M
 from ._actions import LifecycleActions, check_rollback, load_stored
 from ._benchmark import run_benchmark
 from ._config import AgentConfig
+from ._connections import AGENT_VERSION, artifact_client, broker_link, download_retry
 from ._death_test import DeathTestPause
 from ._fetch import ArtifactFetcher
-from ._lifecycle import START, TERMINAL, DeploymentRecord, State, drive
+from ._lifecycle import START, TERMINAL, DeploymentRecord, Interrupted, State, drive
 from ._link import Inbound, Link
-from ._mqtt import BrokerSettings, MqttLink, tls_context
 from ._reporting import Reporter
 from ._serving import InferenceServer
 from ._slot import ModelSlot
@@ -45,49 +45,6 @@ from ._store import AgentState, ServingRecord, StateStore
 from ._telemetry import RequestStats, system_stats
 
 log = logging.getLogger("edgefleet.agent")
-
-AGENT_VERSION = "0.1.0"
-
-
-def artifact_client(config: AgentConfig) -> httpx.Client:
-    """The production HTTP client for artifacts: base URL, bearer token, timeouts."""
-    headers = {"User-Agent": f"edgefleet-agent/{AGENT_VERSION}"}
-    if config.artifact_token:
-        headers["Authorization"] = f"Bearer {config.artifact_token}"
-    verify: ssl.SSLContext | bool = True
-    if config.tls_ca and config.artifact_base_url.startswith("https:"):
-        verify = tls_context(None, config.tls_ca)
-    return httpx.Client(
-        base_url=config.artifact_base_url,
-        headers=headers,
-        verify=verify,
-        timeout=httpx.Timeout(
-            config.download_timeout_s, connect=min(10.0, config.download_timeout_s)
-        ),
-        follow_redirects=False,
-    )
-
-
-def broker_link(config: AgentConfig) -> MqttLink:
-    """The production MQTT link: this device's session, subscribed to its command topic."""
-    host, port, tls = config.broker
-    settings = BrokerSettings(
-        host=host,
-        port=port,
-        client_id=config.device_id,
-        tls=tls,
-        ca_file=config.broker_ca_file,
-        ca_pem=config.tls_ca,
-        username=config.broker_username,
-        password=config.broker_password,
-        keepalive_s=config.keepalive_s,
-        session_expiry_s=config.session_expiry_s,
-        reconnect_min_s=config.reconnect_min_s,
-        reconnect_max_s=config.reconnect_max_s,
-    )
-    return MqttLink(
-        settings, subscriptions=[shared.command_topic(config.device_id, config.topic_prefix)]
-    )
 
 
 class Agent:
@@ -134,8 +91,7 @@ class Agent:
             lock=self._lock,
             slot=self.slot,
             fetcher=self.fetcher,
-            download_attempts=config.download_attempts,
-            download_retry_s=config.download_retry_s,
+            retry=download_retry(config),
             wait=self.stopping.wait,
         )
         self._pause = death_test_pause
@@ -330,7 +286,7 @@ class Agent:
             return
         doc_id = doc.benchmark_id if isinstance(doc, BenchmarkOrder) else doc.deployment_id
         if self.state.knows(doc_id):
-            log.info("duplicate delivery of %s ignored", doc_id)
+            self._handle_known(doc, blob, doc_id)
             return
         try:
             shared.check_document(
@@ -361,11 +317,46 @@ class Agent:
         self.reporter.deployment(record)
         self._run_lifecycle(record)
 
+    def _handle_known(self, doc: shared.AnyDocument, blob: SignedBlob, doc_id: str) -> None:
+        """A command for a deployment this device took on before is never run twice.
+
+        Sent again with a new sequence (the controller re-signs an order it never heard
+        the end of), it is accepted, so the sequence moves on, and answered with how the
+        deployment ended, or, while it still runs, with the status. Anything else (the
+        QoS 1 duplicate of the first delivery) is ignored.
+        """
+        outcome = self.state.outcome(doc_id)
+        answerable = outcome is not None or self.state.in_progress(doc_id)
+        if not (answerable and isinstance(doc, Manifest | RollbackOrder) and self._new(doc, blob)):
+            log.info("duplicate delivery of %s ignored", doc_id)
+            return
+        with self._lock:
+            self.state.last_sequence = doc.sequence
+            self.store.save(self.state)
+        done = f"finished as {outcome.state}" if outcome is not None else "still running"
+        log.info("%s sent again (sequence %d): %s, not run twice", doc_id, doc.sequence, done)
+        if outcome is not None:
+            self.reporter.outcome(outcome)
+        self.reporter.publish_status()
+
+    def _new(self, doc: Manifest | RollbackOrder, blob: SignedBlob) -> bool:
+        """Whether the device would take ``doc`` now: for it, unexpired, a new sequence."""
+        try:
+            shared.check_document(
+                doc, blob, device_id=self.config.device_id, last_sequence=self.state.last_sequence
+            )
+        except MessageError:
+            return False
+        return True
+
     # -- the lifecycle -------------------------------------------------------------
 
     def _run_lifecycle(self, record: DeploymentRecord) -> None:
         try:
             drive(record, self.actions.table(record), self._save_record, self.reporter.deployment)
+        except Interrupted as stopped:
+            log.info("%s; the next start resumes it", stopped)
+            return
         finally:
             self.actions.forget_candidate()
             self.reporter.publish_status()
@@ -382,6 +373,8 @@ class Agent:
     def _save_record(self, record: DeploymentRecord) -> None:
         with self._lock:
             self.state.current = record
+            if record.state in TERMINAL:  # kept to answer the command if it comes again
+                self.state.finish(record)
             self.store.save(self.state)
         pause = self._pause
         if pause is not None and pause.state is record.state:

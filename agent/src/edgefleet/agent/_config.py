@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -41,8 +42,13 @@ class AgentConfig:
     reconnect_max_s: float = 30.0
     download_timeout_s: float = 30.0
     min_throughput_bytes_per_s: float = 1024.0
-    download_attempts: int = 5
-    download_retry_s: float = 2.0
+    # a failed download is tried again, with backoff and full jitter, until the manifest
+    # expires; download_deadline_s (seconds after the deployment was accepted) and
+    # download_attempts (0: no cap) can end it sooner
+    download_retry_s: float = 2.0  # the first backoff window
+    download_retry_max_s: float = 60.0  # the largest one
+    download_deadline_s: float | None = None
+    download_attempts: int | None = None
     log_level: str = "info"
 
     @property
@@ -60,6 +66,11 @@ _TYPES: dict[str, type] = {f.name: f.type for f in fields(AgentConfig)}  # type:
 
 def _coerce(name: str, value: Any) -> Any:
     kind = str(_TYPES[name])
+    if kind.endswith(" | None") and kind != "str | None":
+        # a number that may be unset: TOML has no null, the environment may say ""
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+            return None
+        kind = kind.removesuffix(" | None")
     try:
         if "tuple" in kind:
             if isinstance(value, str):
@@ -139,8 +150,15 @@ def _checked(config: AgentConfig) -> AgentConfig:
         raise ConfigError(f"inference_port {config.inference_port} is not a TCP port")
     if config.telemetry_interval_s <= 0:
         raise ConfigError("telemetry_interval_s must be positive")
-    if config.download_attempts < 1:
-        raise ConfigError("download_attempts must be at least 1")
+    if config.download_attempts is not None and config.download_attempts < 0:
+        raise ConfigError("download_attempts must be 0 (no cap) or more")
+    if config.download_attempts == 0:
+        changes["download_attempts"] = None
+    if not 0 <= config.download_retry_s <= config.download_retry_max_s < math.inf:
+        raise ConfigError("download_retry_s must be between 0 and download_retry_max_s")
+    deadline = config.download_deadline_s
+    if deadline is not None and not 0 < deadline < math.inf:
+        raise ConfigError("download_deadline_s must be a positive number of seconds")
     if changes:
         config = replace(config, **changes)
     return config

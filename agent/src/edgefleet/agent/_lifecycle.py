@@ -9,6 +9,7 @@ saving it *before* each action so a restart resumes where it stopped.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from enum import StrEnum
 
 from pydantic import BaseModel, Field
@@ -54,13 +55,22 @@ START = {"deploy": State.DOWNLOADING, "rollback": State.ROLLING_BACK}
 # crash-loop the device); everything else is safe to run twice.
 UNSAFE_TO_RESUME = frozenset({State.LOADING, State.TESTING})
 
-# Saves per deployment before we call it a loop. Download retries are bounded
-# separately; this catches anything that keeps coming back.
+# States entered per deployment before we call it a loop: a state retried in place
+# (RETRY) counts once, since its action bounds its own retries (a download gives up
+# when the manifest expires); a state entered again, or resumed after a restart, counts
+# each time, which catches a crash loop and anything else that keeps coming back.
 MAX_SAVES = 40
 
 
 class LifecycleError(InternalError):
     """A route missing from the table: a bug, never a user error."""
+
+
+class Interrupted(Exception):
+    """Raised by an action when the agent stops while it waits (between download attempts).
+
+    The record stays as saved, in a state that is safe to run twice, and the next start
+    resumes it; ``drive`` lets this through."""
 
 
 def next_state(state: State, outcome: Outcome) -> State:
@@ -81,6 +91,9 @@ class DeploymentRecord(BaseModel):
     state: State
     saves: int = 0
     attempts: int = 0
+    # when the device took the command on: a download's deadline counts from here
+    accepted_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    retry_at: datetime | None = None  # when a state retried in place may run again
     error_code: str | None = None
     error: str | None = None
     timings_ms: dict[str, float] = Field(default_factory=dict)
@@ -106,14 +119,17 @@ def drive(
 
     ``save`` persists the record (it runs before every action), ``report``
     announces each state entered. When ``record.resumed`` is set and the
-    state is unsafe to run twice, the action is skipped as CRASHED.
+    state is unsafe to run twice, the action is skipped as CRASHED. An action raising
+    :class:`Interrupted` ends the drive with the record as last saved.
     """
+    outcome: Outcome | None = None
     while record.state not in TERMINAL:
-        record.saves += 1
+        if outcome is not Outcome.RETRY:
+            record.saves += 1
         if record.saves > MAX_SAVES:
             outcome = Outcome.LOOP_DETECTED
             record.error_code = LoopDetected.code
-            record.error = f"state saved {record.saves} times without finishing"
+            record.error = f"{record.saves} states entered without finishing"
         elif record.resumed and record.state in UNSAFE_TO_RESUME:
             outcome = Outcome.CRASHED
             record.error_code = CrashedWhileLoading.code

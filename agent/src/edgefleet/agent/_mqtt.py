@@ -40,6 +40,9 @@ class BrokerSettings:
     session_expiry_s: int = 7 * 24 * 3600
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
+    # QoS 1 messages kept while the broker is away (events, status), sent on reconnect;
+    # a full queue drops the newest, logged. 10,000 events of ~1 KB: ~10 MB at worst.
+    max_queued: int = 10_000
 
 
 def tls_context(ca_file: str | None, ca_pem: str | None) -> ssl.SSLContext:
@@ -73,6 +76,8 @@ class MqttLink:
         self._generation = 0
         self._attempt = 0
         self._rng = random.Random()
+        self._dropped = 0  # messages refused by a full queue since the last connect
+        self._dropped_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -80,7 +85,7 @@ class MqttLink:
             protocol=mqtt.MQTTv5,
             manual_ack=True,
         )
-        client.max_queued_messages_set(10_000)
+        client.max_queued_messages_set(settings.max_queued)
         if settings.username:
             client.username_pw_set(settings.username, settings.password)
         if settings.tls:
@@ -109,11 +114,23 @@ class MqttLink:
         self._thread.start()
 
     def publish(self, message: Outbound) -> None:
-        """Queue a message; paho keeps QoS 1 messages until the broker has them."""
+        """Queue a message. paho keeps QoS 1 messages, in order and across reconnects of
+        this client, until the broker acknowledges them (up to ``max_queued``); QoS 0
+        ones (telemetry) are dropped while disconnected."""
         info = self._client.publish(
             message.topic, message.payload, qos=message.qos, retain=message.retain
         )
-        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+        if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+            with self._dropped_lock:
+                self._dropped += 1
+                dropped = self._dropped
+            if dropped == 1 or dropped % 100 == 0:  # one line per hundred, not per message
+                log.warning(
+                    "outgoing queue full (%d messages wait for the broker): dropped a message "
+                    "to %s, %d dropped since the last connect",
+                    self._settings.max_queued, message.topic, dropped,
+                )  # fmt: skip
+        elif info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             log.warning("publish to %s not queued: %s", message.topic, mqtt.error_string(info.rc))
 
     def stop(self, farewell: Outbound | None = None, timeout: float = 3.0) -> None:
@@ -183,6 +200,10 @@ class MqttLink:
             return
         self._generation += 1
         self._attempt = 0
+        with self._dropped_lock:
+            dropped, self._dropped = self._dropped, 0
+        if dropped:
+            log.warning("%d outgoing messages were dropped while the broker was away", dropped)
         for topic in self._subscriptions:
             client.subscribe(topic, qos=1)
         birth = self._birth()

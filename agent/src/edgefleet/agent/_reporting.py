@@ -24,7 +24,7 @@ from edgefleet.shared import (
 
 from ._lifecycle import DeploymentRecord
 from ._link import Outbound
-from ._store import AgentState
+from ._store import AgentState, FinishedDeployment
 
 log = logging.getLogger("edgefleet.agent")
 
@@ -64,6 +64,19 @@ class Reporter:
             message=record.error or "",
             timings=record.timings_ms,
             details=record.details,
+        )
+
+    def outcome(self, finished: FinishedDeployment) -> None:
+        """Announce again how a deployment ended, for a controller that never heard it
+        (``repeated`` in the details tells it from the first announcement)."""
+        self.event(
+            finished.deployment_id,
+            finished.state,
+            ok=finished.state is not DeviceState.FAILED,
+            code=finished.error_code,
+            message=finished.error or "",
+            timings=finished.timings_ms,
+            details={**finished.details, "repeated": 1},
         )
 
     def trust(self, update_id: str, version: int, key_ids: list[str], revoked: list[str]) -> None:

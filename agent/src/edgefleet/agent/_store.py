@@ -17,6 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, ValidationError
 
 from edgefleet.shared import (
+    MAX_TEXT,
     Manifest,
     ModelRef,
     RuntimeSettings,
@@ -26,10 +27,13 @@ from edgefleet.shared import (
 )
 from edgefleet.shared.errors import ConfigError, MessageError
 
-from ._lifecycle import TERMINAL, DeploymentRecord
+from ._lifecycle import TERMINAL, DeploymentRecord, State
 from ._trust import TrustState
 
 RECENT_IDS = 256  # deployment ids remembered for de-duplication of QoS 1 redeliveries
+# finished deployments whose outcome is kept, to answer a command the controller sends
+# again because it never heard how it ended
+FINISHED_KEPT = 32
 
 
 class ServingRecord(BaseModel):
@@ -44,18 +48,68 @@ class ServingRecord(BaseModel):
         return ServingModel(model=self.model, deployment_id=self.deployment_id, sha256=self.sha256)
 
 
+class FinishedDeployment(BaseModel):
+    """How a deployment or rollback ended: what its final event said."""
+
+    deployment_id: str
+    kind: str
+    state: State
+    error_code: str | None = None
+    error: str | None = None
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+    details: dict[str, float | int | str | None] = Field(default_factory=dict)
+
+    @classmethod
+    def of(cls, record: DeploymentRecord) -> FinishedDeployment:
+        return cls(
+            deployment_id=record.deployment_id,
+            kind=record.kind,
+            state=record.state,
+            error_code=record.error_code,
+            error=None if record.error is None else record.error[:MAX_TEXT],
+            timings_ms=dict(record.timings_ms),
+            details=dict(record.details),
+        )
+
+
 class AgentState(BaseModel):
     last_sequence: int = 0
     active: ServingRecord | None = None
     previous: ServingRecord | None = None
     current: DeploymentRecord | None = None
     recent_ids: list[str] = Field(default_factory=list)
+    finished: list[FinishedDeployment] = Field(default_factory=list)  # oldest first
     trust: TrustState = Field(default_factory=TrustState)  # the last trust update applied
 
     def remember(self, deployment_id: str) -> None:
         if deployment_id not in self.recent_ids:
             self.recent_ids.append(deployment_id)
             del self.recent_ids[:-RECENT_IDS]
+
+    def finish(self, record: DeploymentRecord) -> None:
+        """Keep how ``record`` ended, among the last :data:`FINISHED_KEPT` outcomes."""
+        self.finished = [f for f in self.finished if f.deployment_id != record.deployment_id]
+        self.finished.append(FinishedDeployment.of(record))
+        del self.finished[:-FINISHED_KEPT]
+
+    def outcome(self, deployment_id: str) -> FinishedDeployment | None:
+        """How the deployment ``deployment_id`` ended, if it did and that is still known
+        (a state file written before outcomes were kept still has its last record)."""
+        for finished in reversed(self.finished):
+            if finished.deployment_id == deployment_id:
+                return finished
+        current = self.current
+        if current is None or current.deployment_id != deployment_id:
+            return None
+        return FinishedDeployment.of(current) if current.state in TERMINAL else None
+
+    def in_progress(self, deployment_id: str) -> bool:
+        current = self.current
+        return (
+            current is not None
+            and current.deployment_id == deployment_id
+            and current.state not in TERMINAL
+        )
 
     def referenced(self) -> set[str]:
         """The sha256 of every model file a record here still needs: the active and previous
@@ -70,8 +124,10 @@ class AgentState(BaseModel):
         return needed
 
     def knows(self, deployment_id: str) -> bool:
-        return deployment_id in self.recent_ids or (
-            self.current is not None and self.current.deployment_id == deployment_id
+        return (
+            deployment_id in self.recent_ids
+            or (self.current is not None and self.current.deployment_id == deployment_id)
+            or any(f.deployment_id == deployment_id for f in self.finished)
         )
 
 

@@ -50,6 +50,7 @@ from ._models import (
     write_slow_digits_model,
 )
 from ._prometheus import Prometheus, prometheus_binary
+from ._proxy import LinkState, TcpProxy
 from ._public_api import public_names, ruff_order
 from ._traffic import ClientTraffic, DeviceTally
 from ._waiting import wait_until
@@ -68,12 +69,14 @@ __all__ = [
     "ControllerFleet",
     "DeviceTally",
     "EncoderShape",
+    "LinkState",
     "LocalFleet",
     "Observer",
     "Operator",
     "Proc",
     "Prometheus",
     "ServerFaults",
+    "TcpProxy",
     "build_cnn",
     "build_encoder",
     "build_mobilenet_v3_small",

@@ -1,14 +1,15 @@
 """ONNX Runtime at the registry's door: load a model file, read its signature, build and run
-its smoke test. onnxruntime and onnx errors are translated here and go no further."""
+its smoke test. onnxruntime and onnx errors are translated here and go no further.
+
+numpy and onnxruntime are imported by the functions that use them: `parse_model_ref` and the
+rest of the catalog import this module, and commands such as `status` never need either."""
 
 from __future__ import annotations
 
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from edgefleet.shared import (
     IOSignature,
@@ -25,6 +26,9 @@ from edgefleet.shared.errors import (
 )
 
 from .._text import first_line
+
+if TYPE_CHECKING:
+    import numpy as np
 
 SAMPLE_ROWS = 4
 
@@ -54,6 +58,8 @@ class InspectedModel:
 def inspect_model(path: Path, sample: Path | None = None) -> InspectedModel:
     """Load ``path`` with ONNX Runtime, read its signature, and compute the reference
     output on a sample (from ``sample``'s first array, or generated from the signature)."""
+    import numpy as np
+
     if not path.is_file():
         raise ConfigError(f"model file {path} does not exist")
     _refuse_external_data(path)
@@ -82,6 +88,7 @@ def variant_smoke_test(path: Path, reference: SmokeTest) -> SmokeTest:
     unoptimised QDQ arithmetic can disagree by a quantisation step or more), so ``atol``
     grows by twice the largest disagreement between those two ways of running it; for a
     float file they agree to rounding and the tolerance barely moves."""
+    import numpy as np
     import onnxruntime as ort
 
     inputs = {name: t.to_numpy() for name, t in reference.inputs.items()}
@@ -164,6 +171,8 @@ def _spec(arg: Any) -> TensorSpec:  # onnxruntime.NodeArg
 
 def generated_sample(io: IOSignature, rows: int = SAMPLE_ROWS) -> dict[str, np.ndarray]:
     """Deterministic inputs that fit the signature: the first free dimension is the batch."""
+    import numpy as np
+
     rng = np.random.default_rng(0)
     sample: dict[str, np.ndarray] = {}
     for spec in io.inputs:
@@ -181,6 +190,8 @@ def generated_sample(io: IOSignature, rows: int = SAMPLE_ROWS) -> dict[str, np.n
 def load_sample(path: Path, io: IOSignature, rows: int = SAMPLE_ROWS) -> dict[str, np.ndarray]:
     """The first ``rows`` rows of an ``.npz``: arrays named after the inputs, or else the
     first array for a model with one input. Floats are cast to the input's float type."""
+    import numpy as np
+
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}

@@ -1,27 +1,53 @@
-"""``edgefleet device ...`` and ``edgefleet broker config``."""
+"""``edgefleet device ...`` (one device, or a CSV file's worth with ``--from``) and
+``edgefleet broker config``."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from edgefleet.shared.errors import ConfigError
+
 from .. import fleet
 from ..registry import DeviceCreate
 from ._app import JsonFlag, broker_app, device_app, opened_home
-from ._render import console, device_details, labels_text, new_table, print_json, when, yes_no
+from ._render import (
+    console,
+    device_details,
+    labels_text,
+    new_table,
+    print_json,
+    progress_bars,
+    when,
+    yes_no,
+)
 
 
 @device_app.command("add")
 def device_add(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Device id: letters, digits, '.', '_' or '-'.")],
-    profile: Annotated[str, typer.Option("--profile", "-p", help="Device profile, e.g. rpi4.")],
+    name: Annotated[
+        str | None,
+        typer.Argument(help="Device id: letters, digits, '.', '_' or '-'. Omit with --from."),
+    ] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            "--profile", "-p", help="Device profile, e.g. rpi4; with --from, for lines without one."
+        ),
+    ] = None,
     label: Annotated[
         list[str] | None,
         typer.Option(
-            "--label", "-l", metavar="KEY=VALUE", help="A key=value label; repeat for more."
+            "--label",
+            "-l",
+            metavar="KEY=VALUE",
+            help="A key=value label; repeat for more. With --from, every line gets them.",
         ),
     ] = None,
     out: Annotated[
@@ -34,16 +60,59 @@ def device_add(
         ),
     ] = None,
     state_dir: Annotated[
-        str, typer.Option(metavar="DIR", help="The agent's state folder on the device.")
+        str,
+        typer.Option(
+            metavar="DIR",
+            help="The agent's state folder on the device; with --from, for lines without one.",
+        ),
     ] = fleet.DEFAULT_STATE_DIR,
+    from_csv: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            metavar="CSV",
+            help="Enrol every device in this CSV file: a header line naming the columns "
+            "name, profile, labels (k=v;k2=v2) and state_dir, then one line per device.",
+        ),
+    ] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR", help="With --from: write each agent config to DIR/NAME.toml (0600)."
+        ),
+    ] = None,
+    skip_existing: Annotated[
+        bool,
+        typer.Option(help="With --from: leave devices already enrolled alone, enrol the rest."),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Enrol a device and produce its agent config with fresh credentials.
+    """Enrol a device and produce its agent config with fresh credentials; or, with --from,
+    every device in a CSV file.
 
     With --json: the device, and its agent config as "agent_config" unless --out wrote it
     to a file ("written_to").
+
+    With --from, every line is checked first and all bad ones are reported with their line
+    numbers; nothing is enrolled unless all are good. Then all are enrolled at once and
+    each one's config is written to --out-dir. --json prints the devices, each with the
+    file written ("written_to"), and the names skipped.
     """
-    new = DeviceCreate(name=name, profile=profile, labels=fleet.parse_labels(label or []))
+    labels = fleet.parse_labels(label or [])
+    if from_csv is not None:
+        if name is not None or out is not None:
+            raise ConfigError("--from enrols the devices in the file: give no NAME and no --out")
+        if out_dir is None:
+            raise ConfigError("--from needs --out-dir DIR, the folder for the agent configs")
+        _add_from_csv(ctx, from_csv, out_dir, profile, labels, state_dir, skip_existing, as_json)
+        return
+    if out_dir is not None or skip_existing:
+        raise ConfigError("--out-dir and --skip-existing go with --from CSV")
+    if name is None or profile is None:
+        raise ConfigError(
+            "device add needs a NAME and --profile (or --from CSV to enrol many devices)"
+        )
+    new = DeviceCreate(name=name, profile=profile, labels=labels)
     with opened_home(ctx) as home:
         enrolled = fleet.add_device(home, new, out=out, state_dir=state_dir)
     if as_json:
@@ -64,6 +133,57 @@ def device_add(
         typer.echo("note: this config holds the device's credentials; keep it private", err=True)
     else:
         typer.echo(f"enrolled {name} ({profile}); agent config written to {out} (mode 0600)")
+
+
+def _add_from_csv(
+    ctx: typer.Context,
+    path: Path,
+    out_dir: Path,
+    profile: str | None,
+    labels: dict[str, str],
+    state_dir: str,
+    skip_existing: bool,
+    as_json: bool,
+) -> None:
+    with opened_home(ctx) as home, _progress() as progress:
+        done = fleet.enrol_from_csv(
+            home, path, out_dir, profile=profile, labels=labels, state_dir=state_dir,
+            skip_existing=skip_existing, progress=progress,
+        )  # fmt: skip
+    if as_json:
+        print_json(
+            {
+                "enrolled": [
+                    d.model_dump(mode="json") | {"written_to": str(done.config_path(d.name))}
+                    for d in done.enrolled
+                ],
+                "skipped": done.skipped,
+                "out_dir": str(out_dir),
+            }
+        )
+        return
+    n = len(done.enrolled)
+    typer.echo(
+        f"enrolled {n} device{'' if n == 1 else 's'} from {path.name}; agent configs "
+        f"written to {out_dir}/NAME.toml (mode 0600)"
+    )
+    if done.skipped:
+        typer.echo(f"skipped {len(done.skipped)} already enrolled: {', '.join(done.skipped)}")
+    if n:
+        typer.echo(
+            "next: `edgefleet broker config --out DIR` once, and reload Mosquitto, so they "
+            "can log in"
+        )
+
+
+@contextmanager
+def _progress() -> Iterator[Callable[[str, int, int], None] | None]:
+    """A bar on stderr when someone watches it; scripts get none."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    with progress_bars() as update:
+        yield update
 
 
 @device_app.command("list")

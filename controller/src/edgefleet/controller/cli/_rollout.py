@@ -91,8 +91,9 @@ def rollout_start(
         typer.Option(
             metavar="KEY=VALUE,...",
             help="How long each wave bakes before its gates may pass it, comma-separated: "
-            "min_requests=N (a device), min=DURATION, max=DURATION.",
-            show_default="min_requests=100, min=60s, max=15m",
+            "min_requests=N (a device), min=DURATION, max=DURATION, settle=DURATION"
+            " (latency is read from this long after each device's swap on).",
+            show_default="min_requests=100, min=60s, max=15m, settle=10s",
         ),
     ] = None,
     gate: Annotated[

@@ -1,6 +1,7 @@
-"""The fleet: enrolling devices (credentials and agent config), the broker's password file
-and ACL, and the read side — what runs where, how fast, what the devices reported, and whether
-an `edgefleet serve` is alive (its heartbeat); and how long telemetry is kept."""
+"""The fleet: enrolling devices, one at a time or a CSV file's worth (credentials and agent
+configs), the broker's password file and ACL, and the read side — what runs where, how fast,
+what the devices reported, and whether an `edgefleet serve` is alive (its heartbeat); and how
+long telemetry is kept."""
 
 from ._broker_files import BrokerConfig, cli_broker_user, write_broker_config
 from ._daemon import DaemonLiveness, DaemonState, daemon_state, record_heartbeat
@@ -17,6 +18,7 @@ from ._devices import (
     remove_device,
     token_sha256,
 )
+from ._enrol import BulkEnrolment, NewDevice, add_devices, enrol_from_csv, read_devices_csv
 from ._overview import (
     DeviceRow,
     FleetOverview,
@@ -33,6 +35,7 @@ from ._status import fleet_status, follow_events, list_events
 __all__ = [
     "DEFAULT_STATE_DIR",
     "BrokerConfig",
+    "BulkEnrolment",
     "DaemonLiveness",
     "DaemonState",
     "DeploymentView",
@@ -44,14 +47,17 @@ __all__ = [
     "LatencyChart",
     "LatencyHistory",
     "LatencySeries",
+    "NewDevice",
     "PruneReport",
     "TelemetryRetention",
     "Wave",
     "add_device",
+    "add_devices",
     "agent_config_text",
     "cli_broker_user",
     "daemon_state",
     "deployment_views",
+    "enrol_from_csv",
     "fleet_overview",
     "fleet_status",
     "follow_events",
@@ -62,6 +68,7 @@ __all__ = [
     "mosquitto_password_hash",
     "parse_labels",
     "prune_telemetry",
+    "read_devices_csv",
     "record_heartbeat",
     "remove_device",
     "token_sha256",

@@ -54,6 +54,43 @@ def token_sha256(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """A device's two secrets: the broker's password file and the artifact server each hold
+    only a hash of their own, so one leaking (say, over a plaintext link) does not give the
+    other."""
+
+    broker_password: str
+    artifact_token: str
+
+    @classmethod
+    def fresh(cls) -> Credentials:
+        return cls(secrets.token_urlsafe(32), secrets.token_urlsafe(32))
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """What every new device's agent config shares: where the broker and the artifacts are,
+    which keys to trust, the CA. Read once for an enrolment of any size."""
+
+    broker_url: str
+    artifact_base_url: str
+    trusted_keys: list[str]
+    topic_prefix: str
+    tls_ca: str | None
+
+    @classmethod
+    def of(cls, home: Home) -> AgentSettings:
+        s = home.settings
+        return cls(
+            broker_url=broker_endpoint(s.broker_url).public_url,  # never the controller's login
+            artifact_base_url=s.artifact_url,
+            trusted_keys=home.trusted_key_texts(),  # both keys while a rotation runs
+            topic_prefix=s.topic_prefix,
+            tls_ca=home.tls_ca(),
+        )
+
+
 def add_device(
     home: Home,
     new: DeviceCreate,
@@ -69,28 +106,18 @@ def add_device(
     profile = home.profile(new.profile)
     if out is not None and out.exists():
         raise ConfigError(f"{out} already exists; remove it or choose another --out")
-    # Two secrets: the broker's password file and the artifact server each hold only a
-    # hash of their own, so one leaking (say, over a plaintext link) does not give the other.
-    password = secrets.token_urlsafe(32)
-    token = secrets.token_urlsafe(32)
+    credentials = Credentials.fresh()
     try:
         with home.session(write=True) as session:
             if session.exec(select(Device).where(Device.name == new.name)).first():
                 raise AlreadyExists(f"device {new.name!r} already exists")
             record_profile(session, profile)
             session.flush()  # the profile row first: the device's foreign key points at it
-            device = Device(
-                name=new.name,
-                profile=profile.name,
-                labels=dict(new.labels),
-                token_sha256=token_sha256(token),
-                mqtt_password_hash=mosquitto_password_hash(password),
-            )
+            device = device_row(new.name, profile.name, new.labels, credentials)
             session.add(device)
-            text = agent_config_text(
-                home, device.name, profile.name,
-                broker_password=password, artifact_token=token, state_dir=state_dir,
-            )  # fmt: skip
+            text = render_agent_config(
+                AgentSettings.of(home), device.name, profile.name, credentials, state_dir
+            )
             if out is not None:
                 write_private(out, text)  # mode 0600: it holds the device's secrets
             session.flush()
@@ -106,6 +133,17 @@ def add_device(
     return EnrolledDevice(device=public, agent_config=text, written_to=out)
 
 
+def device_row(name: str, profile: str, labels: dict[str, str], credentials: Credentials) -> Device:
+    """A new device's registry row: the hashes of its secrets, never the secrets."""
+    return Device(
+        name=name,
+        profile=profile,
+        labels=dict(labels),
+        token_sha256=token_sha256(credentials.artifact_token),
+        mqtt_password_hash=mosquitto_password_hash(credentials.broker_password),
+    )
+
+
 def agent_config_text(
     home: Home,
     device_id: str,
@@ -116,24 +154,30 @@ def agent_config_text(
     state_dir: str,
 ) -> str:
     """The agent's ``agent.toml`` (keys as in ``edgefleet.agent``'s config)."""
-    s = home.settings
+    credentials = Credentials(broker_password, artifact_token)
+    return render_agent_config(AgentSettings.of(home), device_id, profile, credentials, state_dir)
+
+
+def render_agent_config(
+    shared: AgentSettings, device_id: str, profile: str, credentials: Credentials, state_dir: str
+) -> str:
+    """``agent_config_text`` from settings read once (``AgentSettings.of``)."""
     values: list[tuple[str, object]] = [
         ("device_id", device_id),
         ("profile", profile),
-        ("broker_url", broker_endpoint(s.broker_url).public_url),  # never the controller's login
+        ("broker_url", shared.broker_url),
         ("broker_username", device_id),
-        ("broker_password", broker_password),
-        ("artifact_base_url", s.artifact_url),
-        ("artifact_token", artifact_token),
-        ("trusted_keys", home.trusted_key_texts()),  # both keys while a rotation runs
+        ("broker_password", credentials.broker_password),
+        ("artifact_base_url", shared.artifact_base_url),
+        ("artifact_token", credentials.artifact_token),
+        ("trusted_keys", shared.trusted_keys),
         ("state_dir", state_dir),
-        ("topic_prefix", s.topic_prefix),
+        ("topic_prefix", shared.topic_prefix),
         ("inference_port", 8470),
         ("telemetry_interval_s", 10.0),
     ]
-    ca = home.tls_ca()
-    if ca is not None:  # the operator's own CA: the device trusts it for mqtts and https
-        values.append(("tls_ca", ca))
+    if shared.tls_ca is not None:  # the operator's own CA: the device trusts it for mqtts and https
+        values.append(("tls_ca", shared.tls_ca))
     head = [
         f"# edgefleet agent config for device {device_id!r} (profile {profile}).",
         "# It holds this device's credentials: keep it private (mode 0600).",

@@ -180,11 +180,11 @@ def _judge_wave(
         if elapsed < bake.min_s:
             return wrote, None, ""
         return True, passed, f"{label} installed" + ("; done" if last else "")
-    # Judged only from the bake's minimum on: every look at the evidence is a chance of a
-    # false alarm, and the early ones rest on the fewest requests.
-    if elapsed < bake.min_s or not _due(wave, plan, now):
+    # Looked at from the bake's start, so that a version that is plainly worse stops early;
+    # only a failure acts before the bake's minimum (a pass waits for it).
+    if not _due(wave, plan, now):
         return wrote, None, ""
-    evidence = wave_evidence(session, rollout, wave, limits)
+    evidence = wave_evidence(session, rollout, wave, limits, settle_s=bake.settle_s)
     results = evaluate_gates(
         evidence, plan.gates, counted=len(wave.devices or []), min_requests=bake.min_requests
     )

@@ -9,10 +9,12 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
 
 from edgefleet.shared import N_BUCKETS, LatencyHistogram, merge_counts
 
 from ._plan import GATE_NAMES, Gates
+from ._stats import stratified_rank_test, wilson_interval
 
 
 class Decision(StrEnum):
@@ -40,15 +42,14 @@ FAILED_LIKE = (
     DeviceOutcome.FALLBACK,
 )
 
-# From this many judged devices on, the latency gate compares devices with a sign test
-# (robust to one noisy device); below, it pools their requests in a binomial test. The sign
-# test is also used only once it can reach alpha at all: 6 of 6 gives p = 1/64 = 0.016, so
-# with the default alpha 0.01 it takes over from 7 devices.
-SIGN_TEST_MIN_DEVICES = 6
 # A p95 read from fewer requests is the maximum: no gate reads latency from fewer.
 MIN_P95_REQUESTS = 20
-# The share of requests above a p95, by definition: the binomial test's null share.
-P95_SHARE = 0.05
+# The latency gate's unit of evidence is a block of consecutive telemetry intervals holding
+# at least this many requests (one interval when traffic allows): requests within an
+# interval share its bursts and stalls, so they are not independent samples.
+MIN_BLOCK_REQUESTS = 20
+
+Counts = tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -56,18 +57,30 @@ class DeviceEvidence:
     device: str
     profile: str
     outcome: str  # one of OUTCOMES
-    new_counts: tuple[int, ...] | None = None  # histogram on the new version since its commit
-    new_requests: int = 0
+    # latency histograms on the new version, one per telemetry interval, after the settle
+    new_intervals: tuple[Counts, ...] = ()
+    new_requests: int = 0  # requests and errors on the new version since the swap
     new_errors: int = 0
-    baseline_counts: tuple[int, ...] | None = None  # previous model, equal window; None: none
+    # the previous model's intervals over as long just before the device started the
+    # deployment; None: it had no previous model
+    baseline_intervals: tuple[Counts, ...] | None = None
     limit_ms: float | None = None  # absolute p95 limit for this device (resolved by the engine)
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
             raise ValueError(f"outcome {self.outcome!r} is not one of {', '.join(OUTCOMES)}")
-        for counts in (self.new_counts, self.baseline_counts):
-            if counts is not None and len(counts) != N_BUCKETS:
+        for counts in (*self.new_intervals, *(self.baseline_intervals or ())):
+            if len(counts) != N_BUCKETS:
                 raise ValueError(f"a histogram has {N_BUCKETS} buckets, got {len(counts)}")
+
+    @cached_property
+    def new_counts(self) -> Counts | None:
+        """The new version's histogram over the whole window; None before any interval."""
+        return _merged(self.new_intervals)
+
+    @cached_property
+    def baseline_counts(self) -> Counts | None:
+        return None if self.baseline_intervals is None else _merged(self.baseline_intervals)
 
 
 @dataclass(frozen=True)
@@ -78,46 +91,6 @@ class GateResult:
     threshold: float | None
     inputs: dict[str, float | int | str | None]  # JSON-able: counts, devices, p-values
     detail: str  # one sentence with the figure beside its threshold
-
-
-def binomial_upper_tail(k: int, n: int, p: float) -> float:
-    """P(X >= k) for X ~ Binomial(n, p): the exact sum of the pmf, each term from lgamma.
-
-    The smaller side is summed (the lower tail when k is below the mean), stopping once
-    the terms past the mode no longer change the sum."""
-    if k <= 0 or p >= 1:
-        return 1.0
-    if k > n or p <= 0:
-        return 0.0
-    log_p, log_q = math.log(p), math.log1p(-p)
-
-    def pmf(i: int) -> float:
-        return math.exp(
-            math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
-            + i * log_p + (n - i) * log_q
-        )  # fmt: skip
-
-    upper = k > n * p
-    total = 0.0
-    for i in range(k, n + 1) if upper else range(k - 1, -1, -1):
-        term = pmf(i)
-        total += term
-        if term <= total * 1e-17:
-            break  # the terms only shrink from here: the sums start on the far side of the mode
-    return min(1.0, total) if upper else max(0.0, 1.0 - total)
-
-
-def wilson_interval(k: int, n: int, confidence: float) -> tuple[float, float]:
-    """The two-sided Wilson score interval for k successes in n trials:
-    (p + z²/2n ± z·sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n), p = k/n. (0, 1) when n = 0."""
-    if n <= 0:
-        return 0.0, 1.0
-    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
-    p = k / n
-    scale = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / scale
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / scale
-    return max(0.0, center - half), min(1.0, center + half)
 
 
 def install_gate(evidence: Sequence[DeviceEvidence], gates: Gates, *, counted: int) -> GateResult:
@@ -163,27 +136,26 @@ def latency_gate(
 ) -> GateResult:
     """Each committed device's p95 on the new version against its own p95 on its previous
     model. FAIL needs both: the median of the devices' p95 ratios above 1 + tolerance (the
-    size of the slowdown) and a test saying the slowdown is not noise, at ``latency_alpha``.
-    A median above 1 + tolerance that the test cannot yet tell from noise is INCONCLUSIVE
-    (bake on, then pause): passing it would let a large slowdown through on thin evidence.
+    size of the slowdown) and a rank test saying the slowdown is not noise, at
+    ``latency_alpha``. A median above 1 + tolerance that the test cannot yet tell from noise
+    is INCONCLUSIVE (bake on, then pause): passing it would let a large slowdown through on
+    thin evidence.
 
-    - sign test, from ``SIGN_TEST_MIN_DEVICES``: how many devices got slower at all (ratio
-      above 1) against a fair coin. Above 1 rather than above 1 + tolerance because under
-      "same model again" the two windows are exchangeable, so P(ratio > 1) = 1/2 exactly
-      whatever the 1.25x buckets do to each p95 (both sides are bucketed alike), while
-      P(ratio > 1 + tolerance) depends on the noise and the buckets and is not known;
-    - pooled binomial, for smaller waves: the share of new requests above the upper bound
-      of the bucket holding each device's baseline p95, against 5 %. That bound is at or
-      above the baseline p95 (at most one bucket, 1.25x, above it), so with no change at
-      most 5 % of requests land above it. The baseline's own share above the bound is no
-      better null: the bound was picked from the same sample, so that share is always
-      <= 5 % and biased low; flooring it at 5 % leaves 5 %.
+    The test's unit is a block of telemetry intervals (``MIN_BLOCK_REQUESTS``), not a
+    request: requests of one interval share its stalls (a burst of other work on the host,
+    a GC pause), so counting them one by one makes any stall look significant. Each block
+    gives the bucket of its p95; within a device, new blocks are ranked against baseline
+    blocks (with no change they are exchangeable, whatever the 1.25x buckets do, as both
+    sides are bucketed alike), and devices are combined as strata of one rank test
+    (``stratified_rank_test``). One device with five blocks on each side that are all
+    slower reaches p = 0.006; a wave of many devices needs a consistent shift, which the
+    median ratio then sizes.
 
     Devices with fewer than ``min_requests`` (at least MIN_P95_REQUESTS) requests on either
     side are not judged yet. If no committed device had a previous model, the gate does not
     apply and PASSes: the absolute gate judges such devices alone."""
     committed = [e for e in evidence if e.outcome == DeviceOutcome.COMMITTED]
-    with_baseline = [e for e in committed if e.baseline_counts is not None]
+    with_baseline = [e for e in committed if e.baseline_intervals is not None]
     need = max(min_requests, MIN_P95_REQUESTS)
     judged = [
         e
@@ -212,32 +184,54 @@ def latency_gate(
         return GateResult("latency", Decision.INCONCLUSIVE, None, limit, inputs, detail)
     ratios = [_p95(e.new_counts) / _p95(e.baseline_counts) for e in judged]
     median = statistics.median(ratios)
-    inputs["median_ratio"] = median
-    n = len(judged)
-    if n >= SIGN_TEST_MIN_DEVICES and 0.5**n <= gates.latency_alpha:
-        slower, faster = sum(r > 1 for r in ratios), sum(r < 1 for r in ratios)
-        p = binomial_upper_tail(slower, slower + faster, 0.5)
-        inputs.update(test="sign", slower=slower, faster=faster, p_value=p)
-        test = f"{slower} of {slower + faster} devices slower, sign test {_fmt_p(p)}"
-    else:
-        k = sum(_above_baseline_p95(e) for e in judged)
-        total = sum(_total(e.new_counts) for e in judged)
-        p = binomial_upper_tail(k, total, P95_SHARE)
-        inputs.update(test="binomial", above=k, requests=total, p_value=p)
-        test = (
-            f"{k} of {total} new requests ({k / total:.1%}) above the baseline p95 buckets"
-            f" against {P95_SHARE:.0%}, binomial {_fmt_p(p)}"
+    strata = [
+        (
+            [_p95_bucket(b) for b in blocks(e.new_intervals)],
+            [_p95_bucket(b) for b in blocks(e.baseline_intervals or ())],
         )
-    slow, significant = median > limit, p < gates.latency_alpha
+        for e in judged
+    ]
+    test = stratified_rank_test(strata)
+    inputs.update(
+        median_ratio=median,
+        test="rank",
+        new_blocks=sum(len(new) for new, _ in strata),
+        baseline_blocks=sum(len(base) for _, base in strata),
+        pairs=test.pairs,
+        slower_share=test.share,
+        z=test.z,
+        p_value=test.p_value,
+    )
+    slow, significant = median > limit, test.p_value < gates.latency_alpha
     if not slow:
         decision = Decision.PASS
     else:
         decision = Decision.FAIL if significant else Decision.INCONCLUSIVE
     detail = (
         f"median p95 ratio {median:.2f} {'>' if slow else '<='} {limit:.2f}"
-        f" across {_n(n, 'device')}; {test} {'<' if significant else '>='} {gates.latency_alpha:g}"
+        f" across {_n(len(judged), 'device')}; new intervals slower in {test.share:.0%}"
+        f" of {_n(test.pairs, 'pair')} with the baseline's, rank test {_fmt_p(test.p_value)}"
+        f" {'<' if significant else '>='} {gates.latency_alpha:g}"
     )
     return GateResult("latency", decision, median, limit, inputs, detail)
+
+
+def blocks(intervals: Sequence[Counts]) -> list[Counts]:
+    """Consecutive intervals merged until each block holds ``MIN_BLOCK_REQUESTS`` requests;
+    a short remainder joins the last block (or stands alone if it is the only one)."""
+    out: list[list[int]] = []
+    current = [0] * N_BUCKETS
+    for counts in intervals:
+        current = [a + b for a, b in zip(current, counts, strict=True)]
+        if sum(current) >= MIN_BLOCK_REQUESTS:
+            out.append(current)
+            current = [0] * N_BUCKETS
+    if sum(current):
+        if out:
+            out[-1] = [a + b for a, b in zip(out[-1], current, strict=True)]
+        else:
+            out.append(current)
+    return [tuple(b) for b in out]
 
 
 def absolute_gate(
@@ -355,15 +349,20 @@ def _p95(counts: Sequence[int] | None) -> float:
     return value
 
 
-def _above_baseline_p95(e: DeviceEvidence) -> int:
-    """New requests above the upper bound of the bucket holding the baseline's p95."""
-    assert e.new_counts is not None and e.baseline_counts is not None
-    rank, seen = math.ceil(0.95 * sum(e.baseline_counts)), 0
-    for index, count in enumerate(e.baseline_counts):
+def _p95_bucket(counts: Counts) -> int:
+    """The index of the bucket holding the p95 rank (a block always has requests)."""
+    rank, seen = math.ceil(0.95 * sum(counts)), 0
+    for index, count in enumerate(counts):
         seen += count
         if seen >= rank:
-            return sum(e.new_counts[index + 1 :])
-    return 0  # pragma: no cover - the loop always reaches the rank
+            return index
+    return len(counts) - 1  # pragma: no cover - the loop always reaches the rank
+
+
+def _merged(intervals: Sequence[Counts]) -> Counts | None:
+    if not intervals:
+        return None
+    return tuple(sum(column) for column in zip(*intervals, strict=True))
 
 
 def _fmt_p(p: float) -> str:

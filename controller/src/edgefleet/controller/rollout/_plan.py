@@ -33,6 +33,11 @@ class Bake(BaseModel):
     min_requests: int = Field(default=100, ge=0)  # per committed device, on the new version
     min_s: float = Field(default=60.0, ge=0)
     max_s: float = Field(default=900.0)
+    # Latency is read from this long after each device's swap on: loading a model, warming
+    # its session and the wave's other devices swapping at the same moment slow the first
+    # seconds, and a p95 over a minute is moved by three slow seconds. Errors count from the
+    # swap on.
+    settle_s: float = Field(default=10.0, ge=0)
 
     @model_validator(mode="after")
     def _max_after_min(self) -> Self:
@@ -52,7 +57,7 @@ class Gates(BaseModel):
     min_finished: int = Field(default=1, ge=1)
     # A device's new p95 may be up to (1 + tolerance) times its own baseline p95 ...
     latency_tolerance: float = Field(default=0.3, ge=0)
-    # ... unless the slowdown is significant at this level (sign or binomial test).
+    # ... unless the slowdown is significant at this level (the rank test over intervals).
     latency_alpha: float = Field(default=0.01, gt=0, lt=1)
     # The absolute p95 limit; None: each device's profile max_latency_ms.
     latency_limit_ms: float | None = Field(default=None, gt=0)
@@ -258,11 +263,12 @@ def parse_duration(text: str) -> float:
     return sum(float(n) * _UNIT_S[u] for n, u in parts)
 
 
-_BAKE_KEYS = {"min_requests": "min_requests", "min": "min_s", "max": "max_s"}
+_BAKE_KEYS = {"min_requests": "min_requests", "min": "min_s", "max": "max_s", "settle": "settle_s"}
 
 
 def parse_bake(text: str) -> Bake:
-    """``"min_requests=100,min=60s,max=15m"``; each key optional, the rest default."""
+    """``"min_requests=100,min=60s,max=15m,settle=10s"``; each key optional, the rest
+    default."""
     fields: dict[str, float | int] = {}
     for item in (i.strip() for i in text.split(",")):
         if not item:

@@ -1,0 +1,203 @@
+"""Outages waited out, for real: an agent in-process with its production MQTT link and
+HTTP client, a private Mosquitto, and the artifact server behind a gate that refuses
+connections while closed. Backoffs are short by config; counts, not clocks, are asserted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgefleet.agent import Agent, AgentConfig
+from edgefleet.harness import ArtifactServer, Broker, Observer, Operator, wait_until
+from edgefleet.shared import ArtifactRef, DeviceState
+from edgefleet.shared.errors import ArtifactError, DownloadError
+
+from .gate import Gate
+from .inprocess import inbound
+
+S = DeviceState
+DEVICE = "pi-outage"
+DEPLOYED = [S.DOWNLOADING, S.VERIFYING, S.LOADING, S.TESTING, S.SWITCHING, S.COMMITTED]
+
+
+@pytest.fixture
+def gate(artifact_server: ArtifactServer) -> Iterator[Gate]:
+    g = Gate(artifact_server.port)  # closed: the server is down until a test opens it
+    yield g
+    g.close()
+
+
+@pytest.fixture
+def start_agent(
+    tmp_path: Path, broker: Broker, operator: Operator, observer: Observer
+) -> Iterator[Callable[..., Agent]]:
+    agents: list[Agent] = []
+
+    def start(artifact_base_url: str, **settings: Any) -> Agent:
+        config = AgentConfig(
+            device_id=DEVICE,
+            broker_url=broker.url,
+            artifact_base_url=artifact_base_url,
+            trusted_keys=(operator.public_text,),
+            state_dir=tmp_path / "agent",
+            inference_port=0,
+            telemetry_interval_s=60.0,
+            reconnect_min_s=0.1,
+            reconnect_max_s=0.5,
+            download_timeout_s=5.0,
+            download_retry_s=0.05,
+            download_retry_max_s=0.2,
+            **settings,
+        )
+        agent = Agent.from_config(config, env={})
+        agent.start()
+        agents.append(agent)
+        # the retained birth reaches the observer once both are in: nothing said is missed
+        observer.wait_for(lambda m: m.kind == "status" and m.device_id == DEVICE and m.online)
+        return agent
+
+    yield start
+    for agent in agents:
+        agent.stop()
+
+
+def events(observer: Observer, deployment_id: str) -> list[Any]:
+    return observer.events(DEVICE, deployment_id)
+
+
+def final(observer: Observer, deployment_id: str, timeout: float = 30.0) -> Any:
+    return observer.wait_for(
+        lambda m: (
+            m.kind == "event"
+            and m.deployment_id == deployment_id
+            and m.state in (S.COMMITTED, S.FAILED)
+        ),
+        timeout,
+    )
+
+
+def test_an_outage_longer_than_five_attempts_is_waited_out_and_the_download_resumed(
+    start_agent, gate: Gate, artifact_server: ArtifactServer, operator: Operator,
+    observer: Observer, digits_models: dict[str, Path],
+) -> None:  # fmt: skip
+    start_agent(gate.base_url)
+    m = operator.deploy(DEVICE, digits_models["v1"])
+    # the old agent gave up after five quick attempts; this one is still at it
+    observer.wait_for(
+        lambda e: (
+            e.kind == "event"
+            and e.deployment_id == m.deployment_id
+            and e.details.get("download_attempts", 0) >= 6
+        )
+    )
+    assert artifact_server.requests == []  # refused at the door, all of them
+    artifact_server.faults.drop_after = 4000  # the first transfer is cut: the next resumes
+    gate.open()
+
+    done = final(observer, m.deployment_id)
+    assert (done.state, done.error_code) == (S.COMMITTED, None)
+    assert done.details["download_attempts"] >= 7
+    (path, first), (again, resumed) = artifact_server.requests
+    assert path == again == f"/{m.artifact.url}"
+    assert first is None and resumed is not None and resumed != "bytes=0-"
+    failures = [e for e in events(observer, m.deployment_id) if e.error_code]
+    assert {e.error_code for e in failures} == {DownloadError.code}
+    assert all(e.state is S.DOWNLOADING and e.ok for e in failures)
+
+
+GIVE_UP = [
+    # reason, manifest lifetime (s), agent settings
+    ("expired", 2.0, {}),
+    ("deadline", 3600.0, {"download_deadline_s": 1.0}),
+]
+
+
+@pytest.mark.parametrize(("reason", "lifetime", "settings"), GIVE_UP, ids=[c[0] for c in GIVE_UP])
+def test_a_server_down_past_the_last_chance_fails_the_deployment_saying_why(
+    start_agent, gate: Gate, operator: Operator, observer: Observer,
+    digits_models: dict[str, Path], reason: str, lifetime: float, settings: dict[str, Any],
+) -> None:  # fmt: skip
+    agent = start_agent(gate.base_url, **settings)
+    m = operator.deploy(DEVICE, digits_models["v1"], expires_in=lifetime)
+    failed = final(observer, m.deployment_id)
+    assert (failed.state, failed.ok, failed.error_code) == (S.FAILED, False, DownloadError.code)
+    assert failed.details["gave_up"] == reason
+    attempts = failed.details["download_attempts"]
+    assert attempts > 1 and f"gave up after {attempts} attempts, {reason}" in failed.message
+    assert ("the manifest expires at" in failed.message) == (reason == "expired")
+    assert agent.slot.get() is None
+
+
+def test_a_missing_artifact_fails_at_once(
+    start_agent, artifact_server: ArtifactServer, operator: Operator, observer: Observer,
+    digits_models: dict[str, Path],
+) -> None:  # fmt: skip
+    start_agent(artifact_server.base_url)
+    real = operator.publish_artifact(digits_models["v1"])
+    missing = ArtifactRef(sha256=real.sha256, size=real.size, url="sha256/no/such-file")
+    m = operator.deploy(DEVICE, digits_models["v1"], artifact=missing)
+    failed = final(observer, m.deployment_id)
+    assert (failed.state, failed.error_code) == (S.FAILED, ArtifactError.code)
+    assert (failed.details["gave_up"], failed.details["download_attempts"]) == ("permanent", 1)
+    assert artifact_server.requests == [("/sha256/no/such-file", None)]
+
+
+def test_a_deployment_sent_again_after_it_committed_is_answered_not_run(
+    start_agent, artifact_server: ArtifactServer, operator: Operator, observer: Observer,
+    digits_models: dict[str, Path],
+) -> None:  # fmt: skip
+    agent = start_agent(artifact_server.base_url)
+    m = operator.manifest(DEVICE, digits_models["v1"])
+    first = operator.deploy_payload(m)
+    operator.send(DEVICE, first)
+    committed = final(observer, m.deployment_id)
+    assert committed.state is S.COMMITTED
+
+    operator.send(DEVICE, first)  # a QoS 1 duplicate: ignored
+    # the controller never heard the outcome: the same deployment, re-signed, a new sequence
+    again = operator.manifest(DEVICE, digits_models["v1"], deployment_id=m.deployment_id)
+    operator.send(DEVICE, operator.deploy_payload(again))
+    repeated = observer.wait_for(
+        lambda e: (
+            e.kind == "event" and e.deployment_id == m.deployment_id and "repeated" in e.details
+        )
+    )
+    assert (repeated.state, repeated.ok, repeated.error_code) == (S.COMMITTED, True, None)
+    observer.wait_for(
+        lambda s: s.kind == "status" and s.device_id == DEVICE and s.last_sequence == again.sequence
+    )
+    # downloaded and swapped once; the duplicate, handled before, said nothing
+    assert [e.state for e in events(observer, m.deployment_id)] == [*DEPLOYED, S.COMMITTED]
+    assert len(artifact_server.requests) == 1
+    assert agent.state.last_sequence == again.sequence
+
+
+def test_events_said_while_the_broker_is_down_arrive_after_it_returns(
+    start_agent, broker: Broker, artifact_server: ArtifactServer, operator: Operator,
+    observer: Observer, digits_models: dict[str, Path],
+) -> None:  # fmt: skip
+    agent = start_agent(artifact_server.base_url)
+    broker.stop()  # SIGTERM: Mosquitto saves the observer's session and subscriptions
+    wait_until(lambda: not agent.link.connected, 10, "the agent noticing the broker gone")
+
+    # a deployment delivered just before the broker went: all of it happens offline
+    m = operator.manifest(DEVICE, digits_models["v1"])
+    agent.inbox.put(inbound(operator.deploy_payload(m)))
+    wait_until(
+        lambda: agent.state.current is not None and agent.state.current.state is S.COMMITTED,
+        30,
+        "the offline deployment",
+    )
+    assert not agent.link.connected
+
+    broker.start()  # same port, same persisted sessions
+    final(observer, m.deployment_id)
+    assert [e.state for e in events(observer, m.deployment_id)] == DEPLOYED
+    status = observer.wait_for(
+        lambda s: s.kind == "status" and s.device_id == DEVICE and s.state is S.COMMITTED
+    )
+    assert status.active.deployment_id == m.deployment_id
