@@ -57,6 +57,7 @@ class Gate:
             except OSError:
                 client.close()
                 continue
+            server.settimeout(None)  # idle connections (MQTT between keepalives) stay up
             with self._lock:
                 self._open += [client, server]
             for a, b in ((client, server), (server, client)):

@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
+from edgefleet import shared
 from edgefleet.agent import Agent, AgentConfig
 from edgefleet.harness import ArtifactServer, Broker, Observer, Operator, wait_until
-from edgefleet.shared import ArtifactRef, DeviceState
+from edgefleet.shared import ArtifactRef, DeviceState, EventMessage
 from edgefleet.shared.errors import ArtifactError, DownloadError
 
 from .gate import Gate
@@ -38,21 +39,21 @@ def start_agent(
     agents: list[Agent] = []
 
     def start(artifact_base_url: str, **settings: Any) -> Agent:
-        config = AgentConfig(
-            device_id=DEVICE,
-            broker_url=broker.url,
-            artifact_base_url=artifact_base_url,
-            trusted_keys=(operator.public_text,),
-            state_dir=tmp_path / "agent",
-            inference_port=0,
-            telemetry_interval_s=60.0,
-            reconnect_min_s=0.1,
-            reconnect_max_s=0.5,
-            download_timeout_s=5.0,
-            download_retry_s=0.05,
-            download_retry_max_s=0.2,
-            **settings,
-        )
+        values: dict[str, Any] = {
+            "device_id": DEVICE,
+            "broker_url": broker.url,
+            "artifact_base_url": artifact_base_url,
+            "trusted_keys": (operator.public_text,),
+            "state_dir": tmp_path / "agent",
+            "inference_port": 0,
+            "telemetry_interval_s": 60.0,
+            "reconnect_min_s": 0.1,
+            "reconnect_max_s": 0.5,
+            "download_timeout_s": 5.0,
+            "download_retry_s": 0.05,
+            "download_retry_max_s": 0.2,
+        }
+        config = AgentConfig(**{**values, **settings})
         agent = Agent.from_config(config, env={})
         agent.start()
         agents.append(agent)
@@ -180,24 +181,40 @@ def test_events_said_while_the_broker_is_down_arrive_after_it_returns(
     start_agent, broker: Broker, artifact_server: ArtifactServer, operator: Operator,
     observer: Observer, digits_models: dict[str, Path],
 ) -> None:  # fmt: skip
-    agent = start_agent(artifact_server.base_url)
-    broker.stop()  # SIGTERM: Mosquitto saves the observer's session and subscriptions
-    wait_until(lambda: not agent.link.connected, 10, "the agent noticing the broker gone")
+    """paho keeps the QoS 1 messages published while disconnected (up to the link's
+    ``max_queued``) and sends them, in order, once it is back with a restarted broker.
 
-    # a deployment delivered just before the broker went: all of it happens offline
-    m = operator.manifest(DEVICE, digits_models["v1"])
-    agent.inbox.put(inbound(operator.deploy_payload(m)))
-    wait_until(
-        lambda: agent.state.current is not None and agent.state.current.state is S.COMMITTED,
-        30,
-        "the offline deployment",
-    )
-    assert not agent.link.connected
+    The agent reaches the broker through a gate, so it comes back only once the observer
+    has: the harness broker's sessions do not outlive a restart when tests run as root, so
+    the observer must be subscribed again before the agent's queue is flushed."""
+    gate = Gate(broker.port).open()
+    try:
+        agent = start_agent(artifact_server.base_url, broker_url=f"mqtt://127.0.0.1:{gate.port}")
+        gate.close()
+        broker.stop()
+        wait_until(lambda: not agent.link.connected, 10, "the agent noticing the broker gone")
 
-    broker.start()  # same port, same persisted sessions
-    final(observer, m.deployment_id)
-    assert [e.state for e in events(observer, m.deployment_id)] == DEPLOYED
-    status = observer.wait_for(
-        lambda s: s.kind == "status" and s.device_id == DEVICE and s.state is S.COMMITTED
-    )
-    assert status.active.deployment_id == m.deployment_id
+        # a deployment delivered just before the broker went: all of it happens offline
+        m = operator.manifest(DEVICE, digits_models["v1"])
+        agent.inbox.put(inbound(operator.deploy_payload(m)))
+        wait_until(
+            lambda: agent.state.current is not None and agent.state.current.state is S.COMMITTED,
+            30,
+            "the offline deployment",
+        )
+        assert not agent.link.connected
+
+        broker.start()  # the same port
+        probe = EventMessage(device_id="probe", deployment_id="probe", state=S.IDLE)
+        operator.client.publish(shared.events_topic("probe"), shared.encode(probe), qos=1)
+        observer.wait_for(lambda e: e.kind == "event" and e.device_id == "probe")
+        gate.open()  # now the agent may come back
+
+        final(observer, m.deployment_id)
+        assert [e.state for e in events(observer, m.deployment_id)] == DEPLOYED
+        status = observer.wait_for(
+            lambda s: s.kind == "status" and s.device_id == DEVICE and s.state is S.COMMITTED
+        )
+        assert status.active.deployment_id == m.deployment_id
+    finally:
+        gate.close()

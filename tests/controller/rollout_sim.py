@@ -92,6 +92,10 @@ class Board:
     on_deploy: str = "commit"
     # orders received and not acted on yet (a silent board keeps them)
     inbox: list[Manifest | RollbackOrder] = field(default_factory=list)
+    # the last order it accepted and where it got with it, as its status says
+    current: str | None = None
+    current_state: DeviceState = DeviceState.IDLE
+    pings: int = 0  # pings received and not answered yet
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,7 @@ class Sim:
         self.boards = {b.name: b for b in boards}
         self.now = start or datetime.now(UTC).replace(microsecond=0)
         self.sent: list[Sent] = []
+        self.pings: list[str] = []  # the devices pinged, in order
         self.transitions: list[Transition] = []
         # milliseconds per request and error share, by model version (ModelRef.version)
         self.latency_ms: dict[str, float] = {}
@@ -120,6 +125,11 @@ class Sim:
     def publish(self, topic: str, payload: bytes) -> None:
         """The broker: every command must be signed by the controller's key."""
         command = shared.decode(payload)
+        if isinstance(command, shared.PingCommand):
+            name, _ = shared.parse_topic(topic)
+            self.pings.append(name)
+            self.boards[name].pings += 1
+            return
         assert isinstance(command, shared.DeployCommand | shared.RollbackCommand)
         document = shared.parse_signed_document(shared.verify(command.signed, self._keyring))
         assert isinstance(document, Manifest | RollbackOrder)
@@ -130,7 +140,7 @@ class Sim:
     def ingest(self, *batch: tuple[str, Inbound]) -> None:
         """What the daemon's writer does with a batch of received messages."""
         with self.home.session(write=True) as session:
-            ingest_many(session, list(batch))
+            ingest_many(session, list(batch), now=self.now)
 
     def dispatch(
         self, *, now: datetime | None = None, limit: int = 100
@@ -159,6 +169,8 @@ class Sim:
             active=b.serving,
             previous=b.previous,
             last_sequence=b.last_sequence,
+            deployment_id=b.current,
+            state=b.current_state,
             sent_at=at or self.now,
         )
 
@@ -218,9 +230,10 @@ class Sim:
 
     # -- what boards do ------------------------------------------------------------
 
-    def obey(self, names: list[str] | None = None) -> None:
+    def obey(self, names: list[str] | None = None, *, drop_events: bool = False) -> None:
         """Every online board acts on the orders it received, in sequence order; a silent
-        one keeps them all (stuck, or its reports never arrive)."""
+        one keeps them all (stuck, or its reports never arrive). With ``drop_events`` only
+        their statuses arrive (a broker that crashed with their events)."""
         batch: list[tuple[str, Inbound]] = []
         for b in self.boards.values():
             if (names is not None and b.name not in names) or not b.online:
@@ -230,6 +243,11 @@ class Sim:
             inbox, b.inbox = sorted(b.inbox, key=lambda d: d.sequence), []
             for doc in inbox:
                 batch += [(b.name, m) for m in self._answer(b.name, doc)]
+            if b.pings:  # answered after the orders that came before them
+                b.pings = 0
+                batch.append((b.name, self._status(b.name)))
+        if drop_events:
+            batch = [(n, m) for n, m in batch if not isinstance(m, EventMessage)]
         if batch:
             self.ingest(*batch)
 
@@ -239,10 +257,16 @@ class Sim:
 
     def _answer(self, name: str, doc: Manifest | RollbackOrder) -> list[Inbound]:
         b = self.boards[name]
-        b.last_sequence = max(b.last_sequence, doc.sequence)
+        if doc.sequence <= b.last_sequence:  # a copy of an order it already took
+            return [self._status(name)]
+        b.last_sequence = doc.sequence
         if isinstance(doc, Manifest):
+            if doc.deployment_id == b.current:  # sent again: applied once, answered again
+                return [self._status(name)]
+            b.current = doc.deployment_id
             out: list[Inbound] = [self._event(name, doc.deployment_id, DeviceState.DOWNLOADING)]
             if b.on_deploy == "fail":
+                b.current_state = DeviceState.FAILED
                 failed = self._event(
                     name,
                     doc.deployment_id,
@@ -251,11 +275,12 @@ class Sim:
                     error_code="smoke_test_failed",
                     message="output differs from the reference",
                 )
-                return [*out, failed]
+                return [*out, failed, self._status(name)]
             b.previous = b.serving
             b.serving = ServingModel(
                 model=doc.model, deployment_id=doc.deployment_id, sha256=doc.artifact.sha256
             )
+            b.current_state = DeviceState.COMMITTED
             out.append(self._event(name, doc.deployment_id, DeviceState.COMMITTED))
         else:
             if b.serving is None or b.serving.deployment_id != doc.undoes or b.previous is None:
@@ -268,6 +293,7 @@ class Sim:
                 )
                 return [refused]
             b.serving, b.previous = b.previous, None
+            b.current, b.current_state = doc.deployment_id, DeviceState.ROLLED_BACK
             out = [self._event(name, doc.deployment_id, DeviceState.ROLLED_BACK)]
         return [*out, self._status(name)]
 

@@ -53,7 +53,9 @@ def password_matches(stored: str, password: str) -> bool:
     """Mosquitto's ``$7$`` check, done here from the format rather than by our own code."""
     _, seven, iterations, salt, digest = stored.split("$")
     assert seven == "7"
-    again = hashlib.pbkdf2_hmac("sha512", password.encode(), base64.b64decode(salt), int(iterations))
+    again = hashlib.pbkdf2_hmac(
+        "sha512", password.encode(), base64.b64decode(salt), int(iterations)
+    )
     return base64.b64encode(again).decode() == digest
 
 
@@ -137,9 +139,9 @@ def test_bad_lines_are_all_reported_and_nothing_is_written(
     ("header", "message"),
     [
         ("name,profile,lables", "unknown column 'lables'"),
-        ("name,labels", "no 'profile' column"),
-        ("profile,labels", "no 'name' column"),
-        ("name,profile,name", "'name' is named twice"),
+        ("name,labels", "the header has no 'profile' column"),
+        ("profile,labels", "the header has no 'name' column"),
+        ("name,profile,name", "column 'name' is named twice"),
     ],
 )
 def test_a_bad_header_is_refused(
@@ -284,7 +286,7 @@ def test_usage_errors(
     assert not (tmp_path / "out").exists()
 
 
-def _connects(port: int, user: str, password: str) -> bool:
+def _connects(port: int, user: str, password: str | None) -> bool:
     accepted: queue.Queue[bool] = queue.Queue()
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=user, protocol=mqtt.MQTTv5)
     client.username_pw_set(user, password)

@@ -25,6 +25,14 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]]] = {
         "Stored manifests published again on connecting, not yet confirmed by their device.",
         (),
     ),
+    "edgefleet_reconcile_pings_total": (
+        "Devices asked for their status about an order that had no news (reconciliation).",
+        (),
+    ),
+    "edgefleet_reconcile_resends_total": (
+        "Orders sent again, re-signed, because their device showed it never received them.",
+        (),
+    ),
     "edgefleet_trust_updates_sent_total": ("Signed trust updates published to devices.", ()),
     "edgefleet_trust_updates_resent_total": (
         "Stored trust updates published again on connecting, not yet confirmed.",

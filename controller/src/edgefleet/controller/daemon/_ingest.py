@@ -46,8 +46,11 @@ def ingest(session: Session, device_name: str, message: Inbound) -> bool:
     return ingest_many(session, [(device_name, message)]) == 1
 
 
-def ingest_many(session: Session, batch: Iterable[tuple[str, Inbound]]) -> int:
+def ingest_many(
+    session: Session, batch: Iterable[tuple[str, Inbound]], *, now: datetime | None = None
+) -> int:
     """Write a batch in the caller's transaction; returns how many messages were kept.
+    ``now`` is when it arrived (the controller's clock).
 
     Built for throughput: the batch's devices are read in one query, telemetry rows go in
     with one multi-row INSERT, and device rows are updated once when the session flushes."""
@@ -59,7 +62,7 @@ def ingest_many(session: Session, batch: Iterable[tuple[str, Inbound]]) -> int:
     telemetry: list[dict[str, Any]] = []
     seen = _stored_intervals(session, devices.values(), batch)
     kept = 0
-    now = datetime.now(UTC)
+    now = now or datetime.now(UTC)
     for device_name, message in batch:
         if getattr(message, "device_id", device_name) != device_name:
             log.warning("message on %s's topic claims device %s; dropped", device_name, message)
@@ -70,7 +73,7 @@ def ingest_many(session: Session, batch: Iterable[tuple[str, Inbound]]) -> int:
             continue
         kept += 1
         if isinstance(message, StatusMessage):
-            _status(device, message, now)
+            _status(session, device, message, now)
         elif isinstance(message, EventMessage):
             _event(session, device, message, now)
         else:
@@ -108,7 +111,7 @@ def _utc(when: datetime) -> datetime:
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
-def _status(device: Device, msg: StatusMessage, now: datetime) -> None:
+def _status(session: Session, device: Device, msg: StatusMessage, now: datetime) -> None:
     # The broker retains only the newest status, so whatever arrives is the current one.
     device.online = msg.online
     if msg.online:
@@ -117,11 +120,59 @@ def _status(device: Device, msg: StatusMessage, now: datetime) -> None:
         device.agent_version = msg.agent_version
     device.last_sequence = max(device.last_sequence, msg.last_sequence)
     # a last will carries the status of when the agent connected: not what it serves now
-    if msg.online:
-        device.serving_deployment_id = msg.active.deployment_id if msg.active else None
-        device.serving_model = str(msg.active.model) if msg.active else None
-        device.previous_deployment_id = msg.previous.deployment_id if msg.previous else None
-        device.status_at = _utc(msg.sent_at)
+    if not msg.online:
+        return
+    device.serving_deployment_id = msg.active.deployment_id if msg.active else None
+    device.serving_model = str(msg.active.model) if msg.active else None
+    device.previous_deployment_id = msg.previous.deployment_id if msg.previous else None
+    device.status_at = _utc(msg.sent_at)
+    device.status_deployment_id = msg.deployment_id
+    device.status_state = msg.state.value
+    device.status_sequence = msg.last_sequence
+    device.status_received_at = now
+    _reconcile_row(session, device, msg, now)
+
+
+# What a status's state says about the deployment it names, when its events were lost.
+_STATUS_TO_STATE = {
+    DeviceState.FAILED: DeploymentState.FAILED,
+    DeviceState.ROLLED_BACK: DeploymentState.ROLLED_BACK,
+}
+
+
+def _reconcile_row(session: Session, device: Device, msg: StatusMessage, now: datetime) -> None:
+    """The row of the deployment the status names, brought up to date from it: the device's
+    own report stands in for events that were lost (a broker that crashed with them, a
+    daemon that was down). A row whose events did arrive is already where this puts it."""
+    if not msg.deployment_id:
+        return
+    row = session.exec(
+        select(Deployment).where(
+            Deployment.deployment_id == msg.deployment_id, Deployment.device_id == device.id
+        )
+    ).first()
+    if row is None or row.sequence is None:
+        return  # not ours, or never sent: nothing the device could have received
+    if msg.state is DeviceState.COMMITTED:
+        serving = msg.active is not None and msg.active.deployment_id == row.deployment_id
+        target = DeploymentState.COMMITTED if serving else None
+    else:
+        target = _STATUS_TO_STATE.get(msg.state, DeploymentState.IN_PROGRESS)
+    if target is None or row.state == target.value:
+        return
+    if row.state in FINISHED_STATES and not _lost(row):
+        return  # settled by the device's events, which say more
+    if target not in FINISHED_STATES and row.state == DeploymentState.IN_PROGRESS.value:
+        return
+    if target is DeploymentState.FAILED:
+        why = ("failed", "the device's status says it failed; its events were lost")
+    else:
+        why = None
+    log.info(
+        "%s on %s: %s -> %s from the device's status", row.deployment_id, device.name,
+        row.state, target.value,
+    )  # fmt: skip
+    _settle(session, device, row, target, why, _utc(msg.sent_at), now)
 
 
 def _event(session: Session, device: Device, msg: EventMessage, now: datetime) -> None:
@@ -166,15 +217,28 @@ def _event(session: Session, device: Device, msg: EventMessage, now: datetime) -
     target = _EVENT_TO_STATE.get(msg.state, DeploymentState.IN_PROGRESS)
     if _lost(row) and target not in FINISHED_STATES:
         return  # a device presumed lost is settled only by how its order ended
+    why = None if msg.ok else (msg.error_code or "failed", msg.message)
+    _settle(session, device, row, target, why, _utc(msg.sent_at), now)
+
+
+def _settle(
+    session: Session,
+    device: Device,
+    row: Deployment,
+    target: DeploymentState,
+    error: tuple[str, str] | None,
+    at: datetime,
+    now: datetime,
+) -> None:
+    """Move ``row`` to ``target`` as the device reported at ``at`` (its clock)."""
     row.state = target.value
     row.payload = None  # the device has it: never resent, no need to keep the bytes
-    if not msg.ok:
-        row.error_code = msg.error_code
-        row.error_message = msg.message
+    if error is not None:
+        row.error_code, row.error_message = error
     elif row.error_code == _LOST:
         row.error_code = row.error_message = None
     if target is DeploymentState.COMMITTED:
-        row.committed_at = _utc(msg.sent_at)  # the device's clock, as its telemetry's
+        row.committed_at = at  # the device's clock, as its telemetry's
     row.updated_at = now
     session.add(row)
     if row.kind == DeploymentKind.ROLLBACK.value and target is DeploymentState.ROLLED_BACK:

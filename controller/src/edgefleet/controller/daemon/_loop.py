@@ -36,7 +36,7 @@ from ..home import Home, Settings
 from ..keys import resend_trust_updates, send_trust_updates
 from ..mqtt import MqttLink, Received, Session
 from ..registry import DaemonHeartbeat, current_version, utcnow
-from ..rollout import advance_rollouts, dispatch_pending, resend_unconfirmed
+from ..rollout import advance_rollouts, dispatch_pending, reconcile, resend_unconfirmed
 from ._access import registry_token_check
 from ._health import REGISTRY_CHECK, Health
 from ._http import ArtifactServer
@@ -52,6 +52,7 @@ _BATCH = 500
 _INGESTED = (Channel.STATUS, Channel.EVENTS, Channel.TELEMETRY)
 HEARTBEAT_S = 5.0
 REGISTRY_CHECK_S = 5.0
+RECONCILE_S = 5.0
 # How long the daemon waits for the broker's first answer before it serves HTTP, so the
 # first /healthz tells how that attempt went; a broker that is down answers at once.
 FIRST_ANSWER_WAIT_S = 5.0
@@ -156,6 +157,7 @@ class Daemon:
             Job("trust", dispatch_interval_s, self._send_trust),
             Job("rollouts", dispatch_interval_s, self._advance),
             Job("dispatch", dispatch_interval_s, self._dispatch),
+            Job("reconcile", RECONCILE_S, self._reconcile),
             Job("heartbeat", heartbeat_s, self._beat),
             Job("retention", 60.0, TelemetryRetention(home)),  # hourly; 5 s a call at most
         ]
@@ -278,6 +280,16 @@ class Daemon:
         sent = dispatch_pending(self.home, self._publish)
         if sent:
             self.metrics.inc("edgefleet_deployments_dispatched_total", len(sent))
+
+    def _reconcile(self) -> None:
+        """Ask devices about orders with no news; send again what never reached them."""
+        if not self.link.connected:
+            return
+        done = reconcile(self.home, self._publish, grace_s=self.settings.reconcile_after_s)
+        if done.pinged:
+            self.metrics.inc("edgefleet_reconcile_pings_total", len(done.pinged))
+        if done.resent:
+            self.metrics.inc("edgefleet_reconcile_resends_total", len(done.resent))
 
     def _publish(self, topic: str, payload: bytes) -> None:
         try:

@@ -45,6 +45,9 @@ class Settings:
     # second (a device sends a status, ~8 events per deployment and telemetry every 10 s).
     ingest_burst_per_device: int = 600
     ingest_rate_per_device: float = 20.0
+    # An order with no news from its device for this long makes the daemon ask the device
+    # for its status, and send the order again if the device never received it.
+    reconcile_after_s: float = 30.0
     # The fleet page and /api/v1 take this token (a Bearer header, or the page's login
     # cookie); `init` makes one. Empty: both are off.
     operator_token: str = ""

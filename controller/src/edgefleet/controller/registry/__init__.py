@@ -5,6 +5,15 @@ from ._artifacts import ArtifactStore, StoredArtifact
 from ._engine import create_engine, describe_url, session_scope
 from ._migrations import LATEST as SCHEMA_VERSION
 from ._migrations import MIGRATIONS, Migration, current_version, upgrade
+from ._rollout_tables import (
+    ACTIVE_ROLLOUT_STATES,
+    DaemonHeartbeat,
+    GateEvaluation,
+    Rollout,
+    RolloutState,
+    RolloutWave,
+    WaveState,
+)
 from ._shapes import (
     DeploymentPublic,
     DeviceCreate,
@@ -19,30 +28,23 @@ from ._shapes import (
     WavePublic,
 )
 from ._tables import (
-    ACTIVE_ROLLOUT_STATES,
     FINISHED_STATES,
     Artifact,
     ArtifactGrant,
-    DaemonHeartbeat,
     Deployment,
     DeploymentKind,
     DeploymentState,
     Device,
     DeviceTrustUpdate,
     Event,
-    GateEvaluation,
     KeyState,
     Model,
     ModelVersion,
     Profile,
-    Rollout,
-    RolloutState,
-    RolloutWave,
     SigningKey,
     Telemetry,
     TrustUpdateState,
     Variant,
-    WaveState,
     as_utc,
     utcnow,
 )

@@ -355,6 +355,21 @@ def schema_v8(conn: sa.Connection) -> None:
     md.tables["daemon_heartbeat"].create(conn)
 
 
+def schema_v9(conn: sa.Connection) -> None:
+    for column in (
+        sa.Column("status_deployment_id", sa.String(128), nullable=True),
+        sa.Column("status_state", sa.String(32), nullable=True),
+        sa.Column("status_sequence", sa.Integer, nullable=False, server_default="0"),
+        column_when("status_received_at", nullable=True),
+    ):
+        add_column(conn, "device", column)
+    for column in (
+        column_when("pinged_at", nullable=True),
+        sa.Column("resends", sa.Integer, nullable=False, server_default="0"),
+    ):
+        add_column(conn, "deployment", column)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "profiles, devices, models, versions, artifacts, variants", schema_v1),
     Migration(2, "deployments, events, telemetry, device status", schema_v2),
@@ -366,4 +381,5 @@ MIGRATIONS: tuple[Migration, ...] = (
         7, "rollouts, their waves and gate evaluations; rollback rows; serving models", schema_v7
     ),
     Migration(8, "the daemon's heartbeat, so commands can tell whether it is alive", schema_v8),
+    Migration(9, "what each device's status says it works on, for reconciliation", schema_v9),
 )

@@ -26,11 +26,11 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
-def _when(**kw: Any) -> Any:
+def when_field(**kw: Any) -> Any:
     return Field(sa_type=sa.DateTime(timezone=True), **kw)
 
 
-def _json(nullable: bool = False) -> Any:
+def json_field(nullable: bool = False) -> Any:
     return Field(default=None, sa_column=Column(JSON, nullable=nullable))
 
 
@@ -97,9 +97,9 @@ class Profile(SQLModel, table=True):
     arch: str = Field(max_length=32)
     cores: int
     ram_mb: int
-    spec: dict[str, Any] = _json()
+    spec: dict[str, Any] = json_field()
     source: str = ""
-    updated_at: datetime = _when(default_factory=utcnow)
+    updated_at: datetime = when_field(default_factory=utcnow)
 
 
 class Device(SQLModel, table=True):
@@ -108,20 +108,28 @@ class Device(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(unique=True, max_length=64)
     profile: str = Field(foreign_key="profile.name", max_length=64)
-    labels: dict[str, str] = _json()
+    labels: dict[str, str] = json_field()
     token_sha256: str = Field(max_length=64)  # the artifact bearer token, hashed
     mqtt_password_hash: str = Field(max_length=200)  # Mosquitto password_file format
-    created_at: datetime = _when(default_factory=utcnow)
+    created_at: datetime = when_field(default_factory=utcnow)
     # since schema 2: what the device last told us
     last_sequence: int = 0
     online: bool = False
-    last_seen: datetime | None = _when(default=None)
+    last_seen: datetime | None = when_field(default=None)
     agent_version: str = ""
     # since schema 7: what the device's retained status last said it serves
     serving_deployment_id: str | None = Field(default=None, max_length=128)
     serving_model: str | None = Field(default=None, max_length=256)  # name:version/variant
     previous_deployment_id: str | None = Field(default=None, max_length=128)
-    status_at: datetime | None = _when(default=None)  # that status's sent_at (the device's clock)
+    status_at: datetime | None = when_field(
+        default=None
+    )  # that status's sent_at (the device's clock)
+    # since schema 9: that status's deployment (the last accepted), its state there, the
+    # device's last sequence and when it arrived (our clock), for reconciliation
+    status_deployment_id: str | None = Field(default=None, max_length=128)
+    status_state: str | None = Field(default=None, max_length=32)
+    status_sequence: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    status_received_at: datetime | None = when_field(default=None)
 
 
 class Model(SQLModel, table=True):
@@ -129,7 +137,7 @@ class Model(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(unique=True, max_length=128)
-    created_at: datetime = _when(default_factory=utcnow)
+    created_at: datetime = when_field(default_factory=utcnow)
 
 
 class ModelVersion(SQLModel, table=True):
@@ -139,10 +147,10 @@ class ModelVersion(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     model_id: int = Field(foreign_key="model.id", ondelete="CASCADE")
     version: str = Field(max_length=64)
-    io: dict[str, Any] = _json()  # IOSignature
-    smoke_test: dict[str, Any] = _json()  # SmokeTest with the reference output
+    io: dict[str, Any] = json_field()  # IOSignature
+    smoke_test: dict[str, Any] = json_field()  # SmokeTest with the reference output
     source_name: str = ""  # the file name it was added from
-    created_at: datetime = _when(default_factory=utcnow)
+    created_at: datetime = when_field(default_factory=utcnow)
 
 
 class Artifact(SQLModel, table=True):
@@ -152,7 +160,7 @@ class Artifact(SQLModel, table=True):
     size: int = Field(sa_type=sa.BigInteger)
     path: str  # relative to the artifact store, e.g. sha256/ab/abcd...
     format: str = Field(default="onnx", max_length=16)
-    created_at: datetime = _when(default_factory=utcnow)
+    created_at: datetime = when_field(default_factory=utcnow)
 
 
 class Variant(SQLModel, table=True):
@@ -166,10 +174,10 @@ class Variant(SQLModel, table=True):
     name: str = Field(max_length=64)
     artifact_sha256: str = Field(foreign_key="artifact.sha256")
     profile: str | None = Field(default=None, foreign_key="profile.name")
-    metrics: dict[str, Any] = _json()
+    metrics: dict[str, Any] = json_field()
     # since schema 4: a compressed file's own smoke test; None: the version's (the original)
-    smoke_test: dict[str, Any] | None = _json(nullable=True)
-    created_at: datetime = _when(default_factory=utcnow)
+    smoke_test: dict[str, Any] | None = json_field(nullable=True)
+    created_at: datetime = when_field(default_factory=utcnow)
 
 
 class Deployment(SQLModel, table=True):
@@ -186,8 +194,8 @@ class Deployment(SQLModel, table=True):
     state: str = Field(default=DeploymentState.PENDING.value, max_length=32)
     error_code: str | None = None
     error_message: str | None = None
-    created_at: datetime = _when(default_factory=utcnow)
-    updated_at: datetime = _when(default_factory=utcnow)
+    created_at: datetime = when_field(default_factory=utcnow)
+    updated_at: datetime = when_field(default_factory=utcnow)
     # since schema 3: the exact DeployCommand bytes published, stored with state ``sent``
     payload: bytes | None = Field(default=None, sa_type=sa.LargeBinary)
     # since schema 7: the rollout and wave the row belongs to (None: a hand-made rollback),
@@ -200,11 +208,15 @@ class Deployment(SQLModel, table=True):
         sa_column_kwargs={"server_default": DeploymentKind.DEPLOY.value},
     )
     undoes: str | None = Field(default=None, max_length=128)
-    sent_at: datetime | None = _when(default=None)
-    committed_at: datetime | None = _when(default=None)
+    sent_at: datetime | None = when_field(default=None)
+    committed_at: datetime | None = when_field(default=None)
     # the sha256 of the command bytes sent: a device that refuses a command it cannot
     # attribute (signed by a key it does not trust) names it by this digest
     command_sha256: str | None = Field(default=None, max_length=64)
+    # since schema 9: when reconciliation last pinged the device about this row; resends
+    # after the device showed it never received it
+    pinged_at: datetime | None = when_field(default=None)
+    resends: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
 class ArtifactGrant(SQLModel, table=True):
@@ -217,8 +229,8 @@ class ArtifactGrant(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     device_id: int = Field(foreign_key="device.id", ondelete="CASCADE")
     artifact_sha256: str = Field(max_length=64)
-    expires_at: datetime = _when()
-    created_at: datetime = _when(default_factory=utcnow)
+    expires_at: datetime = when_field()
+    created_at: datetime = when_field(default_factory=utcnow)
 
 
 class Event(SQLModel, table=True):
@@ -231,9 +243,9 @@ class Event(SQLModel, table=True):
     ok: bool = True
     error_code: str | None = None
     message: str = ""
-    details: dict[str, Any] | None = _json(nullable=True)
-    at: datetime = _when(default_factory=utcnow)  # when the agent sent it
-    received_at: datetime = _when(default_factory=utcnow)
+    details: dict[str, Any] | None = json_field(nullable=True)
+    at: datetime = when_field(default_factory=utcnow)  # when the agent sent it
+    received_at: datetime = when_field(default_factory=utcnow)
 
 
 class Telemetry(SQLModel, table=True):
@@ -243,13 +255,13 @@ class Telemetry(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     device_id: int = Field(foreign_key="device.id", ondelete="CASCADE")
-    at: datetime = _when(default_factory=utcnow)
+    at: datetime = when_field(default_factory=utcnow)
     interval_s: float = 0.0
     model: str | None = None  # name:version/variant
     deployment_id: str | None = None
     requests: int = 0
     errors: int = 0
-    latency_counts: list[int] | None = _json(nullable=True)
+    latency_counts: list[int] | None = json_field(nullable=True)
     p50_ms: float | None = None
     p95_ms: float | None = None
     p99_ms: float | None = None
@@ -267,8 +279,8 @@ class SigningKey(SQLModel, table=True):
     key_id: str = Field(primary_key=True, max_length=16)
     public_key: str = Field(max_length=64)  # base64 of the raw 32 bytes
     state: str = Field(max_length=16)
-    created_at: datetime = _when(default_factory=utcnow)
-    retired_at: datetime | None = _when(default=None)
+    created_at: datetime = when_field(default_factory=utcnow)
+    retired_at: datetime | None = when_field(default=None)
 
 
 class DeviceTrustUpdate(SQLModel, table=True):
@@ -288,107 +300,5 @@ class DeviceTrustUpdate(SQLModel, table=True):
     payload: bytes | None = Field(default=None, sa_type=sa.LargeBinary)
     error_code: str | None = None
     error_message: str | None = None
-    created_at: datetime = _when(default_factory=utcnow)
-    updated_at: datetime = _when(default_factory=utcnow)
-
-
-class RolloutState(StrEnum):
-    """Where a rollout is; the transitions between them are in ``rollout._engine``."""
-
-    RUNNING = "running"  # a wave is installing or baking
-    PAUSED = "paused"  # by an operator, an inconclusive gate, or a failed one with --on-fail hold
-    ROLLING_BACK = "rolling_back"  # aborted: touched devices are being sent back
-    COMPLETED = "completed"  # every wave passed
-    ABORTED = "aborted"  # every touched device was sent back (or said why it could not)
-
-
-ACTIVE_ROLLOUT_STATES = frozenset(
-    {RolloutState.RUNNING, RolloutState.PAUSED, RolloutState.ROLLING_BACK}
-)
-
-
-class WaveState(StrEnum):
-    WAITING = "waiting"  # not started
-    INSTALLING = "installing"  # its devices have their orders; not all have finished
-    BAKING = "baking"  # finished installing; gathering evidence for the gates
-    PASSED = "passed"
-    FAILED = "failed"
-    INCONCLUSIVE = "inconclusive"
-    CANCELLED = "cancelled"  # never started: the rollout was aborted
-
-
-class Rollout(SQLModel, table=True):
-    """One model version on its way to a target set, wave by wave (schema 7). Its rows in
-    ``deployment`` carry ``rollout_id`` and share the manifest's deployment id, which is
-    also ``rollout_id`` here. ``revision`` rises with every write: writers compare and set."""
-
-    __tablename__ = "rollout"
-
-    id: int | None = Field(default=None, primary_key=True)
-    rollout_id: str = Field(unique=True, max_length=128)
-    model_version_id: int = Field(foreign_key="model_version.id")
-    selector: dict[str, Any] = _json()  # {"devices": [...]} | {"profile": ...} | {"labels": ...}
-    plan: dict[str, Any] = _json()  # a RolloutPlan as JSON
-    state: str = Field(default=RolloutState.RUNNING.value, max_length=16)
-    current_wave: int = 0
-    revision: int = 0
-    reason: str = ""  # why the state is what it is
-    started_by: str = Field(default="", max_length=64)
-    note: str = ""  # the operator's --reason when starting
-    created_at: datetime = _when(default_factory=utcnow)
-    updated_at: datetime = _when(default_factory=utcnow)
-
-
-class RolloutWave(SQLModel, table=True):
-    """One wave of a rollout: its frozen device list once started, and its deadlines' anchors."""
-
-    __tablename__ = "rollout_wave"
-    __table_args__ = (UniqueConstraint("rollout_id", "number"),)
-
-    id: int | None = Field(default=None, primary_key=True)
-    rollout_id: int = Field(foreign_key="rollout.id", ondelete="CASCADE")
-    number: int  # from 0
-    planned: int  # devices planned for it
-    state: str = Field(default=WaveState.WAITING.value, max_length=16)
-    devices: list[int] = _json()  # device ids, frozen at start (counted by the gates)
-    queued: list[int] = _json()  # device ids offline at start: sent, not counted
-    started_at: datetime | None = _when(default=None)
-    bake_started_at: datetime | None = _when(default=None)
-    analysed_at: datetime | None = _when(default=None)
-    decided_at: datetime | None = _when(default=None)
-    decision: str | None = Field(default=None, max_length=16)
-
-
-class GateEvaluation(SQLModel, table=True):
-    """One evaluation of one gate for one wave, append-only, with what it was computed from."""
-
-    __tablename__ = "gate_evaluation"
-
-    id: int | None = Field(default=None, primary_key=True)
-    rollout_id: int = Field(foreign_key="rollout.id", ondelete="CASCADE", index=True)
-    wave: int
-    gate: str = Field(max_length=32)
-    decision: str = Field(max_length=16)
-    statistic: float | None = None
-    threshold: float | None = None
-    inputs: dict[str, Any] = _json()
-    detail: str = ""
-    at: datetime = _when(default_factory=utcnow)
-
-
-class DaemonHeartbeat(SQLModel, table=True):
-    """The latest sign of life of one ``edgefleet serve`` (schema 8), one row per client id,
-    rewritten every ``every_s`` seconds; ``fleet.daemon_state`` reads it for the CLI."""
-
-    __tablename__ = "daemon_heartbeat"
-
-    name: str = Field(primary_key=True, max_length=128)  # the daemon's MQTT client id
-    host: str = Field(max_length=255)
-    pid: int
-    version: str = Field(max_length=64)
-    every_s: float  # how often it beats: a beat older than a few of these is stale
-    started_at: datetime = _when(default_factory=utcnow)
-    beat_at: datetime = _when(default_factory=utcnow)
-    stopped_at: datetime | None = _when(default=None)  # set by a clean shutdown
-    broker_connected: bool = False
-    detail: str = ""  # why it is unhealthy ("" when healthy), as /healthz says it
+    created_at: datetime = when_field(default_factory=utcnow)
+    updated_at: datetime = when_field(default_factory=utcnow)

@@ -41,11 +41,13 @@ from ._plan import (
     spread_order,
 )
 from ._progress import deployment_progress, wait_for_deployment
+from ._reconcile import MAX_RESENDS, Reconciled, reconcile
 from ._start import deploy, start_rollout
 from ._targets import new_deployment_id, parse_label_selector
 from ._views import gate_analysis, list_rollouts, rollout_detail
 
 __all__ = [
+    "MAX_RESENDS",
     "TRANSITIONS",
     "Bake",
     "Decision",
@@ -55,6 +57,7 @@ __all__ = [
     "Gates",
     "Outcome",
     "Publish",
+    "Reconciled",
     "RolloutPlan",
     "Transition",
     "Window",
@@ -86,6 +89,7 @@ __all__ = [
     "parse_window",
     "pause_rollout",
     "promote_rollout",
+    "reconcile",
     "resend_unconfirmed",
     "resume_rollout",
     "roll_back",
