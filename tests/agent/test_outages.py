@@ -205,9 +205,7 @@ def test_events_said_while_the_broker_is_down_arrive_after_it_returns(
         assert not agent.link.connected
 
         broker.start()  # the same port
-        probe = EventMessage(device_id="probe", deployment_id="probe", state=S.IDLE)
-        operator.client.publish(shared.events_topic("probe"), shared.encode(probe), qos=1)
-        observer.wait_for(lambda e: e.kind == "event" and e.device_id == "probe")
+        wait_until(lambda: _probe(operator, observer), 20, "the observer subscribed again")
         gate.open()  # now the agent may come back
 
         final(observer, m.deployment_id)
@@ -218,3 +216,16 @@ def test_events_said_while_the_broker_is_down_arrive_after_it_returns(
         assert status.active.deployment_id == m.deployment_id
     finally:
         gate.close()
+
+
+def _probe(operator: Operator, observer: Observer) -> bool:
+    """Whether an event published now reaches the observer (a probe lost while either
+    was still reconnecting is simply sent again by the caller's bounded loop)."""
+    since = observer.mark()
+    probe = EventMessage(device_id="probe", deployment_id="probe", state=S.IDLE)
+    operator.client.publish(shared.events_topic("probe"), shared.encode(probe), qos=1)
+    try:
+        observer.wait_for(lambda e: e.kind == "event" and e.device_id == "probe", 0.5, since)
+    except TimeoutError:
+        return False
+    return True

@@ -40,6 +40,7 @@ def test_importing_the_cli_loads_no_heavy_library() -> None:
         "from edgefleet.controller import Home, open_home, list_devices, fleet_status",
         "from edgefleet.controller.catalog import parse_model_ref, find_version",
         "from edgefleet.controller import rollout",
+        "import edgefleet.controller as c; c.fleet.add_devices",  # a sub-package, not imported
     ],
 )
 def test_the_library_loads_only_what_is_used(code: str) -> None:

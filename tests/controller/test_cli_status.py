@@ -31,7 +31,7 @@ LONG = "a-very-long-device-name-for-the-north-warehouse-rack-seventeen-b"  # 64,
 JSON_FIELDS = [
     "device", "online", "profile", "model", "state", "p95_ms", "last_seen", "online_state",
     "reported_online", "age_s", "labels", "desired", "deployment_id", "serving",
-    "serving_deployment_id", "agent_version",
+    "serving_deployment_id", "agent_version", "attention",
 ]  # fmt: skip
 
 
@@ -307,7 +307,7 @@ def test_csv_parses_with_one_record_per_device(cli: Cli, running: dict[str, str]
     assert list(records[0]) == [
         "device", "online_state", "online", "reported_online", "age_s", "last_seen", "profile",
         "labels", "serving", "desired", "deployment_id", "serving_deployment_id", "state",
-        "model", "p95_ms", "agent_version",
+        "model", "p95_ms", "agent_version", "attention",
     ]  # fmt: skip
     pi_a = records[1]
     assert (pi_a["online_state"], pi_a["labels"], pi_a["p95_ms"]) == ("online", "site=lab", "1.25")

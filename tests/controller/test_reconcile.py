@@ -126,3 +126,23 @@ def test_resends_are_bounded_then_the_in_progress_timeout_decides(sim: Sim) -> N
     assert resent == MAX_RESENDS
     row = sim.rows(rid)["pi4-1"]
     assert (row.state, row.resends) == ("sent", MAX_RESENDS)
+
+
+def test_status_says_plainly_what_needs_an_operator(sim: Sim) -> None:
+    from edgefleet.controller.fleet import fleet_status
+
+    sim.boards["pi4-1"].on_deploy = "fail"
+    sim.boards["pi5-1"].on_deploy = "silent"
+    deploy_to(sim, "pi4-1", "pi5-1", "pi4-2")
+    sim.step()
+    sim.boards["pi5-1"].online = False  # gone for good: its will said so
+    sim.status("pi5-1")
+    sim.step(timedelta(minutes=16))  # past the in-progress timeout: pi5-1 is lost
+    sim.step(timedelta(minutes=50))
+    needs = {s.device: s.attention for s in fleet_status(sim.home, now=sim.now)}
+    assert needs["pi4-1"] is not None and needs["pi4-1"].startswith(
+        "failed (smoke_test_failed: output differs from the reference)"
+    )
+    assert needs["pi5-1"] is not None and needs["pi5-1"].startswith("lost: silent after its order")
+    assert "nothing heard for 66 min" in needs["pi5-1"]
+    assert needs["pi4-2"] is None and needs["pi4-3"] is None  # fine, or never asked

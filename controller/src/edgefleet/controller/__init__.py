@@ -26,8 +26,12 @@ if typing.TYPE_CHECKING:  # the names as type checkers see them; at run time, __
         parse_model_ref,
     )
     from .fleet import (
+        BulkEnrolment,
         EnrolledDevice,
+        NewDevice,
         add_device,
+        add_devices,
+        enrol_from_csv,
         fleet_status,
         follow_events,
         get_device,
@@ -94,8 +98,12 @@ _SOURCES: dict[str, tuple[str, ...]] = {
         "parse_model_ref",
     ),
     "fleet": (
+        "BulkEnrolment",
         "EnrolledDevice",
+        "NewDevice",
         "add_device",
+        "add_devices",
+        "enrol_from_csv",
         "fleet_status",
         "follow_events",
         "get_device",
@@ -155,12 +163,15 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     ),
 }
 _WHERE = {name: package for package, names in _SOURCES.items() for name in names}
+_PACKAGES = {*_SOURCES, "cli", "compress", "daemon", "mqtt"}
 
 
 # hidden from type checkers, which would otherwise accept any name as this __getattr__'s
 if not typing.TYPE_CHECKING:
 
     def __getattr__(name: str) -> object:
+        if name in _PACKAGES:  # `edgefleet.controller.fleet` without importing it first
+            return importlib.import_module(f".{name}", __name__)
         package = _WHERE.get(name)
         if package is None:
             raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -177,6 +188,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Artifact",
     "ArtifactStore",
+    "BulkEnrolment",
     "CompressionResult",
     "Deployment",
     "DeploymentPublic",
@@ -194,6 +206,7 @@ __all__ = [
     "Model",
     "ModelVersion",
     "ModelVersionPublic",
+    "NewDevice",
     "Profile",
     "Settings",
     "StoredArtifact",
@@ -201,6 +214,7 @@ __all__ = [
     "Variant",
     "VariantPublic",
     "add_device",
+    "add_devices",
     "add_model",
     "available_profiles",
     "compress_model_version",
@@ -208,6 +222,7 @@ __all__ = [
     "current_version",
     "deploy",
     "deployment_progress",
+    "enrol_from_csv",
     "finish_rotation",
     "fleet_status",
     "follow_events",

@@ -148,6 +148,16 @@ class StatusMessage(_Message):
     active: ServingModel | None = None
     previous: ServingModel | None = None
     last_sequence: Count = 0
+    # why ``deployment_id`` failed, when it did: the event that said so may have been lost
+    error_code: Name | None = None
+    error: str = ""
+
+    @field_validator("error", mode="before")
+    @classmethod
+    def _cut(cls, value: object) -> object:
+        if isinstance(value, str) and len(value) > MAX_TEXT:
+            return value[: MAX_TEXT - 1] + "…"
+        return value
 
 
 class EventMessage(_Message):

@@ -83,7 +83,10 @@ def device_add(
     ] = None,
     skip_existing: Annotated[
         bool,
-        typer.Option(help="With --from: leave devices already enrolled alone, enrol the rest."),
+        typer.Option(
+            "--skip-existing",
+            help="With --from: leave devices already enrolled alone, enrol the rest.",
+        ),
     ] = False,
     as_json: JsonFlag = False,
 ) -> None:

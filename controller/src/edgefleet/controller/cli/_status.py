@@ -60,7 +60,7 @@ _STATUS_WIDE = (
 _STATUS_CSV = (
     "device", "online_state", "online", "reported_online", "age_s", "last_seen", "profile",
     "labels", "serving", "desired", "deployment_id", "serving_deployment_id", "state", "model",
-    "p95_ms", "agent_version",
+    "p95_ms", "agent_version", "attention",
 )  # fmt: skip
 _EVENTS = (
     Column("age", right=True),
@@ -172,6 +172,18 @@ def status(
             print_csv(_STATUS_CSV, (_status_record(r) for r in rows))
         else:
             print_lines(_status_table(rows, wide=wide))
+            for line in _attention_lines(rows, wide=wide):
+                typer.echo(line, err=True)
+
+
+def _attention_lines(rows: Sequence[DeviceStatus], *, wide: bool) -> list[str]:
+    """The devices a fault left for an operator, one a line: on stderr beside the table, so
+    stdout stays one device a line (cut to the width unless --wide; --json has it whole)."""
+    width = None if wide else output_width()
+    lines = [f"attention: {r.device}: {r.attention}" for r in rows if r.attention]
+    if width is not None:
+        lines = [line if len(line) <= width else line[: width - 1] + "…" for line in lines]
+    return lines
 
 
 def _daemon_warning(home: Home, now: datetime) -> str | None:
@@ -244,7 +256,7 @@ def _watch(
                 online = sum(r.online for r in rows)
                 head = f"{zoned(datetime.now(UTC))}  {len(rows)} device(s), {online} online"
                 frame = [head, *([f"warning: {warning}"] if warning else []), ""]
-                frame += _status_table(rows, wide=wide)
+                frame += _status_table(rows, wide=wide) + _attention_lines(rows, wide=wide)
                 typer.echo(("\x1b[H\x1b[2J" if redraw else "") + "\n".join(frame))
                 if not redraw:
                     typer.echo("")

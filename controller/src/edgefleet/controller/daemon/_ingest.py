@@ -164,10 +164,10 @@ def _reconcile_row(session: Session, device: Device, msg: StatusMessage, now: da
         return  # settled by the device's events, which say more
     if target not in FINISHED_STATES and row.state == DeploymentState.IN_PROGRESS.value:
         return
+    why = None
     if target is DeploymentState.FAILED:
-        why = ("failed", "the device's status says it failed; its events were lost")
-    else:
-        why = None
+        lost = "the device's status says it failed; its events were lost"
+        why = (msg.error_code or "failed", f"{msg.error} ({lost})" if msg.error else lost)
     log.info(
         "%s on %s: %s -> %s from the device's status", row.deployment_id, device.name,
         row.state, target.value,

@@ -79,6 +79,7 @@ def fleet_status(
     for (
         name, device_profile, device_labels, reported, last_seen, agent, serving, serving_id,
         p95_ms, _, _, _, latest_state, desired_id, desired_variant, desired_state, committed,
+        error_code, error_message,
     ) in found:  # the columns of _status_query, unpacked: at 10,000 devices it shows  # fmt: skip
         if labels and not _labelled(device_labels or {}, labels):
             continue
@@ -103,6 +104,7 @@ def fleet_status(
             serving_deployment_id=serving_id,
             agent_version=agent,
         )
+        status.attention = _attention(status, error_code, error_message)
         if _wanted(status, state, model):
             out.append(status)
     return out
@@ -158,6 +160,8 @@ def _status_query(now: datetime, profile: str | None) -> sa.Select[Any]:
             live.c.variant_id.label("desired_variant"),
             live.c.state.label("desired_state"),
             done.c.variant_id.label("committed_variant"),
+            live.c.error_code.label("error_code"),
+            live.c.error_message.label("error_message"),
         )
         .select_from(each)
         .outerjoin(latest, latest.c.id == each.c.latest)
@@ -165,6 +169,44 @@ def _status_query(now: datetime, profile: str | None) -> sa.Select[Any]:
         .outerjoin(done, done.c.id == each.c.done)
         .order_by(each.c.name)
     )
+
+
+# Offline this long with an order still on its way: someone should look at the device.
+GONE_AFTER = timedelta(hours=1)
+_UNFINISHED = (
+    DeploymentState.PENDING.value,
+    DeploymentState.SENT.value,
+    DeploymentState.IN_PROGRESS.value,
+)
+
+
+def _attention(s: DeviceStatus, error_code: str | None, error: str | None) -> str | None:
+    """What only an operator can fix about this device, plainly; None when nothing is.
+
+    Everything else repairs itself: orders the broker lost are sent again, events it lost
+    are read from the device's status, downloads retry until the manifest expires."""
+    if s.state == DeploymentState.FAILED.value and s.serving_deployment_id != s.deployment_id:
+        if error_code == "device_lost":
+            heard = f"nothing heard for {_age(s.age_s)}" if s.age_s is not None else "never heard"
+            return (
+                f"lost: silent after its order ({heard}); it installs the order if it comes"
+                " back: check the device and its link, or remove it"
+            )
+        why = f"{error_code}: {error}" if error else error_code or "failed"
+        return f"failed ({why[:120]}); fix the cause and deploy again"
+    gone = s.age_s is not None and s.age_s > GONE_AFTER.total_seconds()
+    if s.online_state != "online" and gone and s.state in _UNFINISHED:
+        return f"{s.online_state} for {_age(s.age_s)} with an order waiting: check the device"
+    return None
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "ever"
+    minutes = seconds / 60
+    if minutes < 120:
+        return f"{minutes:.0f} min"
+    return f"{minutes / 60:.0f} h" if minutes < 48 * 60 else f"{minutes / 1440:.0f} days"
 
 
 def _online_state(

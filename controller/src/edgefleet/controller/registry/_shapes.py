@@ -151,6 +151,8 @@ class DeviceStatus(SQLModel):
     serving: str | None = None  # name:version/variant, as the device's status says
     serving_deployment_id: str | None = None
     agent_version: str = ""
+    # since reconciliation: a fault edgefleet cannot repair alone, in a sentence; None: none
+    attention: str | None = None
 
 
 class EventPublic(SQLModel):
