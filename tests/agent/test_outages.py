@@ -112,7 +112,7 @@ def test_an_outage_longer_than_five_attempts_is_waited_out_and_the_download_resu
 
 GIVE_UP = [
     # reason, manifest lifetime (s), agent settings
-    ("expired", 2.0, {}),
+    ("expired", 3.0, {}),
     ("deadline", 3600.0, {"download_deadline_s": 1.0}),
 ]
 

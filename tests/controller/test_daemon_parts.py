@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -133,8 +133,9 @@ def _stored_payloads(home: Home) -> dict[str, bytes | None]:
 def test_a_command_lost_after_its_row_was_marked_sent_is_resent_byte_for_byte(
     home: Home, fleet: dict[str, str]
 ) -> None:
-    """The daemon dies (here: the publish raises) after committing ``sent``, before the broker
-    has the command: the row keeps the exact bytes, and resending publishes them again."""
+    """The daemon dies (here: the publish raises) after committing ``sent`` for its batch,
+    before the broker has the commands: the rows keep the exact bytes, and resending
+    publishes them again."""
     _hello(home, "pi-1", "box-1")
     record_deployment(home, "digits:1.0.0", devices=["pi-1", "box-1"])
     attempted: list[tuple[str, bytes]] = []
@@ -143,31 +144,48 @@ def test_a_command_lost_after_its_row_was_marked_sent_is_resent_byte_for_byte(
         attempted.append((topic, payload))
         raise BrokerError("the broker never took it")
 
-    with pytest.raises(BrokerError):
+    with pytest.raises(BrokerError, match="acknowledged 0 of 2 orders"):
         dispatch_pending(home, crash)
-    assert _rows(home) == [("box-1", "sent", 1), ("pi-1", "pending", None)]
+    # the batch was prepared together; publishing stopped at the first failure
+    assert _rows(home) == [("box-1", "sent", 1), ("pi-1", "sent", 1)]
     ((topic, lost),) = attempted
-    assert topic == shared.command_topic("box-1")
-    assert _stored_payloads(home) == {"box-1": lost, "pi-1": None}
+    stored = _stored_payloads(home)
+    assert stored[shared.parse_topic(topic)[0]] == lost and None not in stored.values()
 
     published: list[tuple[str, bytes]] = []
-    (again,) = resend_unconfirmed(home, lambda t, p: published.append((t, p)))
-    assert (again.device, again.sequence, again.topic) == ("box-1", 1, topic)
-    assert published == [(topic, lost)]
-    assert _rows(home) == [("box-1", "sent", 1), ("pi-1", "pending", None)]  # nothing moved
-    # the broker has it now: its session keeps it for the device, so no second copy
-    assert _stored_payloads(home)["box-1"] is None
+    again = resend_unconfirmed(home, lambda t, p: published.append((t, p)))
+    assert sorted((d.device, d.sequence) for d in again) == [("box-1", 1), ("pi-1", 1)]
+    assert (topic, lost) in published and len(published) == 2
+    assert _rows(home) == [("box-1", "sent", 1), ("pi-1", "sent", 1)]  # nothing moved
+    # the broker has them now: its session keeps them for the devices, so no second copy
+    assert set(_stored_payloads(home).values()) == {None}
     assert resend_unconfirmed(home, lambda t, p: published.append((t, p))) == []
 
     # the device is signed for and gets exactly what the first attempt would have sent
     keyring = shared.trusted_keyring([home.signing_key().public_key()])
     manifest = shared.parse_signed_document(shared.verify(shared.decode(lost).signed, keyring))
-    assert (manifest.device_id, manifest.sequence) == ("box-1", 1)
+    assert (manifest.device_id, manifest.sequence) == (shared.parse_topic(topic)[0], 1)
+    assert dispatch_pending(home, lambda t, p: published.append((t, p))) == []  # all sent
 
-    # the regular dispatch carries on with the next row
-    (pi,) = dispatch_pending(home, lambda t, p: published.append((t, p)))
-    assert (pi.device, pi.sequence) == ("pi-1", 1)
-    assert _stored_payloads(home)["pi-1"] is None  # acknowledged, so not kept
+
+def test_a_batch_the_broker_acknowledges_in_part_keeps_the_rest_for_resending(
+    home: Home, fleet: dict[str, str]
+) -> None:
+    _hello(home, "pi-1", "box-1")
+    record_deployment(home, "digits:1.0.0", devices=["pi-1", "box-1"])
+    seen: list[str] = []
+
+    def half(messages: Sequence[tuple[str, bytes]]) -> list[bool]:
+        seen.extend(shared.parse_topic(t)[0] for t, _ in messages)
+        return [True, False]
+
+    with pytest.raises(BrokerError, match="acknowledged 1 of 2 orders"):
+        dispatch_pending(home, lambda t, p: None, publish_many=half)
+    assert len(seen) == 2  # both published back to back
+    stored = _stored_payloads(home)
+    assert stored[seen[0]] is None and stored[seen[1]] is not None
+    (again,) = resend_unconfirmed(home, lambda t, p: None)
+    assert again.device == seen[1]
 
 
 def test_rows_a_device_confirmed_and_expired_ones_are_not_resent(
@@ -179,9 +197,8 @@ def test_rows_a_device_confirmed_and_expired_ones_are_not_resent(
     def lost(topic: str, payload: bytes) -> None:
         raise BrokerError("never acknowledged")
 
-    for _ in range(2):  # each call marks one row sent, then its publish fails
-        with pytest.raises(BrokerError):
-            dispatch_pending(home, lost)
+    with pytest.raises(BrokerError):  # the batch is marked sent, then its publish fails
+        dispatch_pending(home, lost)
     assert _rows(home) == [("box-1", "sent", 1), ("pi-1", "sent", 1)]
     (pi_dep,) = [d for d in _deployment_ids(home) if d[0] == "pi-1"]
     started = shared.EventMessage(device_id="pi-1", deployment_id=pi_dep[1], state="downloading")

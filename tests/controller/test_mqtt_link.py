@@ -114,6 +114,25 @@ def test_publishing_without_a_broker_fails_with_a_broker_error(
         sender.publish(TOPIC, b"into the void", timeout_s=0.5)
 
 
+def test_a_batch_is_published_back_to_back_in_order_and_acknowledged(
+    broker: Broker, links: list[MqttLink]
+) -> None:
+    inbox: queue.Queue[Received] = queue.Queue()
+    _link(broker, links, Session(_client_id()), inbox)
+    sender = _link(broker, links, Session(_client_id()))
+    payloads = [f"order {i}".encode() for i in range(300)]
+    assert sender.publish_many([(TOPIC, p) for p in payloads]) == [True] * 300
+    assert [inbox.get(timeout=10).payload for _ in payloads] == payloads  # in order
+
+
+def test_a_batch_without_a_broker_reports_nothing_acknowledged(
+    broker: Broker, links: list[MqttLink]
+) -> None:
+    sender = _link(broker, links, Session(_client_id()))
+    broker.stop(kill=True)
+    assert sender.publish_many([(TOPIC, b"a"), (TOPIC, b"b")], timeout_s=0.5) == [False] * 2
+
+
 def test_an_unreachable_broker_is_named_in_the_error(links: list[MqttLink]) -> None:
     from edgefleet.harness import free_port
 

@@ -36,7 +36,13 @@ from ..home import Home, Settings
 from ..keys import resend_trust_updates, send_trust_updates
 from ..mqtt import MqttLink, Received, Session
 from ..registry import DaemonHeartbeat, current_version, utcnow
-from ..rollout import advance_rollouts, dispatch_pending, reconcile, resend_unconfirmed
+from ..rollout import (
+    DISPATCH_BATCH,
+    advance_rollouts,
+    dispatch_pending,
+    reconcile,
+    resend_unconfirmed,
+)
 from ._access import registry_token_check
 from ._health import REGISTRY_CHECK, Health
 from ._http import ArtifactServer
@@ -53,6 +59,8 @@ _INGESTED = (Channel.STATUS, Channel.EVENTS, Channel.TELEMETRY)
 HEARTBEAT_S = 5.0
 REGISTRY_CHECK_S = 5.0
 RECONCILE_S = 5.0
+# One dispatch job keeps sending batches for at most this long, then lets the others run.
+DISPATCH_FOR_S = 2.0
 # How long the daemon waits for the broker's first answer before it serves HTTP, so the
 # first /healthz tells how that attempt went; a broker that is down answers at once.
 FIRST_ANSWER_WAIT_S = 5.0
@@ -274,12 +282,23 @@ class Daemon:
             self.metrics.inc("edgefleet_rollout_transitions_total", 1, state=transition.after)
 
     def _dispatch(self) -> None:
-        # pending rows wait until the unconfirmed ones went out: lower sequences first
-        if not self.link.connected or self._resend_due.is_set():
-            return
-        sent = dispatch_pending(self.home, self._publish)
-        if sent:
-            self.metrics.inc("edgefleet_deployments_dispatched_total", len(sent))
+        """Batches of pending orders until none is left (or DISPATCH_FOR_S has passed)."""
+        started = time.monotonic()
+        while time.monotonic() - started < DISPATCH_FOR_S:
+            # pending rows wait until the unconfirmed ones went out: lower sequences first
+            if not self.link.connected or self._resend_due.is_set():
+                return
+            try:
+                sent = dispatch_pending(
+                    self.home, self._publish, publish_many=self.link.publish_many
+                )
+            except BrokerError:
+                self._resend_due.set()  # the rows keep their bytes until acknowledged
+                raise
+            if sent:
+                self.metrics.inc("edgefleet_deployments_dispatched_total", len(sent))
+            if len(sent) < DISPATCH_BATCH:
+                return
 
     def _reconcile(self) -> None:
         """Ask devices about orders with no news; send again what never reached them."""

@@ -37,6 +37,7 @@ KEEPALIVE_S = 30
 PUBLISH_TIMEOUT_S = 10.0
 # paho's own queue while disconnected: dispatch can go on publishing through a short outage
 MAX_QUEUED = 10_000
+MAX_INFLIGHT = 1_000
 # paho's wait between attempts doubles from the first to the second figure
 RECONNECT_DELAY_S = (1, 10)
 # a failure repeating the previous one is logged at warning level at most this often
@@ -116,6 +117,9 @@ class MqttLink:
             manual_ack=session.manual_ack,
         )
         self._client.max_queued_messages_set(MAX_QUEUED)
+        # as many unacknowledged publishes as the broker's receive maximum allows (MQTT 5
+        # negotiates it down): dispatch publishes a batch back to back
+        self._client.max_inflight_messages_set(MAX_INFLIGHT)
         self._client.reconnect_delay_set(*RECONNECT_DELAY_S)
         self._client.on_connect = self._guarded(self._handle_connect)
         self._client.on_connect_fail = self._guarded(self._handle_connect_fail)
@@ -209,6 +213,21 @@ class MqttLink:
             raise BrokerError(f"publish to {topic} failed: {exc}") from exc
         if not info.is_published():
             raise BrokerError(f"the broker did not acknowledge {topic} in {timeout_s:g} s")
+
+    def publish_many(
+        self, messages: Sequence[tuple[str, bytes]], *, timeout_s: float = PUBLISH_TIMEOUT_S
+    ) -> list[bool]:
+        """Publish every (topic, payload) at QoS 1 back to back, many in flight at once, then
+        wait (``timeout_s`` in all) for the broker's acknowledgements; whether each was
+        acknowledged, in order. Never raises: what was not acknowledged may or may not have
+        reached the broker, and the caller keeps it to send again."""
+        infos: list[mqtt.MQTTMessageInfo | None] = []
+        for topic, payload in messages:
+            info = self._client.publish(topic, payload, qos=1)
+            ok = info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN)
+            infos.append(info if ok else None)
+        deadline = time.monotonic() + timeout_s
+        return [_acknowledged(info, deadline) for info in infos]
 
     def ack(self, received: Received) -> None:
         """Acknowledge a QoS 1 message (with ``manual_ack``) once it is safely stored."""
@@ -307,3 +326,14 @@ class MqttLink:
     def _handle_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         if self._on_message_handler is not None:
             self._on_message_handler(Received(msg.topic, bytes(msg.payload), msg.mid, msg.qos))
+
+
+def _acknowledged(info: mqtt.MQTTMessageInfo | None, deadline: float) -> bool:
+    """Whether the broker acknowledged ``info`` by ``deadline`` (time.monotonic())."""
+    if info is None:
+        return False
+    try:
+        info.wait_for_publish(timeout=max(0.0, deadline - time.monotonic()))
+    except (RuntimeError, ValueError):  # paho: dropped from its queue / not queued
+        return False
+    return info.is_published()

@@ -5,7 +5,15 @@ sending them (dispatch, and the resend of what the broker never acknowledged); f
 deployment until every device is done; what an operator does to a rollout."""
 
 from ._advance import Transition, advance_rollouts
-from ._dispatch import Dispatched, Publish, dispatch_pending, resend_unconfirmed
+from ._dispatch import BATCH as DISPATCH_BATCH
+from ._dispatch import (
+    Dispatched,
+    Publish,
+    PublishMany,
+    dispatch_pending,
+    one_by_one,
+    resend_unconfirmed,
+)
 from ._engine import TRANSITIONS, Outcome, next_state
 from ._gates import (
     Decision,
@@ -47,6 +55,7 @@ from ._targets import new_deployment_id, parse_label_selector
 from ._views import gate_analysis, list_rollouts, rollout_detail
 
 __all__ = [
+    "DISPATCH_BATCH",
     "MAX_RESENDS",
     "TRANSITIONS",
     "Bake",
@@ -57,6 +66,7 @@ __all__ = [
     "Gates",
     "Outcome",
     "Publish",
+    "PublishMany",
     "Reconciled",
     "RolloutPlan",
     "Transition",
@@ -79,6 +89,7 @@ __all__ = [
     "list_rollouts",
     "new_deployment_id",
     "next_state",
+    "one_by_one",
     "operator_name",
     "overall",
     "parse_bake",
