@@ -41,7 +41,7 @@ from edgefleet.controller.rollout._gates import (
     overall,
 )
 from edgefleet.controller.rollout._plan import Bake, Gates
-from edgefleet.shared import BUCKET_BOUNDS_MS, N_BUCKETS
+from edgefleet.shared import BUCKET_BOUNDS_MS
 
 LOG_BOUNDS = np.log(np.array(BUCKET_BOUNDS_MS))
 ERF = np.vectorize(math.erf)

@@ -27,7 +27,7 @@ from edgefleet.controller import deploy as record_deployment
 from edgefleet.controller.catalog import add_model
 from edgefleet.controller.daemon import ArtifactServer, Metrics, ingest_many, registry_token_check
 from edgefleet.controller.fleet import add_device
-from edgefleet.controller.registry import DeviceCreate
+from edgefleet.controller.registry import DeviceCreate, as_utc
 from edgefleet.controller.rollout import dispatch_pending, resend_unconfirmed
 from edgefleet.shared import (
     N_BUCKETS,
@@ -485,3 +485,35 @@ def test_a_refusal_named_only_by_its_digest_fails_the_row_it_concerns(
             ).all()
         }
     assert rows == {"pi-1": ("failed", "unknown_key"), "box-1": ("sent", None)}
+
+
+def test_ingest_keeps_each_devices_newest_p95_on_its_row(home: Home, fleet: dict[str, str]) -> None:
+    def interval(at: datetime, *p95s: float) -> TelemetryMessage:
+        models = [
+            ModelStats(
+                model=ModelRef(name="digits", version=str(i)),
+                deployment_id=f"dep-{i}",
+                requests=10,
+                latency_counts=[0] * N_BUCKETS,
+                p95_ms=p95,
+            )
+            for i, p95 in enumerate(p95s)
+        ]
+        return TelemetryMessage(device_id="pi-1", interval_s=10, models=models, sent_at=at)
+
+    def newest() -> tuple[float | None, datetime | None]:
+        with home.session() as s:
+            device = s.exec(select(Device).where(Device.name == "pi-1")).one()
+            return device.p95_ms, device.p95_at
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    with home.session(write=True) as s:  # the newest interval wins, whatever the order
+        ingest_many(s, [("pi-1", interval(now, 4.0, 2.5)), ("pi-1", interval(now - STEP, 9.0))])
+    assert newest()[0] == 2.5  # during a swap: the model listed last, the new one
+    assert as_utc(newest()[1]) == now
+    with home.session(write=True) as s:  # late and redelivered intervals change nothing
+        ingest_many(s, [("pi-1", interval(now - STEP * 2, 7.0)), ("pi-1", interval(now, 1.0))])
+    assert newest()[0] == 2.5
+
+
+STEP = timedelta(seconds=10)

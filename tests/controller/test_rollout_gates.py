@@ -5,7 +5,6 @@ little data waits. (bench/rollout_gates.py measures the same rates over more see
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -25,8 +24,8 @@ from edgefleet.controller.rollout._gates import (
     latency_gate,
     overall,
 )
-from edgefleet.controller.rollout._stats import stratified_rank_test, wilson_interval
 from edgefleet.controller.rollout._plan import Bake, Gates
+from edgefleet.controller.rollout._stats import stratified_rank_test, wilson_interval
 from edgefleet.shared import BUCKET_BOUNDS_MS, N_BUCKETS, LatencyHistogram
 
 GATES = Gates()
@@ -409,7 +408,9 @@ def synthetic_wave(
         mu, sigma = rng.uniform(math.log(2), math.log(20)), rng.uniform(0.15, 0.45)
         n_base, n_new = (int(x) for x in np.exp(rng.uniform(*np.log(requests), size=2)))
 
-        def window(n: int, scale: float) -> tuple[tuple[int, ...], ...]:
+        def window(
+            n: int, scale: float, mu: float = mu, sigma: float = sigma
+        ) -> tuple[tuple[int, ...], ...]:
             sizes = [n // intervals + (j < n % intervals) for j in range(intervals)]
             return tuple(bucketed(rng.lognormal(mu + math.log(scale), sigma, k)) for k in sizes)
 

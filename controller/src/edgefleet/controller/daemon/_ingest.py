@@ -83,6 +83,7 @@ def ingest_many(
                 continue  # a QoS 1 redelivery of an interval already stored
             seen.add(key)
             telemetry += _telemetry_rows(device, message)
+            _newest_p95(device, message)
         session.add(device)
     if telemetry:
         session.execute(insert(Telemetry), telemetry)
@@ -307,6 +308,19 @@ def _trust_answer(session: Session, device: Device, msg: EventMessage, now: date
     row.error_message = None if msg.ok else msg.message
     row.updated_at = now
     session.add(row)
+
+
+def _newest_p95(device: Device, msg: TelemetryMessage) -> None:
+    """Keep the device's newest p95 on its row, so `status` reads no telemetry: the last
+    model of the message that served requests (during a swap, the new one comes last)."""
+    at = _utc(msg.sent_at)
+    known = device.p95_at
+    if known is not None and _utc(known) >= at:
+        return  # an older interval, redelivered or late
+    for stats in reversed(msg.models):
+        if stats.p95_ms is not None:
+            device.p95_ms, device.p95_at = stats.p95_ms, at
+            return
 
 
 def _telemetry_rows(device: Device, msg: TelemetryMessage) -> list[dict[str, Any]]:

@@ -55,6 +55,9 @@ log = logging.getLogger("edgefleet.controller.daemon")
 
 CLIENT_ID = "edgefleet-controller"
 _BATCH = 500
+# Messages received and not yet written, at most; and how long a batch waits to fill up.
+INGEST_QUEUE = 20_000
+INGEST_LINGER_S = 0.05
 _INGESTED = (Channel.STATUS, Channel.EVENTS, Channel.TELEMETRY)
 HEARTBEAT_S = 5.0
 REGISTRY_CHECK_S = 5.0
@@ -137,7 +140,10 @@ class Daemon:
         self.client_id = client_id
         self.heartbeat_s = heartbeat_s
         self.started_at = utcnow()
-        self._received: queue.Queue[Received | None] = queue.Queue()
+        # bounded: when ingest falls behind, paho's network thread waits to hand over the
+        # next message, so the broker holds the backlog (our persistent session) rather than
+        # the daemon's memory
+        self._received: queue.Queue[Received | None] = queue.Queue(maxsize=INGEST_QUEUE)
         self._resend_due = threading.Event()  # set on every connect and unconfirmed publish
         self._writer: threading.Thread | None = None
         self._serving = False  # the HTTP server's thread runs
@@ -212,7 +218,10 @@ class Daemon:
         log.info("stopping")
         # Write and acknowledge what has arrived; anything after the marker stays unacknowledged
         # and the broker delivers it again next time (persistent session).
-        self._received.put(None)
+        try:
+            self._received.put(None, timeout=30)
+        except queue.Full:
+            log.warning("ingest is not keeping up; stopping without writing its backlog")
         if self._writer:
             self._writer.join(timeout=30)
         self.link.close()
@@ -320,6 +329,9 @@ class Daemon:
     # -- ingest ----------------------------------------------------------------------
 
     def _write_loop(self) -> None:
+        """Batches from the queue into the registry: each batch waits up to INGEST_LINGER_S
+        after its first message for more (at most _BATCH), so a steady trickle is written
+        in a few transactions a second rather than one per message."""
         done = False
         while not done:
             first = self._received.get()
@@ -328,9 +340,10 @@ class Daemon:
                 done = True
             else:
                 batch.append(first)
-            while len(batch) < _BATCH:
+            deadline = time.monotonic() + INGEST_LINGER_S
+            while not done and len(batch) < _BATCH:
                 try:
-                    item = self._received.get_nowait()
+                    item = self._received.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
                 if item is None:

@@ -361,6 +361,8 @@ def schema_v9(conn: sa.Connection) -> None:
         sa.Column("status_state", sa.String(32), nullable=True),
         sa.Column("status_sequence", sa.Integer, nullable=False, server_default="0"),
         column_when("status_received_at", nullable=True),
+        sa.Column("p95_ms", sa.Float, nullable=True),
+        column_when("p95_at", nullable=True),
     ):
         add_column(conn, "device", column)
     for column in (
@@ -381,5 +383,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         7, "rollouts, their waves and gate evaluations; rollback rows; serving models", schema_v7
     ),
     Migration(8, "the daemon's heartbeat, so commands can tell whether it is alive", schema_v8),
-    Migration(9, "what each device's status says it works on, for reconciliation", schema_v9),
+    Migration(
+        9, "what each device's status says it works on (reconciliation); its newest p95", schema_v9
+    ),
 )

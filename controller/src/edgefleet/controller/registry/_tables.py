@@ -130,6 +130,9 @@ class Device(SQLModel, table=True):
     status_state: str | None = Field(default=None, max_length=32)
     status_sequence: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     status_received_at: datetime | None = when_field(default=None)
+    # since schema 9: the newest p95 its telemetry reported, and that interval's end
+    p95_ms: float | None = None
+    p95_at: datetime | None = when_field(default=None)
 
 
 class Model(SQLModel, table=True):
