@@ -3,6 +3,7 @@ real ONNX models and a real state folder."""
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgefleet import shared
 from edgefleet.agent import Agent, AgentConfig, Inbound, Outbound
+from edgefleet.agent._retry import DownloadRetry
 from edgefleet.harness import DIGITS_IO, smoke_sample
 from edgefleet.shared import (
     ArtifactRef,
@@ -83,15 +85,28 @@ class Artifacts:
     bodies: dict[str, bytes] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
     down: bool = False  # every request fails to connect
+    unreachable: set[str] = field(default_factory=set)  # paths whose requests fail so
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request.url.path)
-        if self.down:
+        if self.down or request.url.path.lstrip("/") in self.unreachable:
             raise httpx.ConnectError("connection refused", request=request)
         body = self.bodies.get(request.url.path.lstrip("/"))
         if body is None:
             return httpx.Response(404)
         return httpx.Response(200, content=body)
+
+
+class TopOfWindow(random.Random):
+    """Full jitter that always draws the top of the window, so a test knows each wait."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def fixed_waits(seconds: float) -> DownloadRetry:
+    """A retry policy whose every backoff lasts ``seconds``."""
+    return DownloadRetry(first_s=seconds, max_s=seconds, rng=TopOfWindow())
 
 
 class Fleet:
@@ -119,13 +134,14 @@ class Fleet:
         )
         self._agents: list[Agent] = []
 
-    def agent(self) -> Agent:
-        """A new agent on the same state folder (a restart), with fresh I/O objects."""
+    def agent(self, **seams: Any) -> Agent:
+        """A new agent on the same state folder (a restart), with fresh I/O objects;
+        ``seams`` go to :class:`Agent` as they are (``retry=``)."""
         http = httpx.Client(
             base_url=BASE_URL, transport=httpx.MockTransport(self.artifacts.handler)
         )
         self.link = FakeLink()
-        agent = Agent(self.config, http=http, link=self.link)
+        agent = Agent(self.config, http=http, link=self.link, **seams)
         self._agents.append(agent)
         return agent
 

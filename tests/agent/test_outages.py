@@ -5,65 +5,22 @@ connections while closed. Backoffs are short by config; counts, not clocks, are 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from edgefleet import shared
-from edgefleet.agent import Agent, AgentConfig
 from edgefleet.harness import ArtifactServer, Broker, Observer, Operator, wait_until
 from edgefleet.shared import ArtifactRef, DeviceState, EventMessage
 from edgefleet.shared.errors import ArtifactError, DownloadError
 
+from .conftest import OUTAGE_DEVICE as DEVICE
 from .gate import Gate
 from .inprocess import inbound
 
 S = DeviceState
-DEVICE = "pi-outage"
 DEPLOYED = [S.DOWNLOADING, S.VERIFYING, S.LOADING, S.TESTING, S.SWITCHING, S.COMMITTED]
-
-
-@pytest.fixture
-def gate(artifact_server: ArtifactServer) -> Iterator[Gate]:
-    g = Gate(artifact_server.port)  # closed: the server is down until a test opens it
-    yield g
-    g.close()
-
-
-@pytest.fixture
-def start_agent(
-    tmp_path: Path, broker: Broker, operator: Operator, observer: Observer
-) -> Iterator[Callable[..., Agent]]:
-    agents: list[Agent] = []
-
-    def start(artifact_base_url: str, **settings: Any) -> Agent:
-        values: dict[str, Any] = {
-            "device_id": DEVICE,
-            "broker_url": broker.url,
-            "artifact_base_url": artifact_base_url,
-            "trusted_keys": (operator.public_text,),
-            "state_dir": tmp_path / "agent",
-            "inference_port": 0,
-            "telemetry_interval_s": 60.0,
-            "reconnect_min_s": 0.1,
-            "reconnect_max_s": 0.5,
-            "download_timeout_s": 5.0,
-            "download_retry_s": 0.05,
-            "download_retry_max_s": 0.2,
-        }
-        config = AgentConfig(**{**values, **settings})
-        agent = Agent.from_config(config, env={})
-        agent.start()
-        agents.append(agent)
-        # the retained birth reaches the observer once both are in: nothing said is missed
-        observer.wait_for(lambda m: m.kind == "status" and m.device_id == DEVICE and m.online)
-        return agent
-
-    yield start
-    for agent in agents:
-        agent.stop()
 
 
 def events(observer: Observer, deployment_id: str) -> list[Any]:

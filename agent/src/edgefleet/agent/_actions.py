@@ -22,9 +22,11 @@ from edgefleet.shared.errors import (
     NothingToRollBack,
     RollbackMismatch,
     SmokeTestFailed,
+    Superseded,
 )
 
 from ._fetch import ArtifactFetcher
+from ._inbox import Wake, Woken
 from ._lifecycle import Action, DeploymentRecord, Interrupted, Outcome, State
 from ._retry import DownloadRetry, GiveUp
 from ._runtime import LoadedModel, benchmark, check_signature, load_model, smoke_test
@@ -46,28 +48,54 @@ def load_stored(store: StateStore, sha256: str, record: ServingRecord | Manifest
     )
 
 
-def check_rollback(order: RollbackOrder, active: ServingRecord | None) -> None:
-    """Raise :class:`RollbackMismatch` unless the device serves the deployment ``order`` undoes.
+def check_rollback(order: RollbackOrder, state: AgentState) -> bool:
+    """Whether ``order`` swaps the model back; :class:`RollbackMismatch` if it does not apply.
 
-    A device serving nothing refuses every rollback this way too: there is no deployment
-    to undo. One that serves the right deployment but kept no model before it accepts the
-    order, which then fails as ``nothing_to_roll_back``.
+    It applies to the deployment the device serves (True: back to the model before it), and
+    to one the device never served because this very order superseded it while its download
+    waited to be retried (False: the model serving now is the one from before it, and stays).
+    Anything else is refused: a device serving nothing refuses every rollback this way too.
+    One serving the right deployment but no model before it accepts the order, which then
+    fails as ``nothing_to_roll_back``.
     """
-    if active is None or active.deployment_id != order.undoes:
-        serving = repr(active.deployment_id) if active is not None else "nothing"
-        raise RollbackMismatch(
-            f"rollback {order.deployment_id} undoes deployment {order.undoes!r}, "
-            f"but this device serves {serving}"
-        )
+    active = state.active
+    if active is not None and active.deployment_id == order.undoes:
+        return True
+    if _supersedes(order, state):
+        return False
+    serving = repr(active.deployment_id) if active is not None else "nothing"
+    raise RollbackMismatch(
+        f"rollback {order.deployment_id} undoes deployment {order.undoes!r}, "
+        f"but this device serves {serving}"
+    )
+
+
+def _supersedes(order: RollbackOrder, state: AgentState) -> bool:
+    """Whether ``order`` undoes a deployment that never switched: one waiting to retry its
+    download now (accepting the order supersedes it), or one the order superseded before."""
+    current = state.current
+    if (
+        current is not None
+        and current.deployment_id == order.undoes
+        and current.state is State.DOWNLOADING
+    ):
+        return True
+    ended = state.outcome(order.undoes)
+    return (
+        ended is not None
+        and ended.error_code == Superseded.code
+        and ended.details.get("superseded_by") == order.deployment_id
+    )
 
 
 class LifecycleActions:
     """The agent's side effects for deployments and rollbacks.
 
     ``state`` and ``slot`` are the agent's own, changed under ``lock``; ``retry`` says
-    when a failed download is tried again; ``wait`` sleeps between download attempts and
-    returns True, early, when the agent stops; ``now`` is the wall clock (manifests expire
-    by it, and a deadline must hold across restarts).
+    when a failed download is tried again; ``wait(deployment_id, seconds)`` waits between
+    download attempts and says why it ended: the time ran out, the agent stops, or a newer
+    order superseded the deployment (see ``_inbox``); ``now`` is the wall clock (manifests
+    expire by it, and a deadline must hold across restarts).
     """
 
     def __init__(
@@ -79,7 +107,7 @@ class LifecycleActions:
         slot: ModelSlot,
         fetcher: ArtifactFetcher,
         retry: DownloadRetry,
-        wait: Callable[[float], bool],
+        wait: Callable[[str, float], Wake],
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._store = store
@@ -116,8 +144,11 @@ class LifecycleActions:
             # the backoff runs here, after the failure was reported and the record saved,
             # so a restart waits out only what is left of it
             pause = (record.retry_at - self._now()).total_seconds()
-            if self._wait(min(max(pause, 0.0), self._retry.max_s)):
+            wake = self._wait(doc.deployment_id, min(max(pause, 0.0), self._retry.max_s))
+            if wake.why is Woken.STOPPING:
                 raise Interrupted(f"stopped while waiting to download {doc.deployment_id}")
+            if wake.why is Woken.SUPERSEDED:
+                return self._superseded(record, wake)
             record.retry_at = None
         # a record resumed after a restart may already be past its last chance
         stop = self._stop_retrying(record, doc, self._now())
@@ -143,6 +174,17 @@ class LifecycleActions:
             return self._give_up(record, exc.code, str(exc), GiveUp.PERMANENT, "not retried")
         record.timings_ms["download"] = _ms_since(start)
         return Outcome.SUCCESS
+
+    def _superseded(self, record: DeploymentRecord, wake: Wake) -> Outcome:
+        # never switched: the model serving now goes on serving, and this record, saved as
+        # failed before the newer order is accepted, keeps the download from resuming
+        record.details["superseded_by"] = wake.command_id
+        tries = "attempt" if record.attempts == 1 else "attempts"
+        return record.fail(
+            Superseded.code,
+            f"superseded by {wake.command_kind} {wake.command_id} while waiting to retry "
+            f"its download (after {record.attempts} failed {tries})",
+        )
 
     def _stop_retrying(
         self, record: DeploymentRecord, doc: Manifest, at: datetime
@@ -226,9 +268,14 @@ class LifecycleActions:
 
     def roll_back(self, record: DeploymentRecord, doc: RollbackOrder) -> Outcome:
         try:  # checked when accepted; again here for a record resumed after a restart
-            check_rollback(doc, self._state.active)
+            swap = check_rollback(doc, self._state)
         except RollbackMismatch as exc:
             return record.fail(exc.code, str(exc))
+        if not swap:  # it never served here: undone already, the model before it serves
+            record.details["never_served"] = doc.undoes
+            if self._state.active is not None:
+                record.details["model"] = str(self._state.active.model)
+            return Outcome.SUCCESS
         target = self._state.previous
         if target is None:
             return record.fail(NothingToRollBack.code, "there is no previous model on this device")

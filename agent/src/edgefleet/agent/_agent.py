@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -28,7 +27,7 @@ from edgefleet.shared import (
     TrustCommand,
     TrustUpdate,
 )
-from edgefleet.shared.errors import EdgefleetError, InternalError, KeyRevoked, MessageError
+from edgefleet.shared.errors import EdgefleetError, InternalError, MessageError
 
 from ._actions import LifecycleActions, check_rollback, load_stored
 from ._benchmark import run_benchmark
@@ -36,9 +35,11 @@ from ._config import AgentConfig
 from ._connections import AGENT_VERSION, artifact_client, broker_link, download_retry
 from ._death_test import DeathTestPause
 from ._fetch import ArtifactFetcher
+from ._inbox import Inbox
 from ._lifecycle import START, TERMINAL, DeploymentRecord, Interrupted, State, drive
 from ._link import Inbound, Link
 from ._reporting import Reporter
+from ._retry import DownloadRetry
 from ._serving import InferenceServer
 from ._slot import ModelSlot
 from ._store import AgentState, ServingRecord, StateStore
@@ -48,7 +49,8 @@ log = logging.getLogger("edgefleet.agent")
 
 
 class Agent:
-    """One device's agent. It owns ``http`` and ``link`` once given them, and closes both."""
+    """One device's agent. It owns ``http`` and ``link`` once given them, and closes both;
+    ``retry`` is the download retry policy (by default from the settings)."""
 
     def __init__(
         self,
@@ -56,6 +58,7 @@ class Agent:
         *,
         http: httpx.Client,
         link: Link,
+        retry: DownloadRetry | None = None,
         death_test_pause: DeathTestPause | None = None,
     ) -> None:
         self.config = config
@@ -70,8 +73,8 @@ class Agent:
         )
         self.http = http
         self.link = link
-        self.inbox: queue.Queue[Inbound | None] = queue.Queue()
         self.stopping = threading.Event()
+        self.inbox = Inbox(self.stopping)
         self._lock = threading.Lock()  # guards self.state against the status builder
         self.reporter = Reporter(
             device_id=config.device_id,
@@ -91,8 +94,8 @@ class Agent:
             lock=self._lock,
             slot=self.slot,
             fetcher=self.fetcher,
-            retry=download_retry(config),
-            wait=self.stopping.wait,
+            retry=retry or download_retry(config),
+            wait=partial(self.inbox.wait, take=self._take),  # commands are read while it waits
         )
         self._pause = death_test_pause
         self._threads: list[threading.Thread] = []
@@ -171,17 +174,23 @@ class Agent:
     def _work(self) -> None:
         self._guarded("resuming after a restart", self.resume)
         while not self.stopping.is_set():
-            message = self.inbox.get()
+            message = self.inbox.next()
             if message is None:
                 return
-            try:
-                with self.reporter.handling(message.payload):
-                    exc = self._guarded("command handling", partial(self.handle, message))
-                    if exc is not None:  # tell the controller, who would otherwise wait
-                        why = f"{type(exc).__name__}: {exc}"
-                        report = partial(self.reporter.rejection, "", InternalError.code, why)
-                        self._guarded("reporting a failed command", report)
-            finally:
+            self._take(message)
+
+    def _take(self, message: Inbound) -> None:
+        """Handle one command, from the worker's loop or from a download's backoff wait, and
+        acknowledge it, unless the wait set it aside to run once the waiting deployment ended."""
+        try:
+            with self.reporter.handling(message.payload):
+                exc = self._guarded("command handling", partial(self.handle, message))
+                if exc is not None:  # tell the controller, who would otherwise wait
+                    why = f"{type(exc).__name__}: {exc}"
+                    report = partial(self.reporter.rejection, "", InternalError.code, why)
+                    self._guarded("reporting a failed command", report)
+        finally:
+            if not self.inbox.holds(message):
                 message.ack()
 
     def _telemetry_loop(self) -> None:
@@ -222,7 +231,7 @@ class Agent:
         if isinstance(command, PingCommand):
             self.reporter.publish_status()
         elif isinstance(command, DeployCommand | RollbackCommand | BenchmarkCommand):
-            self._handle_signed(command.signed, message.ack)
+            self._handle_signed(command.signed, message)
         elif isinstance(command, TrustCommand):
             self._handle_trust(command.signed)
         else:
@@ -255,13 +264,9 @@ class Agent:
             self.reporter.trust(doc.update_id, doc.version, doc.key_ids(), trust.revoked)
             return
         try:
-            shared.check_trust_update(
-                doc, blob, device_id=self.config.device_id, version=trust.version
+            after, keyring = trust.after(
+                doc, blob, device_id=self.config.device_id, configured=self.configured_keys
             )
-            after = trust.applied(doc)
-            keyring = after.keyring(self.configured_keys)
-            if not keyring:
-                raise KeyRevoked("the update trusts only keys revoked before")
         except MessageError as exc:
             self.reporter.rejection(doc.update_id, exc.code, str(exc))
             return
@@ -275,7 +280,7 @@ class Agent:
         )  # fmt: skip
         self.reporter.trust(doc.update_id, doc.version, doc.key_ids(), after.revoked)
 
-    def _handle_signed(self, blob: SignedBlob, ack: Callable[[], None]) -> None:
+    def _handle_signed(self, blob: SignedBlob, message: Inbound) -> None:
         doc = self._verified(blob)
         if doc is None:
             return
@@ -293,7 +298,7 @@ class Agent:
                 doc, blob, device_id=self.config.device_id, last_sequence=self.state.last_sequence
             )
             if isinstance(doc, RollbackOrder):  # refused before accepted: the sequence stays
-                check_rollback(doc, self.state.active)
+                check_rollback(doc, self.state)
         except MessageError as exc:
             self.reporter.rejection(doc_id, exc.code, str(exc))
             return
@@ -302,6 +307,12 @@ class Agent:
                 self.state.remember(doc_id)
                 self.store.save(self.state)
             run_benchmark(doc, self.fetcher, self.reporter)
+            return
+        waiting = self.inbox.hold(message, doc.kind, doc_id)
+        if waiting is not None:  # accepted once the deployment it replaces has ended
+            log.info(
+                "%s %s supersedes %s, which waits to retry its download", doc.kind, doc_id, waiting
+            )
             return
         record = DeploymentRecord(
             deployment_id=doc_id, kind=doc.kind, signed=blob, state=START[doc.kind]
@@ -312,7 +323,7 @@ class Agent:
             self.state.current = record
             self.state.remember(doc_id)
             self.store.save(self.state)
-        ack()  # persisted: from here on the agent, not the broker, keeps the command
+        message.ack()  # persisted: from here on the agent, not the broker, keeps the command
         log.info("accepted %s %s (sequence %d)", doc.kind, doc_id, doc.sequence)
         self.reporter.deployment(record)
         self._run_lifecycle(record)

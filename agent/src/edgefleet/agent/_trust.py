@@ -8,8 +8,9 @@ from collections.abc import Mapping
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, Field
 
-from edgefleet.shared import TrustUpdate, raw_public_key
+from edgefleet.shared import SignedBlob, TrustUpdate, check_trust_update, raw_public_key
 from edgefleet.shared import key_id as id_of_key
+from edgefleet.shared.errors import KeyRevoked
 
 Keyring = dict[str, Ed25519PublicKey]
 
@@ -49,3 +50,21 @@ class TrustState(BaseModel):
             keys=list(update.keys),
             revoked=revoked,
         )
+
+    def after(
+        self,
+        update: TrustUpdate,
+        blob: SignedBlob,
+        *,
+        device_id: str,
+        configured: Mapping[str, Ed25519PublicKey],
+    ) -> tuple[TrustState, Keyring]:
+        """The state and keyring once the verified ``update`` applies; a
+        :class:`~edgefleet.shared.errors.MessageError` if it may not (another device's, not
+        the next version, or trusting only keys revoked before)."""
+        check_trust_update(update, blob, device_id=device_id, version=self.version)
+        after = self.applied(update)
+        keyring = after.keyring(configured)
+        if not keyring:
+            raise KeyRevoked("the update trusts only keys revoked before")
+        return after, keyring

@@ -52,6 +52,8 @@ from ._models import (
 from ._prometheus import Prometheus, prometheus_binary
 from ._proxy import LinkState, TcpProxy
 from ._public_api import public_names, ruff_order
+from ._simfleet import SimDevice, SimTimings
+from ._simfleet_procs import FleetWorkers
 from ._traffic import ClientTraffic, DeviceTally
 from ._waiting import wait_until
 
@@ -69,6 +71,7 @@ __all__ = [
     "ControllerFleet",
     "DeviceTally",
     "EncoderShape",
+    "FleetWorkers",
     "LinkState",
     "LocalFleet",
     "Observer",
@@ -76,6 +79,8 @@ __all__ = [
     "Proc",
     "Prometheus",
     "ServerFaults",
+    "SimDevice",
+    "SimTimings",
     "TcpProxy",
     "build_cnn",
     "build_encoder",

@@ -29,6 +29,7 @@
     │   ├── LoopDetected             a deployment that keeps coming back
     │   ├── NoCandidate              nothing loaded to test
     │   ├── NothingToRollBack        no previous model on the device
+    │   ├── Superseded               a newer order replaced it while its download waited
     │   └── DeviceLost               silent past the in-progress timeout (the controller's)
     ├── BrokerError                  MQTT connection trouble
     │   └── DeviceOffline            the device a command needs is not connected
@@ -82,6 +83,7 @@ __all__ = [
     "SignatureMismatch",
     "SizeExceeded",
     "SmokeTestFailed",
+    "Superseded",
     "UnknownKeyError",
     "WrongDevice",
 ]
@@ -226,6 +228,13 @@ class NoCandidate(DeploymentError):
 
 class NothingToRollBack(DeploymentError):
     code = "nothing_to_roll_back"
+
+
+class Superseded(DeploymentError):
+    """A newer deploy or rollback order was accepted while this deployment waited to retry
+    its download: it ends here, never served, and the newer order runs instead."""
+
+    code = "superseded"
 
 
 class DeviceLost(DeploymentError):

@@ -194,7 +194,7 @@ class Deployment(SQLModel, table=True):
     device_id: int = Field(foreign_key="device.id", ondelete="CASCADE", index=True)
     variant_id: int = Field(foreign_key="variant.id")
     sequence: int | None = None
-    state: str = Field(default=DeploymentState.PENDING.value, max_length=32)
+    state: str = Field(default=DeploymentState.PENDING.value, max_length=32, index=True)
     error_code: str | None = None
     error_message: str | None = None
     created_at: datetime = when_field(default_factory=utcnow)

@@ -147,8 +147,8 @@ def roll_back(
             order_id, len(planned), by, f": {reason}" if reason else "",
         )  # fmt: skip
         out = []
+        supersede_unfinished(session, [device for device, _, _ in planned])
         for device, serving, variant in planned:
-            supersede_unfinished(session, device)
             session.add(
                 Deployment(
                     deployment_id=order_id,

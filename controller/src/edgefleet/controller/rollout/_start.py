@@ -22,6 +22,7 @@ from ..registry import (
     RolloutDetail,
     RolloutState,
     RolloutWave,
+    Variant,
 )
 from ._effects import start_wave
 from ._plan import RolloutPlan, deploy_plan
@@ -92,9 +93,13 @@ def start_rollout(
                     queued=[],
                 )
             )
+        supersede_unfinished(session, targets)
+        variants: dict[str, Variant] = {}
         for device in targets:
-            variant = variant_for(session, row.id, device.profile)  # type: ignore[arg-type]
-            supersede_unfinished(session, device)
+            if device.profile not in variants:
+                version_id: int = row.id  # type: ignore[assignment]
+                variants[device.profile] = variant_for(session, version_id, device.profile)
+            variant = variants[device.profile]
             session.add(
                 Deployment(
                     deployment_id=rollout.rollout_id,

@@ -8,6 +8,7 @@ import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 
+import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from edgefleet.shared.errors import ConfigError, NotFound
@@ -181,17 +182,23 @@ def variant_for(session: Session, model_version_id: int, profile: str) -> Varian
     return variants[0]
 
 
-def supersede_unfinished(session: Session, device: Device) -> None:
+def supersede_unfinished(session: Session, devices: Sequence[Device]) -> None:
     """A device gets one deployment at a time: older pending or waiting ones will never be
-    sent."""
-    for old in session.exec(
-        select(Deployment).where(
-            Deployment.device_id == device.id,
-            col(Deployment.state).in_(
-                [DeploymentState.PENDING.value, DeploymentState.WAITING.value]
-            ),
+    sent. One statement per few thousand devices, on the index on ``deployment.state``."""
+    ids = [d.id for d in devices]
+    now = datetime.now(UTC)
+    for start in range(0, len(ids), _CHUNK):
+        session.execute(
+            sa.update(Deployment)
+            .where(
+                col(Deployment.device_id).in_(ids[start : start + _CHUNK]),
+                col(Deployment.state).in_(
+                    [DeploymentState.PENDING.value, DeploymentState.WAITING.value]
+                ),
+            )
+            .values(state=DeploymentState.SUPERSEDED.value, updated_at=now)
         )
-    ).all():
-        old.state = DeploymentState.SUPERSEDED.value
-        old.updated_at = datetime.now(UTC)
-        session.add(old)
+
+
+# Devices per statement: well under every database's limit on bound parameters.
+_CHUNK = 5000
