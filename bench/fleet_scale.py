@@ -38,9 +38,9 @@ for a minute with nothing lost, `status` ≤ 0.5 s at 1,000 devices.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
-import statistics
 import sys
 import tempfile
 import time
@@ -48,6 +48,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,9 @@ class Peak:
 
     def see(self, pid: int) -> tuple[int, int, int]:
         now = daemon_sample(pid)
-        self.threads, self.fds, self.rss = (max(a, b) for a, b in zip(now, self.cell(), strict=True))
+        self.threads, self.fds, self.rss = (
+            max(a, b) for a, b in zip(now, self.cell(), strict=True)
+        )
         return now
 
     def cell(self) -> tuple[int, int, int]:
@@ -140,7 +143,8 @@ class Fleet:
         csv = self.workdir / "devices.csv"
         states = self.workdir / "state"
         csv.write_text(
-            "name,state_dir\n" + "".join(f"dev-{i:05d},{states}/dev-{i:05d}\n" for i in range(self.size))
+            "name,state_dir\n"
+            + "".join(f"dev-{i:05d},{states}/dev-{i:05d}\n" for i in range(self.size))
         )
         self.controller.ok("device", "add", "--from", str(csv), "--out-dir",
                            str(self.workdir / "configs"), "--profile", "rpi4", "--label", LABEL,
@@ -158,10 +162,8 @@ class Fleet:
 
     def wait_seen(self, timeout: float = 300) -> None:
         """Every device heard from: dispatch sends only to devices seen once."""
-        wait_until(
-            lambda: self.scalar("SELECT count(*) FROM device WHERE last_seen IS NOT NULL") >= self.size,
-            timeout, "devices never seen by the daemon", every=0.5,
-        )  # fmt: skip
+        seen = "SELECT count(*) FROM device WHERE last_seen IS NOT NULL"
+        wait_until(lambda: self.scalar(seen) >= self.size, timeout, "devices not seen", every=0.5)
 
     def close(self) -> None:
         self.db.dispose()
@@ -194,13 +196,20 @@ def deploy_once(fleet: Fleet, workers: FleetWorkers, version: str) -> DeployRun:
     while time.monotonic() - t0 < WAIT_S and (committed_s is None or serving_s is None):
         peak.see(fleet.pid)
         now = time.monotonic() - t0
-        if committed_s is None and fleet.scalar(
-            "SELECT count(*) FROM deployment WHERE deployment_id = :d AND state = 'committed'", d=dep
-        ) >= fleet.size:
+        if (
+            committed_s is None
+            and fleet.scalar(
+                "SELECT count(*) FROM deployment WHERE deployment_id = :d AND state = 'committed'",
+                d=dep,
+            )
+            >= fleet.size
+        ):
             committed_s = now
-        if serving_s is None and fleet.scalar(
-            "SELECT count(*) FROM device WHERE serving_deployment_id = :d", d=dep
-        ) >= fleet.size:
+        if (
+            serving_s is None
+            and fleet.scalar("SELECT count(*) FROM device WHERE serving_deployment_id = :d", d=dep)
+            >= fleet.size
+        ):
             serving_s = now
         time.sleep(0.1)
     peak.see(fleet.pid)
@@ -222,15 +231,16 @@ def deploy_once(fleet: Fleet, workers: FleetWorkers, version: str) -> DeployRun:
 
 
 def _when(value: Any) -> float:
-    from datetime import datetime
-
-    return (value if isinstance(value, datetime) else datetime.fromisoformat(str(value))).timestamp()
+    return (
+        value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    ).timestamp()
 
 
 def deploy(kind: str, size: int, args: argparse.Namespace) -> list[DeployRun]:
-    with tempfile.TemporaryDirectory(prefix="edgefleet-scale-") as tmp, postgres_database(
-        args.postgres
-    ) as url:
+    with (
+        tempfile.TemporaryDirectory(prefix="edgefleet-scale-") as tmp,
+        postgres_database(args.postgres) as url,
+    ):
         fleet = Fleet(size, Path(tmp), url, versions=args.runs)
         workers = None
         try:
@@ -242,8 +252,9 @@ def deploy(kind: str, size: int, args: argparse.Namespace) -> list[DeployRun]:
                                    workdir=Path(tmp) / "workers", options=options)  # fmt: skip
             workers.start(timeout=600)
             fleet.wait_seen()
-            print(f"  {size:,} {kind} online in {time.monotonic() - started:.0f} s; "
-                  f"daemon threads/fds/RSS {_cell(daemon_sample(fleet.pid))}", flush=True)  # fmt: skip
+            took = time.monotonic() - started
+            print(f"  {size:,} {kind} online in {took:.0f} s; daemon threads/fds/RSS "
+                  f"{_cell(daemon_sample(fleet.pid))}", flush=True)  # fmt: skip
             runs = []
             for v in range(1, args.runs + 1):
                 run = deploy_once(fleet, workers, f"{v}.0.0")
@@ -304,9 +315,10 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     # each device's share of ingest must not be what limits a fleet-wide rate
     per_device = max(20.0, 2 * args.rate / args.devices)
     settings = {"ingest_rate_per_device": f"{per_device:.1f}"}
-    with tempfile.TemporaryDirectory(prefix="edgefleet-ingest-") as tmp, postgres_database(
-        args.postgres
-    ) as url:
+    with (
+        tempfile.TemporaryDirectory(prefix="edgefleet-ingest-") as tmp,
+        postgres_database(args.postgres) as url,
+    ):
         fleet = Fleet(args.devices, Path(tmp), url, settings=settings)
         workers = None
         try:
@@ -353,16 +365,16 @@ def cmd_ingest(args: argparse.Namespace) -> None:
           f"{sent / sending_s:>9,.0f} {stored / drained_s:>9,.0f} "
           f"{drained_s - sending_s:>6.1f} {behind_max:>10,} "
           f"{'/'.join(f'{x / 2**20:.0f}' for x in (rss[0], max(rss), rss[-1])):>22}")  # fmt: skip
-    print("lost: acknowledged by the broker, never stored (dropped past the daemon's queue at "
-          "the broker, or dead-lettered); lag: seconds after the last message until stored")
+    print(
+        "lost: acknowledged by the broker, never stored (dropped past the daemon's queue at "
+        "the broker, or dead-lettered); lag: seconds after the last message until stored"
+    )
 
 
 def _acked(workers: FleetWorkers, sent: int) -> int:
     """Telemetry the broker acknowledged (QoS 1), once the workers' counters settle."""
-    try:
+    with contextlib.suppress(TimeoutError):
         wait_until(lambda: workers.progress().get("telemetry_acked", 0) >= sent, 10, "acks")
-    except TimeoutError:
-        pass
     return workers.progress().get("telemetry_acked", 0)
 
 
@@ -372,7 +384,6 @@ def _acked(workers: FleetWorkers, sent: int) -> int:
 def cmd_queries(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     import status_scale  # the registry with history, seeded as that benchmark does
-
     from edgefleet.controller.fleet import record_heartbeat
     from edgefleet.controller.registry import DaemonHeartbeat
 
@@ -388,8 +399,6 @@ def cmd_queries(args: argparse.Namespace) -> None:
             started = time.perf_counter()
             home, summary = status_scale.build(Path(tmp), devices, seed)
             print(f"{summary}; built in {time.perf_counter() - started:.0f} s", flush=True)
-            from datetime import UTC, datetime
-
             at = datetime.now(UTC)  # a daemon beating hourly: alive for the whole benchmark
             record_heartbeat(home, DaemonHeartbeat(
                 name="serve-bench", host="bench", pid=os.getpid(), version="0", every_s=3600,

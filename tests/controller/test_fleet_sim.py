@@ -71,8 +71,9 @@ def test_a_deploy_reaches_simulated_and_real_devices_once_each(
     quick = SimTimings(downloading=0.02, verifying=0.0, loading=0.01, testing=0.0, switching=0.01)
     workers.append(FleetWorkers("sim", sims, processes=2, workdir=fleet.tmp / "sim-workers",
                                 options={"timings": quick}).start(timeout=60))  # fmt: skip
+    every_second = {"telemetry_interval_s": 1.0}
     workers.append(FleetWorkers("agents", agents, processes=1, workdir=fleet.tmp / "agents",
-                                options={"telemetry_interval_s": 1.0}).start(timeout=60))  # fmt: skip
+                                options=every_second).start(timeout=60))  # fmt: skip
     names = [p.stem for p in sims + agents]
     wait_until(lambda: all(s["online"] for s in fleet.status().values()), 60, "not all online")
 
@@ -186,4 +187,3 @@ def test_a_simulated_device_refuses_a_stranger_and_a_replay_and_ignores_a_redeli
     # every command is noted, the stranger's (unreadable: no id) too
     assert [r.deployment_id for r in device.sim.received] == ["", "dep-1", "dep-1", "dep-2"]
     assert len({r.sha256 for r in device.sim.received[1:3]}) == 1  # the same bytes twice
-

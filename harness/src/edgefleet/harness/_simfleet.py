@@ -229,16 +229,16 @@ class SimDevice:
         try:
             command = shared.decode(payload)
         except MessageError as exc:
-            self._note(payload, digest, "", 0, "garbage")
+            self._note(digest, "", 0, "garbage")
             self.event("", DeviceState.REJECTED, code=exc.code, message=str(exc),
                        details={"command_sha256": digest})  # fmt: skip
             return
         if isinstance(command, PingCommand):
-            self._note(payload, digest, "", 0, "ping")
+            self._note(digest, "", 0, "ping")
             self.publish_status()
             return
         if not isinstance(command, DeployCommand | RollbackCommand):
-            self._note(payload, digest, "", 0, command.kind)
+            self._note(digest, "", 0, command.kind)
             self.event("", DeviceState.REJECTED, code=MessageError.code,
                        message=f"a simulated device takes no {command.kind!r} commands",
                        details={"command_sha256": digest})  # fmt: skip
@@ -246,7 +246,7 @@ class SimDevice:
         doc = self._verified(command.signed, digest)
         if doc is None:
             return
-        self._note(payload, digest, doc.deployment_id, doc.sequence, doc.kind)
+        self._note(digest, doc.deployment_id, doc.sequence, doc.kind)
         if doc.deployment_id in self.finished or (
             self.current is not None and self.current[0] == doc.deployment_id
         ):
@@ -270,7 +270,7 @@ class SimDevice:
         else:
             self._roll_back(doc)
 
-    def _note(self, payload: bytes, digest: str, deployment_id: str, sequence: int, kind: str) -> None:
+    def _note(self, digest: str, deployment_id: str, sequence: int, kind: str) -> None:
         self.received.append(Receipt(deployment_id, sequence, digest[:16], kind, time.time()))
 
     def _verified(self, blob: SignedBlob, digest: str) -> Manifest | RollbackOrder | None:
@@ -279,7 +279,7 @@ class SimDevice:
             if not isinstance(doc, Manifest | RollbackOrder):
                 raise MessageError(f"a simulated device takes no {doc.kind} documents")
         except MessageError as exc:
-            self._note(b"", digest, "", 0, "refused")
+            self._note(digest, "", 0, "refused")
             self.event("", DeviceState.REJECTED, code=exc.code, message=str(exc),
                        details={"command_sha256": digest})  # fmt: skip
             return None

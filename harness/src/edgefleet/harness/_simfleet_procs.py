@@ -200,7 +200,9 @@ class FleetWorkers:
         self._answers("ready", timeout)
         return self
 
-    def _read(self, n: int, proc: subprocess.Popen[bytes], inbox: queue.Queue[dict[str, Any]]) -> None:
+    def _read(
+        self, n: int, proc: subprocess.Popen[bytes], inbox: queue.Queue[dict[str, Any]]
+    ) -> None:
         assert proc.stdout is not None
         for raw in proc.stdout:
             with contextlib.suppress(ValueError):
