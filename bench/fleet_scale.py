@@ -57,7 +57,6 @@ import sqlalchemy as sa
 from edgefleet.harness import ControllerFleet, FleetWorkers, wait_until, write_digits_model
 
 LABEL = "bench=scale"
-WAIT_S = 900.0  # the longest a deploy is waited for before it is reported unfinished
 
 
 def load() -> str:
@@ -177,7 +176,9 @@ class Fleet:
 class DeployRun:
     committed_s: float | None
     serving_s: float | None
-    dispatch_s: float
+    committed: int  # rows committed when the run ended (all of them, or at --wait-s)
+    sent: int  # rows sent
+    dispatch_s: float  # first to last sent_at
     duplicates: int
     missing: int
     resends: int
@@ -185,7 +186,7 @@ class DeployRun:
     load: str
 
 
-def deploy_once(fleet: Fleet, workers: FleetWorkers, version: str) -> DeployRun:
+def deploy_once(fleet: Fleet, workers: FleetWorkers, version: str, wait_s: float) -> DeployRun:
     peak = Peak()
     t0 = time.monotonic()
     out = fleet.controller.ok("deploy", f"digits:{version}", "--label", LABEL, timeout=600)
@@ -193,17 +194,15 @@ def deploy_once(fleet: Fleet, workers: FleetWorkers, version: str) -> DeployRun:
     assert found, out
     dep = found.group(1)
     committed_s = serving_s = None
-    while time.monotonic() - t0 < WAIT_S and (committed_s is None or serving_s is None):
+    committed = 0
+    while time.monotonic() - t0 < wait_s and (committed_s is None or serving_s is None):
         peak.see(fleet.pid)
         now = time.monotonic() - t0
-        if (
-            committed_s is None
-            and fleet.scalar(
-                "SELECT count(*) FROM deployment WHERE deployment_id = :d AND state = 'committed'",
-                d=dep,
-            )
-            >= fleet.size
-        ):
+        committed = fleet.scalar(
+            "SELECT count(*) FROM deployment WHERE deployment_id = :d AND state = 'committed'",
+            d=dep,
+        )
+        if committed_s is None and committed >= fleet.size:
             committed_s = now
         if (
             serving_s is None
@@ -218,12 +217,15 @@ def deploy_once(fleet: Fleet, workers: FleetWorkers, version: str) -> DeployRun:
         for f in ("min", "max")
     )
     dispatch_s = (_when(last) - _when(first)) if first and last else float("nan")
+    sent = fleet.scalar(
+        "SELECT count(*) FROM deployment WHERE deployment_id = :d AND sent_at IS NOT NULL", d=dep
+    )
     resends = int(fleet.scalar("SELECT coalesce(sum(resends), 0) FROM deployment WHERE "
                                "deployment_id = :d", d=dep))  # fmt: skip
     report = workers.report()
     received = [sum(1 for r in d["received"] if r[0] == dep) for d in report.values()]
     return DeployRun(
-        committed_s, serving_s, dispatch_s,
+        committed_s, serving_s, committed, sent, dispatch_s,
         duplicates=sum(n - 1 for n in received if n > 1),
         missing=sum(1 for n in received if n == 0) + fleet.size - len(received),
         resends=resends, peak=peak, load=load(),
@@ -257,7 +259,7 @@ def deploy(kind: str, size: int, args: argparse.Namespace) -> list[DeployRun]:
                   f"{_cell(daemon_sample(fleet.pid))}", flush=True)  # fmt: skip
             runs = []
             for v in range(1, args.runs + 1):
-                run = deploy_once(fleet, workers, f"{v}.0.0")
+                run = deploy_once(fleet, workers, f"{v}.0.0", args.wait_s)
                 print(f"  run {v}: {_deploy_row(kind, size, run)}", flush=True)
                 runs.append(run)
             return runs
@@ -274,18 +276,19 @@ def _cell(sample: tuple[int, int, int]) -> str:
     return f"{sample[0]}/{sample[1]}/{sample[2] / 2**20:.0f} MB"
 
 
-def _s(v: float | None) -> str:
-    return "unfinished" if v is None else f"{v:.1f}"
+def _s(v: float | None, done: int) -> str:
+    return f"({done:,} done)" if v is None else f"{v:.1f}"
 
 
 def _deploy_row(kind: str, size: int, r: DeployRun) -> str:
-    rate = size / r.dispatch_s if r.dispatch_s and r.dispatch_s == r.dispatch_s else float("nan")
-    return (f"{kind:>6} {size:>6,}  {_s(r.committed_s):>10} {_s(r.serving_s):>10} "
+    rate = r.sent / r.dispatch_s if r.dispatch_s and r.dispatch_s == r.dispatch_s else float("nan")
+    return (f"{kind:>6} {size:>6,}  {_s(r.committed_s, r.committed):>12} "
+            f"{_s(r.serving_s, r.committed):>12} "
             f"{r.dispatch_s:>9.1f} {rate:>8.0f} {r.duplicates:>5} {r.missing:>7} {r.resends:>7}  "
             f"{_cell(r.peak.cell()):>18}  {r.load}")  # fmt: skip
 
 
-DEPLOY_HEAD = (f"{'kind':>6} {'size':>6}  {'committed':>10} {'serving':>10} {'dispatch':>9} "
+DEPLOY_HEAD = (f"{'kind':>6} {'size':>6}  {'committed s':>12} {'serving s':>12} {'dispatch':>9} "
                f"{'sent/s':>8} {'dupes':>5} {'missing':>7} {'resends':>7}  "
                f"{'daemon thr/fd/RSS':>18}  load 1/5/15")  # fmt: skip
 
@@ -303,7 +306,7 @@ def cmd_deploy(args: argparse.Namespace) -> None:
         mid = sorted(done or runs, key=lambda r: max(r.committed_s or 1e9, r.serving_s or 1e9))
         print(_deploy_row(kind, size, mid[len(mid) // 2]))
         if len(done) < len(runs):
-            print(f"  {len(runs) - len(done)} run(s) unfinished after {WAIT_S:.0f} s")
+            print(f"  {len(runs) - len(done)} run(s) unfinished after {args.wait_s:.0f} s")
 
 
 # -- ingest ----------------------------------------------------------------------------------
@@ -424,6 +427,12 @@ def main() -> int:
     p.add_argument("--processes", type=int, default=2)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--postgres", metavar="URL", help="the registry on this PostgreSQL server")
+    p.add_argument(
+        "--wait-s",
+        type=float,
+        default=900.0,
+        help="a run not finished by then is reported with the rows it committed",
+    )
     p.set_defaults(run=cmd_deploy)
     p = sub.add_parser("ingest", help="telemetry from simulated devices at a set rate")
     p.add_argument("--devices", type=int, default=2000)

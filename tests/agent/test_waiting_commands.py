@@ -11,7 +11,6 @@ real broker, with the artifact server really down: test_superseded_waits.py.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -38,12 +37,13 @@ WAIT_S = 30.0
 
 @dataclasses.dataclass
 class Waiting:
-    """An agent whose deployment ``deployment_id`` failed its first download attempt and
-    waits to try again; ``acks`` lists the commands acknowledged to the broker."""
+    """An agent whose deployment ``deployment_id`` (sent as ``first``) failed its first
+    download attempt and waits to try again; ``acks`` lists the commands acknowledged."""
 
     fleet: Fleet
     agent: Agent
     deployment_id: str
+    first: bytes
     sequence: int
     acks: list[bytes]
 
@@ -66,7 +66,7 @@ def waiting(fleet: Fleet) -> Iterator[Waiting]:
     agent.start()
     deployment_id, payload = fleet.deploy("v1")
     fleet.artifacts.unreachable.add(fleet.artifact("v1").url)
-    w = Waiting(fleet, agent, deployment_id, fleet.sequence, [])
+    w = Waiting(fleet, agent, deployment_id, payload, fleet.sequence, [])
     w.feed(payload)
     wait_until(
         lambda: any(e.error_code for e in fleet.link.events(deployment_id)),
@@ -110,15 +110,8 @@ def _(w: Waiting, command_id: str, statuses: int) -> None:
 
 
 def _sent_again(w: Waiting) -> tuple[str, bytes]:
-    w.sequence, again = resend(w.fleet, _first_payload(w))
+    w.sequence, again = resend(w.fleet, w.first)
     return w.deployment_id, again
-
-
-def _first_payload(w: Waiting) -> bytes:
-    """The waiting deployment's command as it was first sent (kept by the state file)."""
-    saved = json.loads((w.fleet.config.state_dir / "state.json").read_text())
-    blob = shared.SignedBlob.model_validate(saved["current"]["signed"])
-    return shared.encode(shared.DeployCommand(signed=blob))
 
 
 @_case("the waiting deployment sent again: answered, not run twice", _sent_again)
@@ -195,8 +188,8 @@ def test_a_command_during_the_wait_is_handled_and_the_wait_goes_on(
     statuses = _statuses(waiting.fleet)
     waiting.feed(payload)
     check(waiting, command_id, statuses)
+    wait_until(lambda: payload in waiting.acks, 10, "the acknowledgement", every=0.01)
     waiting.still_waiting()
-    assert payload in waiting.acks
 
 
 def _saves(agent: Agent) -> list[tuple[str, DeviceState, str | None, int]]:

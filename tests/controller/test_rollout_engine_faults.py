@@ -409,3 +409,14 @@ def test_a_plain_deploys_rows_move_with_the_devices_events_as_before(sim: Sim) -
     sim.step()
     assert sim.state(rid) == "completed"
     assert sim.rollout(rid).reason == "wave 1 installed; done"
+
+
+def test_a_wave_short_of_requests_pauses_naming_the_devices(sim: Sim) -> None:
+    bake = PLAN.bake.model_copy(update={"min_requests": 5000})  # type: ignore[union-attr]
+    gates = Gates(enabled=("install", "errors"))  # both pass: only the bake is short
+    rid = start(sim, PLAN.model_copy(update={"bake": bake, "gates": gates}))
+    sim.run_until(lambda: sim.state(rid) != "running")
+    assert sim.state(rid) == "paused"
+    reason = sim.rollout(rid).reason
+    assert reason.startswith("wave 1: not enough evidence after")
+    assert reason.endswith("fewer than 5000 requests on pi4-1")

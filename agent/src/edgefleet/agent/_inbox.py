@@ -63,7 +63,7 @@ class Inbox:
         """Set aside an order the device would accept, if a deployment waits to retry its
         download; returns the waiting deployment's id, or None when nothing waits (the
         caller then accepts the order itself)."""
-        if self._waiting is None or self._held is not None:
+        if self._waiting is None:
             return None
         self._held = (message, Wake(Woken.SUPERSEDED, kind, command_id))
         return self._waiting

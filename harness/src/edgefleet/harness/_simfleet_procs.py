@@ -9,8 +9,8 @@ wrapped so every command it is handed is noted. A worker of 250 agents holds abo
 threads (each agent's MQTT loop, worker, telemetry and inference server, plus the sessions'
 thread pools once a model is served).
 
-Run a worker by hand: ``python -m edgefleet.harness._simfleet_procs {agents,sim} --configs
-LIST`` (LIST: one agent.toml path a line); it waits for orders on stdin.
+A worker is ``main(["agents" or "sim", "--configs", LIST])`` (LIST: one agent.toml path a
+line) in a fresh interpreter; it waits for orders on stdin.
 """
 
 from __future__ import annotations
@@ -35,13 +35,15 @@ from typing import Any
 
 from edgefleet import shared
 from edgefleet.agent import Inbound, Link, Outbound, load_config
-from edgefleet.shared import DeployCommand, RollbackCommand
+from edgefleet.shared import DeployCommand, Manifest, RollbackCommand, RollbackOrder
 from edgefleet.shared.errors import MessageError
 
 from ._simfleet import SimTimings
 from ._simfleet_loop import SimLoop, SimOptions, emit
 
 log = logging.getLogger("edgefleet.harness.simfleet")
+# the worker's command line (not `-m`: the harness package imports this module first)
+_WORKER = "import sys; from edgefleet.harness._simfleet_procs import main; main(sys.argv[1:])"
 
 
 def command_receipt(payload: bytes) -> list[object]:
@@ -54,7 +56,8 @@ def command_receipt(payload: bytes) -> list[object]:
         kind = command.kind
         if isinstance(command, DeployCommand | RollbackCommand):
             doc = shared.parse_signed_document(command.signed.payload_bytes())
-            deployment_id, sequence = doc.deployment_id, getattr(doc, "sequence", 0)
+            if isinstance(doc, Manifest | RollbackOrder):
+                deployment_id, sequence = doc.deployment_id, doc.sequence
     except MessageError:
         pass
     return [deployment_id, sequence, digest, kind, time.time()]
@@ -186,7 +189,7 @@ class FleetWorkers:
             listing.write_text("".join(f"{p}\n" for p in share))
             log_file = open(self.workdir / f"worker-{n}.log", "ab")  # noqa: SIM115 - the child's
             proc = subprocess.Popen(
-                [sys.executable, "-m", "edgefleet.harness._simfleet_procs", self.kind,
+                [sys.executable, "-c", _WORKER, self.kind,
                  "--configs", str(listing), "--options", json.dumps(self.options)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file,
                 start_new_session=True,  # its own process group: killed whole on close
@@ -305,7 +308,3 @@ def main(argv: list[str] | None = None) -> None:
     else:
         timings = SimTimings(**options.pop("timings", {}))
         run_sims(configs, SimOptions(timings=timings, max_seconds=max_seconds, **options))
-
-
-if __name__ == "__main__":
-    main()

@@ -5,40 +5,51 @@ Only ``<prefix>sha256/ab/<64 hex>`` is ever mapped to a file, so no request can 
 anything else on disk. A token is a device's when its sha256 is that device's
 ``token_sha256``, and it reads only that device's artifacts (``registry_token_check``); any
 other artifact answers 404, exactly like a missing one, so a device cannot learn what
-exists. Every connection is bounded in time (idle, head, send) and its head in bytes.
+exists. Every connection is bounded in time (idle, head, send) and its head in bytes, and
+their number is capped. A connection holds a thread only while a worker computes its reply
+(``_hub``): idle keep-alive connections, slow heads and slow readers hold none.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
+import os
 import re
 import ssl
 import threading
 import time
 from collections.abc import Callable
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from http.server import BaseHTTPRequestHandler
 from typing import Any, BinaryIO
 
 from edgefleet.shared.errors import EdgefleetError
 
 from ..registry import ArtifactStore
 from ._access import Access, AccessCheck
+from ._conns import ConnectionLimits, Reply, Request, connection_cap
+from ._hub import ConnectionHub
 from ._metrics import Metrics
 from ._web import MAX_FORM_BYTES, FleetWeb, WebAnswer
-from ._wire import DeadlineReader, HeadBudget, HeadTooLarge, NoRange, parse_range
+from ._wire import RESPONSE_CHUNK, DeadlineReader, HeadBudget, HeadTooLarge, NoRange, parse_range
 
 log = logging.getLogger("edgefleet.controller.http")
 
-_CHUNK = 1 << 16
 # Production bounds, each an ArtifactServer parameter. A device fetching an artifact sends
 # its request at once; only a stuck or hostile client comes near these.
 IDLE_TIMEOUT_S = 30.0  # a connection (new or kept alive) that starts no request
 HEAD_TIMEOUT_S = 10.0  # from a request's first byte to the end of its headers
 SEND_TIMEOUT_S = 30.0  # for each 64 KiB of the body: a reader slower than ~2 KiB/s is cut
 MAX_HEAD_BYTES = 16 * 1024  # request line and headers together
+# Workers compute replies and never wait on a client (the hub sends), so they wait only on
+# the registry (a token, the fleet page's queries, /metrics): a few per core are plenty.
+WORKERS = 16
+# /healthz and /readyz answer from memory on a pool of their own, so a probe is never queued
+# behind registry work, however slow the registry.
+PROBE_WORKERS = 2
+PROBES = (b"/healthz", b"/readyz")
 # routes counted by name in edgefleet_api_requests_total; any other path is "other"
 _ROUTES = frozenset(
     {"/", "/login", "/logout", "/ui/app.js", "/ui/app.css", "/api/v1/status",
@@ -47,7 +58,7 @@ _ROUTES = frozenset(
 
 
 class ArtifactServer:
-    """A ThreadingHTTPServer on its own thread; ``stop()`` waits for it."""
+    """The HTTP server: a ``ConnectionHub`` on its own thread; ``stop()`` waits for it."""
 
     def __init__(
         self,
@@ -66,9 +77,13 @@ class ArtifactServer:
         tls: ssl.SSLContext | None = None,
         web: FleetWeb | None = None,
         health: Callable[[str], WebAnswer | None] | None = None,
+        max_connections: int | None = None,
+        workers: int = WORKERS,
     ) -> None:
         """``tls``: HTTPS with this server-side context (see ``server_tls_context``); ``web``:
-        the fleet page and API, off without it; ``health``: ``Health.answer``, else plain ok."""
+        the fleet page and API, off without it; ``health``: ``Health.answer``, else plain ok;
+        ``max_connections``: open at once, more are refused (503); by default what the
+        open-files limit affords (``connection_cap``, which raises the soft limit)."""
         prefix = "/" + prefix.strip("/") + "/" if prefix.strip("/") else "/"
         path_re = re.compile("^" + re.escape(prefix) + r"sha256/([0-9a-f]{2})/([0-9a-f]{64})$")
         handler = type(
@@ -77,9 +92,7 @@ class ArtifactServer:
             {
                 "store": store,
                 "check_access": staticmethod(check_access),
-                "idle_timeout_s": idle_timeout_s,
                 "head_timeout_s": head_timeout_s,
-                "send_timeout_s": send_timeout_s,
                 "max_head_bytes": max_head_bytes,
                 "path_re": path_re,
                 "metrics": metrics or Metrics(),
@@ -88,9 +101,19 @@ class ArtifactServer:
                 "health": staticmethod(health) if health else None,
             },
         )
-        self.httpd = _Server((host, port), handler)
-        self.httpd.tls = tls
-        self.httpd.daemon_threads = True
+        limits = ConnectionLimits(
+            max_connections=connection_cap() if max_connections is None else max_connections,
+            idle_timeout_s=idle_timeout_s,
+            head_timeout_s=head_timeout_s,
+            send_timeout_s=send_timeout_s,
+            max_head_bytes=max_head_bytes,
+            workers=workers,
+            probe_workers=PROBE_WORKERS,
+        )
+        # `httpd`: the name the daemon's loop knows (server_close() when it never started)
+        self.httpd = ConnectionHub(
+            (host, port), lambda request: handler(request).respond(), limits, tls=tls, probes=PROBES
+        )
         self._thread: threading.Thread | None = None
 
     @property
@@ -98,12 +121,8 @@ class ArtifactServer:
         return int(self.httpd.server_address[1])
 
     def start(self) -> ArtifactServer:
-        # stop() waits for serve_forever's next poll (every 0.5 s by default)
         self._thread = threading.Thread(
-            target=self.httpd.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name="artifact-http",
-            daemon=True,
+            target=self.httpd.serve_forever, name="artifact-http", daemon=True
         )
         self._thread.start()
         return self
@@ -115,16 +134,6 @@ class ArtifactServer:
             self._thread.join(timeout=5)
 
 
-class _Server(ThreadingHTTPServer):
-    tls: ssl.SSLContext | None = None
-
-    def get_request(self) -> tuple[Any, Any]:
-        sock, address = super().get_request()
-        if self.tls is not None:  # the handshake happens on the connection's own thread
-            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        return sock, address
-
-
 class _Handler(BaseHTTPRequestHandler):
     store: ArtifactStore
     check_access: AccessCheck
@@ -133,49 +142,43 @@ class _Handler(BaseHTTPRequestHandler):
     metrics_text: Callable[[], str] | None
     web: FleetWeb | None
     health: Callable[[str], WebAnswer | None] | None
-    idle_timeout_s: float
     head_timeout_s: float
-    send_timeout_s: float
     max_head_bytes: int
-    protocol_version = "HTTP/1.1"  # keep-alive: handle() loops until close_connection
+    protocol_version = "HTTP/1.1"  # keep-alive: the hub waits for the next request
     server_version = "edgefleet-controller"
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
 
-    def setup(self) -> None:
-        self.handshake_failed = False
-        if isinstance(self.request, ssl.SSLSocket):
-            self.request.settimeout(self.head_timeout_s)
-            try:
-                self.request.do_handshake()
-            except OSError as exc:  # ssl.SSLError too: not TLS, a bad client, too slow
-                log.debug("%s: TLS handshake failed: %s", self.client_address[0], exc)
-                self.handshake_failed = True
-        super().setup()
-        self.rfile.close()  # the plain reader, replaced by one that keeps the head's deadline
-        self.wire = DeadlineReader(self.connection)
+    def __init__(self, request: Request) -> None:
+        # not BaseRequestHandler's, which would serve the whole connection: one request here
+        self.request = self.connection = request.sock
+        self.client_address = (request.peer, 0)
+        self.wire = DeadlineReader(request.sock, request.ahead)
+        self.wire.deadline = request.deadline  # the head is whole: only a stray read waits
         self.rfile = self.buffered = io.BufferedReader(self.wire)
+        self.wfile = self.out = io.BytesIO()  # the hub sends it, as fast as the client takes it
+        self.close_connection = True
+        self.file: tuple[BinaryIO, int, int] | None = None  # a body to send: file, offset, length
 
-    def handle(self) -> None:
-        if not self.handshake_failed:
-            super().handle()
+    def respond(self) -> Reply:
+        try:
+            self.handle_one_request()
+        except BaseException:
+            if self.file is not None:
+                self.file[0].close()
+            raise
+        file, offset, length = self.file or (None, 0, 0)
+        ahead = self.wire.leftover(self.buffered) if not self.close_connection else b""
+        return Reply(self.out.getvalue(), not self.close_connection, ahead, file, offset, length)
 
     def handle_one_request(self) -> None:
-        """``BaseHTTPRequestHandler``'s, with bounds: the stdlib waits forever for a kept-alive
-        connection's next request and lets a head trickle in a byte at a time."""
+        """``BaseHTTPRequestHandler``'s, for a head the hub gathered whole within its bounds."""
         self.command, self.request_version, self.requestline = "", "HTTP/1.1", ""
         try:
-            self.wire.deadline = None
-            self.connection.settimeout(self.idle_timeout_s)
-            if not self.buffered.peek(1):  # the client closed the connection
-                self.close_connection = True
-                return
-            self.wire.deadline = time.monotonic() + self.head_timeout_s
             if not self._read_head():
                 return
             self.wire.deadline = None
-            self.connection.settimeout(self.send_timeout_s)
             method = getattr(self, f"do_{self.command}", None)
             if method is None:
                 self.send_error(HTTPStatus.NOT_IMPLEMENTED, f"unsupported method {self.command!r}")
@@ -186,14 +189,11 @@ class _Handler(BaseHTTPRequestHandler):
             ):
                 self.close_connection = True  # a body left unread must not pass for a request
             method()
-            self.wfile.flush()
-        except TimeoutError:
-            midway = self.wire.deadline is not None
+        except TimeoutError:  # a form's body (or a head, by a stray read) came too slowly
             log.debug("%s: timed out, closing the connection", self.address_string())
-            if midway:  # the client started a request: say why it gets no answer, then close
-                self._give_up(HTTPStatus.REQUEST_TIMEOUT)
+            self._give_up(HTTPStatus.REQUEST_TIMEOUT)
             self.close_connection = True
-        except OSError as exc:  # reset or broken pipe: the client went away
+        except OSError as exc:  # reset: the client went away
             log.debug("%s: connection lost: %s", self.address_string(), exc)
             self.close_connection = True
 
@@ -223,11 +223,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _give_up(self, status: HTTPStatus) -> None:
         self.wire.deadline = None
-        try:
-            self.connection.settimeout(self.send_timeout_s)
-            self.send_error(status)
-        except OSError:
-            pass  # the client is gone as well: nobody to tell
+        self.send_error(status)
 
     def do_GET(self) -> None:
         self._serve(body=True)
@@ -245,7 +241,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, b"form too large\n", body=True)
             return
+        self.wire.deadline = time.monotonic() + self.head_timeout_s  # no trickling form either
         form = self.rfile.read(int(length))
+        self.wire.deadline = None
         if len(form) == int(length) and "Transfer-Encoding" not in self.headers:
             self.close_connection = False  # the body was read whole: the next request may come
         self._answer_web("POST", path, query, form, body=True)
@@ -324,53 +322,61 @@ class _Handler(BaseHTTPRequestHandler):
             return
         file = self.store.path_of(sha)
         # not this device's artifact: the very answer a missing file gets, so none can tell
-        fh = _open(file) if access is Access.GRANTED else None
+        try:
+            # not this device's artifact: the very answer a missing file gets, so none can tell
+            fh = open(file, "rb") if access is Access.GRANTED else None  # noqa: SIM115
+        except OSError as exc:
+            fh = None
+            if exc.errno in (errno.EMFILE, errno.ENFILE):  # the host's trouble, not a 404
+                log.error("cannot open the artifact %s: %s", sha[:12], exc.strerror)
+                self._reply(HTTPStatus.SERVICE_UNAVAILABLE, b"try again later\n", body=body)
+                return
         if fh is None:
             self._reply(HTTPStatus.NOT_FOUND, b"no such artifact\n", body=body)
             return
-        with fh:
-            size = file.stat().st_size
-            start, end = 0, size - 1
-            status = HTTPStatus.OK
-            headers = {
-                "Content-Type": "application/octet-stream",
-                "Accept-Ranges": "bytes",
-                "ETag": f'"{sha}"',
-                # private: a shared cache must not hand one device's artifact to another
-                "Cache-Control": "private, max-age=31536000, immutable",
-            }
-            wanted = self.headers.get("Range")
-            parsed = parse_range(wanted, size) if wanted else NoRange.IGNORED
-            if parsed is not NoRange.IGNORED:
-                if parsed is NoRange.UNSATISFIABLE:
-                    headers["Content-Range"] = f"bytes */{size}"
-                    self._reply(
-                        HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE, b"", body=body, headers=headers
-                    )
-                    return
-                start, end = parsed
-                status = HTTPStatus.PARTIAL_CONTENT
-                headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-            length = end - start + 1
-            self.metrics.inc("edgefleet_artifact_requests_total", status=str(int(status)))
-            self.send_response(status)
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(length))
-            self.end_headers()
-            if not body:
+        try:
+            self._artifact(fh, sha, body=body)
+        finally:
+            if self.file is None:  # else the hub sends it, then closes it
+                fh.close()
+
+    def _artifact(self, fh: BinaryIO, sha: str, *, body: bool) -> None:
+        size = os.fstat(fh.fileno()).st_size
+        start, end = 0, size - 1
+        status = HTTPStatus.OK
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Accept-Ranges": "bytes",
+            "ETag": f'"{sha}"',
+            # private: a shared cache must not hand one device's artifact to another
+            "Cache-Control": "private, max-age=31536000, immutable",
+        }
+        wanted = self.headers.get("Range")
+        parsed = parse_range(wanted, size) if wanted else NoRange.IGNORED
+        if parsed is not NoRange.IGNORED:
+            if parsed is NoRange.UNSATISFIABLE:
+                headers["Content-Range"] = f"bytes */{size}"
+                self._reply(
+                    HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE, b"", body=body, headers=headers
+                )
                 return
-            fh.seek(start)
-            left = length
-            try:
-                while left > 0:
-                    chunk = fh.read(min(_CHUNK, left))
-                    if not chunk:
-                        break
-                    self.wfile.write(chunk)
-                    left -= len(chunk)
-            except (BrokenPipeError, ConnectionResetError):
-                log.debug("client went away during %s", sha[:12])
+            start, end = parsed
+            status = HTTPStatus.PARTIAL_CONTENT
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        length = end - start + 1
+        self.metrics.inc("edgefleet_artifact_requests_total", status=str(int(status)))
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(length))
+        self.end_headers()
+        if not body:
+            return
+        if length > RESPONSE_CHUNK:  # sent by the hub, from the file, as the client takes it
+            self.file = (fh, start, length)
+            return
+        fh.seek(start)
+        self.wfile.write(fh.read(length))
 
     def _reply(
         self,
@@ -391,10 +397,3 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if body and payload:
             self.wfile.write(payload)
-
-
-def _open(file: Path) -> BinaryIO | None:
-    try:
-        return open(file, "rb")  # the caller closes it
-    except OSError:
-        return None

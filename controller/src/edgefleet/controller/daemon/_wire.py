@@ -1,5 +1,6 @@
 """The artifact server's defences on the wire: reading a request's head against a deadline
-and a byte budget, and parsing a ``Range`` header without trusting its numbers."""
+and a byte budget, timing each connection's state, and parsing a ``Range`` header without
+trusting its numbers."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import re
 import socket
 import ssl
 import time
+from collections.abc import Hashable
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from edgefleet.shared.errors import ConfigError
 
@@ -20,27 +22,55 @@ from edgefleet.shared.errors import ConfigError
 MAX_RANGE_DIGITS = 18
 _BYTES_RANGE = re.compile(r"bytes=(\d*)-(\d*)", re.IGNORECASE)
 _RANGE_UNIT = re.compile(r"\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+)=")
+RESPONSE_CHUNK = 1 << 16  # an answer goes out this much at a time; the send timeout is per chunk
+K = TypeVar("K", bound=Hashable)
 
 
 class DeadlineReader(io.RawIOBase):
     """The socket as a raw stream whose reads share one deadline when one is set: a client
-    trickling a byte at a time cannot keep a request open longer than that. Without a
-    deadline a read waits for the socket's own timeout."""
+    trickling a byte at a time cannot keep a request open longer than that. ``ahead``, bytes
+    of the connection already read, comes first, whatever the deadline. Without a deadline a
+    read waits for the socket's own timeout."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, ahead: bytes = b"") -> None:
         self.sock = sock
         self.deadline: float | None = None
+        self.ahead = bytearray(ahead)
+        self.nowait = False  # reads give only what is here already (``leftover``)
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int:
+    def readinto(self, buffer: Any) -> int | None:
+        if self.ahead:
+            n = min(len(buffer), len(self.ahead))
+            buffer[:n] = self.ahead[:n]
+            del self.ahead[:n]
+            return n
+        if self.nowait:
+            # TLS may hold decrypted bytes that no selector sees; a plain socket's wait there
+            pending = self.sock.pending() if isinstance(self.sock, ssl.SSLSocket) else 0
+            return self.sock.recv_into(buffer, min(len(buffer), pending)) if pending else None
         if self.deadline is not None:
             left = self.deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError("the request's head did not arrive in time")
             self.sock.settimeout(left)
         return self.sock.recv_into(buffer)
+
+    def leftover(self, buffered: io.BufferedIOBase) -> bytes:
+        """What ``buffered`` and this stream hold past what was read: the start of the next
+        request, when the client sent it along (pipelining). Takes nothing from the socket."""
+        self.nowait = True
+        parts = []
+        try:
+            while chunk := buffered.read1(RESPONSE_CHUNK):
+                parts.append(chunk)
+        except OSError:
+            pass  # the connection broke: its next read will say so
+        finally:
+            self.nowait = False
+        return b"".join(parts)
 
 
 class HeadTooLarge(http.client.HTTPException):
@@ -111,6 +141,66 @@ def _number(digits: str) -> int:
     if len(significant) > MAX_RANGE_DIGITS:
         return 10**MAX_RANGE_DIGITS
     return int(significant or "0")
+
+
+def head_complete(received: bytes | bytearray, start: int = 0) -> bool:
+    """Whether ``received`` holds a request's whole head: a line, then an empty line (CRLF
+    or a bare LF, as the stdlib's parser takes it). ``start``: where to look from."""
+    return received.find(b"\n\r\n", start) >= 0 or received.find(b"\n\n", start) >= 0
+
+
+def plain_answer(status: int, reason: str, text: str, headers: tuple[str, ...] = ()) -> bytes:
+    """A whole answer that closes the connection, for the hub to send without a handler."""
+    body = text.encode()
+    head = [f"HTTP/1.1 {status} {reason}", "Content-Type: text/plain; charset=utf-8",
+            f"Content-Length: {len(body)}", *headers, "Connection: close", "", ""]  # fmt: skip
+    return "\r\n".join(head).encode() + body
+
+
+class Deadlines(Generic[K]):
+    """Connections waiting under one timeout. All share its length, so the order they were
+    armed in is the order they expire in: arming, disarming and finding the next are O(1)
+    (a dict keeps insertion order), and nothing waits on a thread."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.at: dict[K, float] = {}
+
+    def arm(self, key: K, now: float) -> float:
+        self.at.pop(key, None)  # to the end of the line
+        self.at[key] = deadline = now + self.timeout_s
+        return deadline
+
+    def disarm(self, key: K) -> None:
+        self.at.pop(key, None)
+
+    def next_at(self) -> float | None:
+        return next(iter(self.at.values()), None)
+
+    def due(self, now: float) -> list[K]:
+        due = []
+        for key, deadline in self.at.items():
+            if deadline > now:
+                break
+            due.append(key)
+        return due
+
+
+class Reminder:
+    """Counts events and says when to log them: at the first, then at most once a period."""
+
+    def __init__(self, period_s: float) -> None:
+        self.period_s = period_s
+        self.count = 0
+        self.next_at = float("-inf")
+
+    def due(self, now: float) -> int | None:
+        """Count one; the count since the last reminder when it is time for one, else None."""
+        self.count += 1
+        if now < self.next_at:
+            return None
+        count, self.count, self.next_at = self.count, 0, now + self.period_s
+        return count
 
 
 def server_tls_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:

@@ -107,7 +107,8 @@ class RolloutPublic(SQLModel):
     note: str
     created_at: datetime
     updated_at: datetime
-    counts: dict[str, int]  # deployment rows by state
+    counts: dict[str, int]  # its devices' deployment rows by state
+    rollback_counts: dict[str, int] = {}  # its rollback orders (after an abort) by state
 
 
 class RolloutDetail(SQLModel):

@@ -200,7 +200,13 @@ def _judge_wave(
         return True, passed, f"{label} passed its gates" + ("; done" if last else "")
     if elapsed >= bake.max_s:
         unsure = "; ".join(r.detail for r in results if r.decision is not Decision.PASS)
-        why = unsure or f"fewer than {bake.min_requests} requests on some device"
+        short = [
+            e.device
+            for e in evidence
+            if e.outcome == "committed" and e.new_requests < bake.min_requests
+        ]
+        named = ", ".join(short[:5]) + (" …" if len(short) > 5 else "")
+        why = unsure or f"fewer than {bake.min_requests} requests on {named}"
         return (
             True,
             Outcome.INCONCLUSIVE,

@@ -12,6 +12,7 @@ from ..home import Home
 from ..registry import (
     ACTIVE_ROLLOUT_STATES,
     Deployment,
+    DeploymentKind,
     DeploymentPublic,
     Device,
     GateEvaluation,
@@ -89,7 +90,11 @@ def variant_ref(session: Session, variant_id: int) -> str:
 
 
 def rollout_public(session: Session, rollout: Rollout) -> RolloutPublic:
-    states = session.exec(select(Deployment.state).where(Deployment.rollout_id == rollout.id)).all()
+    rows = session.exec(
+        select(Deployment.kind, Deployment.state).where(Deployment.rollout_id == rollout.id)
+    ).all()
+    states = [state for kind, state in rows if kind == DeploymentKind.DEPLOY.value]
+    backs = [state for kind, state in rows if kind == DeploymentKind.ROLLBACK.value]
     waves = session.exec(select(RolloutWave.id).where(RolloutWave.rollout_id == rollout.id)).all()
     return RolloutPublic(
         rollout_id=rollout.rollout_id,
@@ -104,6 +109,7 @@ def rollout_public(session: Session, rollout: Rollout) -> RolloutPublic:
         created_at=as_utc(rollout.created_at),  # type: ignore[arg-type]
         updated_at=as_utc(rollout.updated_at),  # type: ignore[arg-type]
         counts=dict(sorted(Counter(states).items())),
+        rollback_counts=dict(sorted(Counter(backs).items())),
     )
 
 
