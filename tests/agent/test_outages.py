@@ -102,6 +102,11 @@ def test_a_missing_artifact_fails_at_once(
     assert (failed.state, failed.error_code) == (S.FAILED, ArtifactError.code)
     assert (failed.details["gave_up"], failed.details["download_attempts"]) == ("permanent", 1)
     assert artifact_server.requests == [("/sha256/no/such-file", None)]
+    # the retained status says why too, for a controller that never saw the event
+    status = observer.wait_for(
+        lambda s: s.kind == "status" and s.deployment_id == m.deployment_id and s.state is S.FAILED
+    )
+    assert status.error_code == ArtifactError.code and "such-file" in status.error
 
 
 def test_a_deployment_sent_again_after_it_committed_is_answered_not_run(

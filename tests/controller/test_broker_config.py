@@ -8,6 +8,7 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgefleet import shared
-from edgefleet.harness import Broker, free_port
+from edgefleet.harness import Broker, free_port, wait_until
 
 from .conftest import Cli
 
@@ -124,6 +125,7 @@ def test_the_files_name_every_device_and_the_controller(
         "# a client's id is its user name: no one can take over another's session\n", ""
     )
     assert f"max_packet_size {shared.MAX_MESSAGE_BYTES + 64 * 1024}" in conf
+    assert "persistence true\nautosave_interval 1\n" in conf
     for path in folder.iterdir():
         assert path.stat().st_mode & 0o777 == 0o640
 
@@ -159,6 +161,49 @@ def test_no_client_can_take_over_another_ones_session(
     assert not controller.disconnected.is_set()  # never kicked off by an impostor
     for c in (back, controller):
         c.close()
+
+
+def test_a_queued_command_and_a_retained_status_survive_a_broker_crash(
+    secured: tuple[Broker, dict[str, dict[str, str]]], tmp_path: Path
+) -> None:
+    """With the generated files, a SIGKILLed broker comes back with what it had saved a
+    second before: the order queued for a device that is away, and every device's retained
+    status. The harness' own setting is put back to a stock install's half hour first, so
+    only the generated file's autosave can save them."""
+    broker, configs = secured
+    broker.autosave_interval = 1800  # Mosquitto's default; the included file comes later
+    broker.restart()
+    pi1 = configs["pi-1"]
+    device = Client(broker.port, "pi-1", pi1["broker_password"], client_id="pi-1", persistent=True)
+    controller = Client(broker.port, *CONTROLLER, client_id="edgefleet-controller")
+    assert device.accepted() and controller.accepted()
+    device.subscribe(shared.command_topic("pi-1"))
+    status_topic = shared.status_topic("pi-1")
+    device.client.publish(status_topic, b"serving v1", qos=1, retain=True).wait_for_publish(10)
+    device.close()  # away; its session keeps the order sent meanwhile
+    controller.publish(shared.command_topic("pi-1"), b"queued before the crash")
+    saved = tmp_path / "broker" / "mosquitto.db"
+    published = time.time()
+    wait_until(
+        lambda: saved.exists() and saved.stat().st_mtime > published + 0.01,
+        10,
+        "the broker saving its memory",
+    )
+    controller.close()
+    broker.restart(kill=True)
+
+    back = Client(broker.port, "pi-1", pi1["broker_password"], client_id="pi-1", persistent=True)
+    assert back.accepted()
+    assert back.inbox.get(timeout=10) == (
+        shared.command_topic("pi-1"),
+        b"queued before the crash",
+    )
+    back.close()
+    reader = Client(broker.port, *CONTROLLER, client_id="edgefleet-controller")
+    assert reader.accepted()
+    reader.subscribe(status_topic)
+    assert reader.inbox.get(timeout=10) == (status_topic, b"serving v1")
+    reader.close()
 
 
 def test_a_packet_larger_than_any_message_is_refused_and_its_sender_cut_off(

@@ -14,7 +14,7 @@ from edgefleet.controller import Home
 from edgefleet.controller.registry import Deployment, as_utc
 from edgefleet.controller.rollout import Gates, Window, deploy, resume_rollout, roll_back
 from edgefleet.shared import DeviceState, Manifest, RollbackOrder
-from edgefleet.shared.errors import NotFound
+from edgefleet.shared.errors import Conflict, NotFound
 
 from .rollout_sim import ALL, PI4, PLAN, Sim, settled, six_boards, start, waves
 
@@ -352,6 +352,16 @@ def test_rolling_back_by_hand_needs_a_previous_model_the_registry_knows(sim: Sim
     with pytest.raises(NotFound, match="pi4-1 has no previous model the registry knows of"):
         roll_back(sim.home, devices=["pi4-2", "pi4-1"], by="carol", now=sim.now)
     assert _all_rows(sim) == before
+
+
+def test_a_hand_rollback_does_not_reach_into_a_running_gated_rollout(sim: Sim) -> None:
+    rid = start(sim)  # wave 1 is pi4-1; the others wait for their waves
+    sim.step()
+    before = _all_rows(sim)
+    for device in ("pi4-1", "pi5-3"):  # in its current wave, or waiting for a later one
+        with pytest.raises(Conflict, match=f"{device} is in rollout {rid}"):
+            roll_back(sim.home, devices=[device], by="carol", now=sim.now)
+    assert _all_rows(sim) == before  # nothing superseded, nothing recorded
 
 
 def _all_rows(sim: Sim) -> list[tuple[object, ...]]:

@@ -157,6 +157,9 @@ class Reporter:
                 active=state.active.public() if state.active else None,
                 previous=state.previous.public() if state.previous else None,
                 last_sequence=state.last_sequence,
+                # why it failed, in case the event that said so never reached the controller
+                error_code=current.error_code if current else None,
+                error=(current.error or "") if current else "",
             )
         return Outbound(
             shared.status_topic(self._device_id, self._prefix),

@@ -75,17 +75,19 @@ class Broker:
         self._write_conf()
 
     def _write_conf(self) -> None:
-        # as root, Mosquitto drops to its own user before reading password and ACL files,
-        # which it could not reach inside pytest's private tmp folders
         # `edgefleet broker config`'s files define the listener themselves (on the port of
         # the broker_url they were made for: pass the same port here); included last, their
         # settings (persistence, queues) are the ones in force, as in production
         access = (
-            f"user root\ninclude_dir {self.include_dir}\n"
+            f"include_dir {self.include_dir}\n"
             if self.include_dir
             else f"allow_anonymous true\nlistener {self.port} 127.0.0.1\n"
         )
+        # as root, Mosquitto drops to its own user before it reads password and ACL files
+        # and writes its persistence file, none of which it could reach inside pytest's
+        # private tmp folders; `user root` keeps it as it is (an ordinary user ignores it)
         self.conf.write_text(
+            "user root\n"
             "persistence true\n"
             f"persistence_location {self.workdir}/\n"
             f"autosave_interval {self.autosave_interval}\n"

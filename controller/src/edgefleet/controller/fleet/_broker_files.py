@@ -41,6 +41,8 @@ from ._devices import mosquitto_password_hash
 BROKER_GROUP = "mosquitto"
 DEVICE_WRITES = (Channel.STATUS, Channel.EVENTS, Channel.TELEMETRY)
 CLI_USER_SUFFIX = "-cli"
+# seconds between the broker's saves of its memory: the most a crash can lose
+AUTOSAVE_S = 1
 # the largest message plus room for the topic, properties and the MQTT header
 MAX_PACKET_BYTES = shared.MAX_MESSAGE_BYTES + 64 * 1024
 
@@ -119,6 +121,11 @@ def write_broker_config(home: Home, folder: Path, *, bind: str | None = None) ->
         "allow_anonymous false",
         f"password_file {result.password_file}",
         f"acl_file {result.acl_file}",
+        "# sessions, queued orders and retained statuses survive a restart; a crash loses",
+        "# what changed since the last save, so save every second rather than every half",
+        "# hour (the daemon asks devices about what was lost and sends it again)",
+        "persistence true",
+        f"autosave_interval {AUTOSAVE_S}",
         "# enough room for a fleet's telemetry while the controller is busy",
         "max_queued_messages 10000",
         "# no message of the protocol is larger: a client sending more is disconnected",

@@ -29,6 +29,7 @@ from ._targets import (
     LabelSelector,
     check_selector,
     new_deployment_id,
+    refuse_overlap,
     select_targets,
     supersede_unfinished,
 )
@@ -132,6 +133,7 @@ def roll_back(
     order_id = new_deployment_id(now).replace("dep-", "rb-", 1)
     with home.session(write=True) as session:
         targets = select_targets(session, devices=devices, profile=profile, labels=labels)
+        refuse_overlap(session, targets)
         planned = []
         for device in targets:
             serving = device.serving_deployment_id

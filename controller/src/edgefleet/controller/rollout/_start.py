@@ -6,21 +6,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlmodel import Session, col, select
-
-from edgefleet.shared.errors import Conflict
-
 from ..catalog import find_version, parse_model_ref
 from ..home import Home
 from ..registry import (
-    FINISHED_STATES,
     Deployment,
     DeploymentPublic,
     DeploymentState,
-    Device,
     Rollout,
     RolloutDetail,
-    RolloutState,
     RolloutWave,
     Variant,
 )
@@ -31,14 +24,12 @@ from ._targets import (
     check_budgets,
     check_selector,
     new_deployment_id,
+    refuse_overlap,
     select_targets,
     supersede_unfinished,
     variant_for,
 )
 from ._views import describe
-
-_UNFINISHED = [s.value for s in DeploymentState if s not in FINISHED_STATES]
-_GATED_ACTIVE = [RolloutState.RUNNING.value, RolloutState.PAUSED.value]
 
 
 def start_rollout(
@@ -69,7 +60,7 @@ def start_rollout(
         row = find_version(session, name, version)
         targets = select_targets(session, devices=devices, profile=profile, labels=labels)
         check_budgets(home, session, targets, row, ref=ref, force=force)
-        _refuse_overlap(session, targets)
+        refuse_overlap(session, targets)
         rollout = Rollout(
             rollout_id=new_deployment_id(now),
             model_version_id=row.id,  # type: ignore[arg-type]
@@ -146,24 +137,3 @@ def deploy(
         force=force,
     )
     return detail.devices
-
-
-def _refuse_overlap(session: Session, targets: list[Device]) -> None:
-    """A device takes part in one gated rollout at a time: its gates compare it with itself."""
-    ids = [d.id for d in targets]
-    busy = session.exec(
-        select(Rollout.rollout_id, Rollout.plan, Device.name)
-        .join(Deployment, col(Deployment.rollout_id) == Rollout.id)
-        .join(Device, Device.id == Deployment.device_id)  # type: ignore[arg-type]
-        .where(
-            col(Rollout.state).in_(_GATED_ACTIVE),
-            col(Deployment.device_id).in_(ids),
-            col(Deployment.state).in_(_UNFINISHED),
-        )
-    ).all()
-    for rollout_id, plan, device in busy:
-        if (plan or {}).get("gates") is not None:
-            raise Conflict(
-                f"{device} is in rollout {rollout_id}, which is still running; "
-                f"abort or finish it first (`edgefleet rollout abort {rollout_id}`)"
-            )

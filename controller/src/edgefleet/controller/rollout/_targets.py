@@ -11,12 +11,21 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from edgefleet.shared.errors import ConfigError, NotFound
+from edgefleet.shared.errors import ConfigError, Conflict, NotFound
 
 from ..catalog import ORIGINAL_VARIANT
 from ..fleet import parse_labels
 from ..home import Home
-from ..registry import Artifact, Deployment, DeploymentState, Device, ModelVersion, Variant
+from ..registry import (
+    Artifact,
+    Deployment,
+    DeploymentState,
+    Device,
+    ModelVersion,
+    Rollout,
+    RolloutState,
+    Variant,
+)
 
 log = logging.getLogger(__name__)
 
@@ -202,3 +211,36 @@ def supersede_unfinished(session: Session, devices: Sequence[Device]) -> None:
 
 # Devices per statement: well under every database's limit on bound parameters.
 _CHUNK = 5000
+
+
+# a device's row still part of its rollout: anything but superseded or cancelled
+_TAKING_PART = [
+    s.value
+    for s in DeploymentState
+    if s not in (DeploymentState.SUPERSEDED, DeploymentState.CANCELLED)
+]
+_GATED_ACTIVE = [RolloutState.RUNNING.value, RolloutState.PAUSED.value]
+
+
+def refuse_overlap(session: Session, targets: Sequence[Device]) -> None:
+    """A device takes part in one gated rollout at a time (its gates compare it with
+    itself), and nothing else changes what it should serve meanwhile: ``Conflict`` naming
+    the rollout to abort or finish first."""
+    ids = [d.id for d in targets]
+    for start in range(0, len(ids), _CHUNK):
+        busy = session.exec(
+            select(Rollout.rollout_id, Rollout.plan, Device.name)
+            .join(Deployment, col(Deployment.rollout_id) == Rollout.id)
+            .join(Device, Device.id == Deployment.device_id)  # type: ignore[arg-type]
+            .where(
+                col(Rollout.state).in_(_GATED_ACTIVE),
+                col(Deployment.device_id).in_(ids[start : start + _CHUNK]),
+                col(Deployment.state).in_(_TAKING_PART),
+            )
+        ).all()
+        for rollout_id, plan, device in busy:
+            if (plan or {}).get("gates") is not None:
+                raise Conflict(
+                    f"{device} is in rollout {rollout_id}, which is still running; "
+                    f"abort or finish it first (`edgefleet rollout abort {rollout_id}`)"
+                )
