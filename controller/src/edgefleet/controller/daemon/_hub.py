@@ -1,10 +1,7 @@
-"""The daemon's HTTP connections without a thread each (issue 16): one thread, the hub,
-accepts them, completes TLS handshakes, gathers each request's head and sends every answer,
-never blocking (one selector); a worker from a small pool turns a whole head into a reply.
-
-So an idle keep-alive connection, a head trickling in and a download to a slow reader hold
-no thread: a worker is busy only while it computes a reply (a token looked up in the
-registry, a page, the metrics). Every state but a worker's has its own timeout here."""
+"""The daemon's HTTP connections without a thread each: one thread, the hub, accepts them,
+completes TLS handshakes, gathers request heads and sends every answer, never blocking (one
+selector); a worker from a small pool turns a whole head into a reply. An idle keep-alive
+connection, a trickling head or a slow reader holds no thread; each state has a timeout."""
 
 from __future__ import annotations
 
@@ -387,15 +384,13 @@ class ConnectionHub:
         self._enter(conn, Phase.CLOSED)
         self.open.discard(conn)
         self._close_file(conn)
-        try:
+        # unread input would make close() send a reset, which can destroy the reply before
+        # the client reads it (a head over the cap): read what is here first
+        with contextlib.suppress(OSError):  # nothing more to read, or the client is gone
             if lingering and not isinstance(conn.sock, ssl.SSLSocket):
-                # unread input would make close() send a reset, which can destroy the reply
-                # before the client reads it (a head over the cap): read what is here first
                 for _ in range(LINGER_READS):
                     if not conn.sock.recv(1 << 16):
                         break
-        except OSError:
-            pass  # nothing more to read, or the client is gone
         conn.sock.close()
 
     def _close_file(self, conn: Connection) -> None:
