@@ -12,7 +12,14 @@ from sqlmodel import select
 
 from edgefleet.controller import Home
 from edgefleet.controller.registry import Deployment, as_utc
-from edgefleet.controller.rollout import Gates, Window, deploy, resume_rollout, roll_back
+from edgefleet.controller.rollout import (
+    Gates,
+    Window,
+    abort_rollout,
+    deploy,
+    resume_rollout,
+    roll_back,
+)
 from edgefleet.shared import DeviceState, Manifest, RollbackOrder
 from edgefleet.shared.errors import Conflict, NotFound
 
@@ -430,3 +437,21 @@ def test_a_wave_short_of_requests_pauses_naming_the_devices(sim: Sim) -> None:
     reason = sim.rollout(rid).reason
     assert reason.startswith("wave 1: not enough evidence after")
     assert reason.endswith("fewer than 5000 requests on pi4-1")
+
+
+def test_abort_sends_back_a_device_still_working_on_the_version(sim: Sim) -> None:
+    """A wave device that has the order but has not finished (a download waiting for the
+    server, say) gets its rollback order with the others at once: the agent sets a waiting
+    download aside for it, or goes back after finishing. Not a tick later, when it commits."""
+    sim.boards["pi5-1"].on_deploy = "silent"  # holds the order, reports nothing yet
+    rid = start(sim, PLAN.model_copy(update={"waves": ("2", "100%")}))
+    sim.step()
+    assert sim.row_states(rid)["pi5-1"] == "sent"
+    abort_rollout(sim.home, rid, by="dave", now=sim.now)
+    assert sim.row_states(rid, kind="rollback") == dict.fromkeys(("pi4-1", "pi5-1"), "pending")
+    sim.boards["pi5-1"].on_deploy = "commit"  # it gets to its orders, in sequence order
+    sim.run_until(lambda: settled(sim, rid), max_steps=4)
+    assert sim.state(rid) == "aborted"
+    assert {n: b.serving.deployment_id for n, b in sim.boards.items() if b.serving} == (
+        dict.fromkeys(ALL, sim.v1)
+    )

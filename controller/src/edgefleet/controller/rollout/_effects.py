@@ -211,18 +211,24 @@ def previous_variant(session: Session, device: Device, undoing: str) -> int | No
     return row.variant_id if row is not None else None
 
 
+_MAY_TAKE_IT = (DeploymentState.SENT, DeploymentState.IN_PROGRESS)
+
+
 def _touched(row: Deployment) -> bool:
-    """A deploy row whose device took the version, or may still: committed, or lost (the
-    order may be at the broker or half done, and the device still install it)."""
+    """A deploy row whose device took the version, or may still: committed, on its way
+    (a device waiting to retry its download sets it aside for the rollback, one busy with
+    it goes back after it) or lost (the order may be at the broker or half done, and the
+    device still install it)."""
     return row.kind == DeploymentKind.DEPLOY.value and (
         row.state == DeploymentState.COMMITTED
+        or row.state in _MAY_TAKE_IT
         or (row.state == DeploymentState.FAILED and row.error_code == LOST)
     )
 
 
 def send_back(session: Session, rollout: Rollout, now: datetime) -> tuple[bool, list[str]]:
-    """Record a rollback order for every device of ``rollout`` that committed, or went
-    silent (its rollback follows the order it may yet carry out: the device refuses it if
+    """Record a rollback order for every device of ``rollout`` that committed, is still at
+    it, or went silent (its rollback follows the order it may yet carry out: the device refuses it if
     it never took the version), and has none yet (level-triggered: a device that commits
     late gets one on a later tick). Returns whether anything was written and the devices
     with no previous model to go back to."""
