@@ -48,7 +48,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -387,8 +387,6 @@ def _acked(workers: FleetWorkers, sent: int) -> int:
 def cmd_queries(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     import status_scale  # the registry with history, seeded as that benchmark does
-    from edgefleet.controller.fleet import record_heartbeat
-    from edgefleet.controller.registry import DaemonHeartbeat
 
     seed = argparse.Namespace(interval_s=10.0, dense_hours=1.0, max_rows=args.max_rows)
     commands = {
@@ -402,11 +400,7 @@ def cmd_queries(args: argparse.Namespace) -> None:
             started = time.perf_counter()
             home, summary = status_scale.build(Path(tmp), devices, seed)
             print(f"{summary}; built in {time.perf_counter() - started:.0f} s", flush=True)
-            at = datetime.now(UTC)  # a daemon beating hourly: alive for the whole benchmark
-            record_heartbeat(home, DaemonHeartbeat(
-                name="serve-bench", host="bench", pid=os.getpid(), version="0", every_s=3600,
-                started_at=at, beat_at=at, broker_connected=True,
-            ))  # fmt: skip
+            status_scale.daemon_alive(home)
             home.close()
             for name, argv in commands.items():
                 run = status_scale.as_process(Path(tmp) / "home", argv)
