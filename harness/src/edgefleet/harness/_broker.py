@@ -91,7 +91,7 @@ class Broker:
             "persistence true\n"
             f"persistence_location {self.workdir}/\n"
             f"autosave_interval {self.autosave_interval}\n"
-            "max_queued_messages 10000\n"
+            "max_queued_messages 200000\n"  # as `edgefleet broker config`'s
             "max_inflight_messages 100\n"
             f"log_dest file {self.log}\n"
             "log_type error\nlog_type warning\nlog_type notice\n" + access

@@ -41,6 +41,8 @@ from ._devices import mosquitto_password_hash
 BROKER_GROUP = "mosquitto"
 DEVICE_WRITES = (Channel.STATUS, Channel.EVENTS, Channel.TELEMETRY)
 CLI_USER_SUFFIX = "-cli"
+# what the broker holds for one client beyond its in-flight window
+MAX_QUEUED_MESSAGES = 200_000
 # seconds between the broker's saves of its memory: the most a crash can lose
 AUTOSAVE_S = 1
 # the largest message plus room for the topic, properties and the MQTT header
@@ -126,8 +128,10 @@ def write_broker_config(home: Home, folder: Path, *, bind: str | None = None) ->
         "# hour (the daemon asks devices about what was lost and sends it again)",
         "persistence true",
         f"autosave_interval {AUTOSAVE_S}",
-        "# enough room for a fleet's telemetry while the controller is busy",
-        "max_queued_messages 10000",
+        "# per client: the controller's queue takes the burst of a whole fleet's messages",
+        "# at once (10,000 devices, ~20 a deployment) while ingest catches up; beyond it",
+        "# Mosquitto drops them. A device's queue holds only its commands",
+        f"max_queued_messages {MAX_QUEUED_MESSAGES}",
         "# no message of the protocol is larger: a client sending more is disconnected",
         f"max_packet_size {MAX_PACKET_BYTES}",
         "",
