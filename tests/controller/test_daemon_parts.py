@@ -517,3 +517,30 @@ def test_ingest_keeps_each_devices_newest_p95_on_its_row(home: Home, fleet: dict
 
 
 STEP = timedelta(seconds=10)
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["apart", "in-one-batch"])
+def test_a_status_older_than_the_one_stored_does_not_replace_it(
+    home: Home, fleet: dict[str, str], together: bool
+) -> None:
+    """An agent's statuses queued while it was cut off can reach the broker after the
+    newer one it published on reconnecting: the device's own stamp decides which stands."""
+    _hello(home, "pi-1")
+    (row, *_) = record_deployment(home, "digits:1.0.0", devices=["pi-1"])
+    dispatch_pending(home, lambda t, p: None)
+    dep = row.deployment_id
+    t0 = datetime.now(UTC)
+    serving = shared.ServingModel(model=ModelRef(name="digits", version="1.0.0"),
+                                  deployment_id=dep, sha256="a" * 64)  # fmt: skip
+    newer = StatusMessage(device_id="pi-1", online=True, state="committed", deployment_id=dep,
+                          active=serving, last_sequence=1, sent_at=t0)  # fmt: skip
+    older = StatusMessage(device_id="pi-1", online=True, state="switching", deployment_id=dep,
+                          last_sequence=1, sent_at=t0 - timedelta(seconds=2))  # fmt: skip
+    batches = [[newer, older]] if together else [[newer], [older]]
+    for batch in batches:
+        with home.session() as s:
+            ingest_many(s, [("pi-1", m) for m in batch])
+    with home.session() as s:
+        device = s.exec(select(Device).where(Device.name == "pi-1")).one()
+        assert (device.serving_deployment_id, device.status_state) == (dep, "committed")
+    assert _rows(home) == [("pi-1", "committed", 1)]

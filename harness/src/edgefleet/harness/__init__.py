@@ -8,7 +8,7 @@ Installed by `make setup` (`pip install -e harness`); nothing shipped imports it
 """
 
 from ._artifacts import ArtifactServer, ServerFaults
-from ._broker import Broker, free_port, mosquitto_binary, wait_port
+from ._broker import STOCK_AUTOSAVE_S, Broker, free_port, mosquitto_binary, wait_port
 from ._controller import ControllerFleet, Proc
 from ._digits_cnn import TRAIN_ROWS, build_cnn, digits_images, train_cnn, write_eval_npz
 from ._edge_cnns import (
@@ -28,6 +28,19 @@ from ._encoder import (
     made_up_sentences,
     train_encoder,
     write_encoder_eval_npz,
+)
+from ._faultfleet import (
+    CRASH_MOMENTS,
+    DeviceLinks,
+    DeviceReport,
+    FaultFleet,
+    FaultRun,
+    RegistryRow,
+    broker_crash,
+    fault_scenarios,
+    partition,
+    serve_down,
+    slow_links,
 )
 from ._fleet import (
     DIGITS_IO,
@@ -59,18 +72,24 @@ from ._waiting import wait_until
 
 __all__ = [
     "BENCH_ENCODER",
+    "CRASH_MOMENTS",
     "DIGITS_IO",
     "ENCODER_INPUTS",
     "MOBILENET_V3_SMALL",
     "POISON_ABOVE",
+    "STOCK_AUTOSAVE_S",
     "TRAIN_ROWS",
     "AgentProcess",
     "ArtifactServer",
     "Broker",
     "ClientTraffic",
     "ControllerFleet",
+    "DeviceLinks",
+    "DeviceReport",
     "DeviceTally",
     "EncoderShape",
+    "FaultFleet",
+    "FaultRun",
     "FleetWorkers",
     "LinkState",
     "LocalFleet",
@@ -78,10 +97,12 @@ __all__ = [
     "Operator",
     "Proc",
     "Prometheus",
+    "RegistryRow",
     "ServerFaults",
     "SimDevice",
     "SimTimings",
     "TcpProxy",
+    "broker_crash",
     "build_cnn",
     "build_encoder",
     "build_mobilenet_v3_small",
@@ -92,16 +113,20 @@ __all__ = [
     "edge_images",
     "export_encoder",
     "failing_digits_model",
+    "fault_scenarios",
     "free_port",
     "infer_digits",
     "made_up_sentences",
     "mosquitto_binary",
+    "partition",
     "poisoned",
     "prometheus_binary",
     "public_names",
     "rss_bytes",
     "ruff_order",
+    "serve_down",
     "slow_digits_model",
+    "slow_links",
     "smoke_sample",
     "train_cnn",
     "train_encoder",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,15 +53,19 @@ def ingest_many(
     """Write a batch in the caller's transaction; returns how many messages were kept.
     ``now`` is when it arrived (the controller's clock).
 
-    Built for throughput: the batch's devices are read in one query, telemetry rows go in
-    with one multi-row INSERT, and device rows are updated once when the session flushes."""
-    batch = list(batch)
+    Built for throughput: the batch's devices, the rows and events its messages name are
+    read in one query each, telemetry goes in with one multi-row INSERT, and nothing is
+    written before the transaction commits."""
+    with session.no_autoflush:
+        return _ingest_many(session, list(batch), now)
+
+
+def _ingest_many(session: Session, batch: list[tuple[str, Inbound]], now: datetime | None) -> int:
     names = {name for name, _ in batch}
-    devices = {
-        d.name: d for d in session.exec(select(Device).where(col(Device.name).in_(names))).all()
-    }
+    devices = {d.name: d for d in session.exec(select(Device).where(col(Device.name).in_(names)))}
     telemetry: list[dict[str, Any]] = []
     seen = _stored_intervals(session, devices.values(), batch)
+    known = _Known.read(session, devices, batch)
     kept = 0
     now = now or datetime.now(UTC)
     for device_name, message in batch:
@@ -73,9 +78,9 @@ def ingest_many(
             continue
         kept += 1
         if isinstance(message, StatusMessage):
-            _status(session, device, message, now)
+            _status(session, known, device, message, now)
         elif isinstance(message, EventMessage):
-            _event(session, device, message, now)
+            _event(session, known, device, message, now)
         else:
             device.last_seen = now
             key = (device.id, _utc(message.sent_at))
@@ -107,13 +112,66 @@ def _stored_intervals(
     return {(device_id, _utc(at)) for device_id, at in rows}
 
 
+@dataclass
+class _Known:
+    """What the batch's statuses and events need from the registry, read in two queries
+    (not two a message): the rows they name, and the events stored already."""
+
+    rows: dict[tuple[int | None, str], Deployment]
+    events: set[tuple[int | None, str | None, str, datetime]]
+
+    @classmethod
+    def read(
+        cls, session: Session, devices: dict[str, Device], batch: list[tuple[str, Inbound]]
+    ) -> _Known:
+        named = [(n, m) for n, m in batch if isinstance(m, StatusMessage | EventMessage)]
+        ids = {devices[n].id for n, _ in named if n in devices}
+        deployments = {m.deployment_id for _, m in named if m.deployment_id}
+        known = cls(rows={}, events=set())
+        if not ids:
+            return known
+        if deployments:
+            for row in session.exec(
+                select(Deployment).where(
+                    col(Deployment.device_id).in_(ids),
+                    col(Deployment.deployment_id).in_(deployments),
+                )
+            ):
+                known.rows[(row.device_id, row.deployment_id)] = row
+        stamps = {m.sent_at for _, m in named if isinstance(m, EventMessage)}
+        if stamps:
+            known.events = {
+                (device_id, deployment_id, state, _utc(at))
+                for device_id, deployment_id, state, at in session.exec(
+                    select(Event.device_id, Event.deployment_id, Event.state, Event.at).where(
+                        col(Event.device_id).in_(ids), col(Event.at).in_(stamps)
+                    )
+                )
+            }
+        return known
+
+    def row(self, device: Device, deployment_id: str) -> Deployment | None:
+        return self.rows.get((device.id, deployment_id))
+
+    def new_event(self, device: Device, msg: EventMessage) -> bool:
+        """Whether ``msg`` is news, noting it as stored if so."""
+        key = (device.id, msg.deployment_id, msg.state.value, _utc(msg.sent_at))
+        if key in self.events:
+            return False
+        self.events.add(key)
+        return True
+
+
 def _utc(when: datetime) -> datetime:
     """SQLite hands back naive UTC datetimes, PostgreSQL aware ones: compare them as UTC."""
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
-def _status(session: Session, device: Device, msg: StatusMessage, now: datetime) -> None:
-    # The broker retains only the newest status, so whatever arrives is the current one.
+def _status(
+    session: Session, known: _Known, device: Device, msg: StatusMessage, now: datetime
+) -> None:
+    # The broker retains the newest status it got, but an agent's statuses queued while it
+    # was offline may reach it after a newer one: the device's own stamp decides.
     device.online = msg.online
     if msg.online:
         device.last_seen = now
@@ -123,6 +181,8 @@ def _status(session: Session, device: Device, msg: StatusMessage, now: datetime)
     # a last will carries the status of when the agent connected: not what it serves now
     if not msg.online:
         return
+    if device.status_at is not None and _utc(msg.sent_at) < _utc(device.status_at):
+        return  # an older status sent late (queued while offline): the newer one stands
     device.serving_deployment_id = msg.active.deployment_id if msg.active else None
     device.serving_model = str(msg.active.model) if msg.active else None
     device.previous_deployment_id = msg.previous.deployment_id if msg.previous else None
@@ -131,7 +191,7 @@ def _status(session: Session, device: Device, msg: StatusMessage, now: datetime)
     device.status_state = msg.state.value
     device.status_sequence = msg.last_sequence
     device.status_received_at = now
-    _reconcile_row(session, device, msg, now)
+    _reconcile_row(session, known, device, msg, now)
 
 
 # What a status's state says about the deployment it names, when its events were lost.
@@ -141,17 +201,15 @@ _STATUS_TO_STATE = {
 }
 
 
-def _reconcile_row(session: Session, device: Device, msg: StatusMessage, now: datetime) -> None:
+def _reconcile_row(
+    session: Session, known: _Known, device: Device, msg: StatusMessage, now: datetime
+) -> None:
     """The row of the deployment the status names, brought up to date from it: the device's
     own report stands in for events that were lost (a broker that crashed with them, a
     daemon that was down). A row whose events did arrive is already where this puts it."""
     if not msg.deployment_id:
         return
-    row = session.exec(
-        select(Deployment).where(
-            Deployment.deployment_id == msg.deployment_id, Deployment.device_id == device.id
-        )
-    ).first()
+    row = known.row(device, msg.deployment_id)
     if row is None or row.sequence is None:
         return  # not ours, or never sent: nothing the device could have received
     if msg.state is DeviceState.COMMITTED:
@@ -176,16 +234,10 @@ def _reconcile_row(session: Session, device: Device, msg: StatusMessage, now: da
     _settle(session, device, row, target, why, _utc(msg.sent_at), now)
 
 
-def _event(session: Session, device: Device, msg: EventMessage, now: datetime) -> None:
-    duplicate = session.exec(
-        select(Event.id).where(
-            Event.device_id == device.id,
-            Event.deployment_id == msg.deployment_id,
-            Event.state == msg.state,
-            Event.at == msg.sent_at,
-        )
-    ).first()
-    if duplicate is not None:
+def _event(
+    session: Session, known: _Known, device: Device, msg: EventMessage, now: datetime
+) -> None:
+    if not known.new_event(device, msg):
         return
     details: dict[str, object] = dict(msg.details)
     details.update({f"{k}_ms": v for k, v in msg.timings_ms.items() if f"{k}_ms" not in details})
@@ -203,11 +255,7 @@ def _event(session: Session, device: Device, msg: EventMessage, now: datetime) -
         )
     )
     device.last_seen = now
-    row = session.exec(
-        select(Deployment).where(
-            Deployment.deployment_id == msg.deployment_id, Deployment.device_id == device.id
-        )
-    ).first()
+    row = known.row(device, msg.deployment_id)
     if row is None:
         row = _refused_command(session, device, msg)
     if row is None:

@@ -228,10 +228,10 @@ def _touched(row: Deployment) -> bool:
 
 def send_back(session: Session, rollout: Rollout, now: datetime) -> tuple[bool, list[str]]:
     """Record a rollback order for every device of ``rollout`` that committed, is still at
-    it, or went silent (its rollback follows the order it may yet carry out: the device refuses it if
-    it never took the version), and has none yet (level-triggered: a device that commits
-    late gets one on a later tick). Returns whether anything was written and the devices
-    with no previous model to go back to."""
+    it, or went silent (its rollback follows the order it may yet carry out: the device
+    refuses it if it never took the version), and has none yet (level-triggered: a device
+    that commits late gets one on a later tick). Returns whether anything was written and
+    the devices with no previous model to go back to."""
     undo = rollback_id(rollout)
     rows = session.exec(
         select(Deployment, Device)
