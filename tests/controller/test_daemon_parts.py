@@ -188,6 +188,29 @@ def test_a_batch_the_broker_acknowledges_in_part_keeps_the_rest_for_resending(
     assert again.device == seen[1]
 
 
+def test_unconfirmed_orders_are_sent_again_as_a_batch(home: Home, fleet: dict[str, str]) -> None:
+    """Resending is a pipeline too: every unconfirmed row published back to back; the ones
+    the broker acknowledged lose their bytes, the rest keep them and the call says so."""
+    _hello(home, "pi-1", "box-1")
+    record_deployment(home, "digits:1.0.0", devices=["pi-1", "box-1"])
+    with pytest.raises(BrokerError):
+        dispatch_pending(home, lambda t, p: None, publish_many=lambda m: [False] * len(m))
+    calls: list[list[str]] = []
+
+    def first_only(messages: Sequence[tuple[str, bytes]]) -> list[bool]:
+        calls.append([shared.parse_topic(t)[0] for t, _ in messages])
+        return [True] + [False] * (len(messages) - 1)
+
+    with pytest.raises(BrokerError, match="acknowledged 1 of 2 orders sent again"):
+        resend_unconfirmed(home, lambda t, p: None, publish_many=first_only)
+    ((acked, kept),) = calls  # one call for both
+    stored = _stored_payloads(home)
+    assert stored[acked] is None and stored[kept] is not None
+    (again,) = resend_unconfirmed(home, lambda t, p: None, publish_many=first_only)
+    assert again.device == kept and calls[-1] == [kept]
+    assert set(_stored_payloads(home).values()) == {None}
+
+
 def test_rows_a_device_confirmed_and_expired_ones_are_not_resent(
     home: Home, fleet: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:

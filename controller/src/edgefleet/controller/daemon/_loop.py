@@ -268,7 +268,9 @@ class Daemon:
         self._resend_due.clear()  # first: a reconnect while resending asks for another round
         try:
             trust = resend_trust_updates(self.home, self._publish)
-            resent = resend_unconfirmed(self.home, self._publish)
+            resent = resend_unconfirmed(
+                self.home, self._publish, publish_many=self.link.publish_many
+            )
         except EdgefleetError:
             self._resend_due.set()
             raise

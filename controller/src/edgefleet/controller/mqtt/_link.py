@@ -35,6 +35,9 @@ log = logging.getLogger("edgefleet.controller.mqtt")
 SESSION_EXPIRY_S = 24 * 3600
 KEEPALIVE_S = 30
 PUBLISH_TIMEOUT_S = 10.0
+# a batch's acknowledgements come back among whatever else the broker is sending us (a
+# whole fleet's answers to the batch before): they get longer
+PUBLISH_MANY_TIMEOUT_S = 30.0
 # paho's own queue while disconnected: dispatch can go on publishing through a short outage
 MAX_QUEUED = 10_000
 MAX_INFLIGHT = 1_000
@@ -215,7 +218,7 @@ class MqttLink:
             raise BrokerError(f"the broker did not acknowledge {topic} in {timeout_s:g} s")
 
     def publish_many(
-        self, messages: Sequence[tuple[str, bytes]], *, timeout_s: float = PUBLISH_TIMEOUT_S
+        self, messages: Sequence[tuple[str, bytes]], *, timeout_s: float = PUBLISH_MANY_TIMEOUT_S
     ) -> list[bool]:
         """Publish every (topic, payload) at QoS 1 back to back, many in flight at once, then
         wait (``timeout_s`` in all) for the broker's acknowledgements; whether each was

@@ -217,16 +217,21 @@ def _window_open(plan: Mapping[str, object] | None, now: datetime) -> bool:
 
 
 def resend_unconfirmed(
-    home: Home, publish: Publish, *, now: datetime | None = None
+    home: Home,
+    publish: Publish,
+    *,
+    publish_many: PublishMany | None = None,
+    now: datetime | None = None,
 ) -> list[Dispatched]:
     """Publish again the stored command of every row still ``sent`` whose publish the broker
-    never acknowledged, oldest first.
+    never acknowledged, oldest first, in batches as ``dispatch_pending`` sends them.
 
     Such a row may never have reached the broker, and nothing else would ever send it.
     The same bytes are safe to send twice: the agent ignores a deployment id it knows.
     A row whose manifest has expired is left alone (logged): the agent would refuse it,
     and the controller cannot tell one never delivered from one the device is working
     on and has not reported yet. Rows sent before schema 3 have nothing stored to resend.
+    ``BrokerError`` when the broker did not acknowledge them all (the rest keep their bytes).
     """
     now = now or datetime.now(UTC)
     prefix = home.settings.topic_prefix
@@ -240,36 +245,44 @@ def resend_unconfirmed(
             )
             .order_by(col(Deployment.id))
         ).all()
-    resent: list[Dispatched] = []
+    due: list[tuple[int, Dispatched, bytes]] = []
     for row, device_name in rows:
-        row_id, deployment_id, sequence, payload = (
-            row.id,
-            row.deployment_id,
-            row.sequence,
-            row.payload,
-        )
+        payload, sequence = row.payload, row.sequence
         assert payload is not None and sequence is not None  # both set with state sent
         try:
             expires_at = _expiry(payload)
         except MessageError as exc:
             log.error(
-                "stored command of %s for %s is unusable: %s", deployment_id, device_name, exc
+                "stored command of %s for %s is unusable: %s", row.deployment_id, device_name, exc
             )
             continue
         if expires_at <= now:
             log.warning(
                 "%s for %s expired at %s unconfirmed; not resent (deploy again to retry)",
-                deployment_id, device_name, expires_at.isoformat(),
+                row.deployment_id, device_name, expires_at.isoformat(),
             )  # fmt: skip
             continue
         topic = shared.command_topic(device_name, prefix)
-        publish(topic, payload)
-        _confirmed(home, [row_id])  # type: ignore[list-item]
-        log.info(
-            "resent %s to %s (sequence %d): the device has not confirmed it yet",
-            deployment_id, device_name, sequence,
-        )  # fmt: skip
-        resent.append(Dispatched(deployment_id, device_name, sequence, topic))
+        sent = Dispatched(row.deployment_id, device_name, sequence, topic)
+        due.append((row.id, sent, payload))  # type: ignore[arg-type]
+    many = publish_many or one_by_one(publish)
+    resent: list[Dispatched] = []
+    for start in range(0, len(due), BATCH):
+        chunk = due[start : start + BATCH]
+        acked = many([(d.topic, payload) for _, d, payload in chunk])
+        done = [(row_id, d) for (row_id, d, _), ok in zip(chunk, acked, strict=True) if ok]
+        _confirmed(home, [row_id for row_id, _ in done])
+        for _, d in done:
+            log.info(
+                "resent %s to %s (sequence %d): the device has not confirmed it yet",
+                d.deployment_id, d.device, d.sequence,
+            )  # fmt: skip
+        resent += [d for _, d in done]
+        if len(done) < len(chunk):
+            raise BrokerError(
+                f"the broker acknowledged {len(done)} of {len(chunk)} orders sent again; "
+                "the others are sent again once it is back"
+            )
     return resent
 
 
