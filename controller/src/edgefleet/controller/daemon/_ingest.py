@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,10 +27,9 @@ from ..registry import (
     Telemetry,
     TrustUpdateState,
 )
+from ._known import Inbound, Known, utc
 
 log = logging.getLogger("edgefleet.controller.ingest")
-
-Inbound = StatusMessage | EventMessage | TelemetryMessage
 
 # The agent's event states, and what each means for the controller's row.
 _EVENT_TO_STATE = {
@@ -64,8 +62,7 @@ def _ingest_many(session: Session, batch: list[tuple[str, Inbound]], now: dateti
     names = {name for name, _ in batch}
     devices = {d.name: d for d in session.exec(select(Device).where(col(Device.name).in_(names)))}
     telemetry: list[dict[str, Any]] = []
-    seen = _stored_intervals(session, devices.values(), batch)
-    known = _Known.read(session, devices, batch)
+    known = Known.read(session, devices, batch)
     kept = 0
     now = now or datetime.now(UTC)
     for device_name, message in batch:
@@ -83,10 +80,10 @@ def _ingest_many(session: Session, batch: list[tuple[str, Inbound]], now: dateti
             _event(session, known, device, message, now)
         else:
             device.last_seen = now
-            key = (device.id, _utc(message.sent_at))
-            if key in seen:
+            key = (device.id, utc(message.sent_at))
+            if key in known.intervals:
                 continue  # a QoS 1 redelivery of an interval already stored
-            seen.add(key)
+            known.intervals.add(key)
             telemetry += _telemetry_rows(device, message)
             _newest_p95(device, message)
         session.add(device)
@@ -95,80 +92,8 @@ def _ingest_many(session: Session, batch: list[tuple[str, Inbound]], now: dateti
     return kept
 
 
-def _stored_intervals(
-    session: Session, devices: Iterable[Device], batch: list[tuple[str, Inbound]]
-) -> set[tuple[int | None, datetime]]:
-    """(device id, sent_at) of the batch's telemetry already in the registry: a device stamps
-    each interval once, so the pair names it (one indexed query per batch)."""
-    ids = [d.id for d in devices]
-    stamps = {_utc(m.sent_at) for _, m in batch if isinstance(m, TelemetryMessage)}
-    if not ids or not stamps:
-        return set()
-    rows = session.exec(
-        select(Telemetry.device_id, Telemetry.at)
-        .where(col(Telemetry.device_id).in_(ids), col(Telemetry.at).in_(stamps))
-        .distinct()
-    ).all()
-    return {(device_id, _utc(at)) for device_id, at in rows}
-
-
-@dataclass
-class _Known:
-    """What the batch's statuses and events need from the registry, read in two queries
-    (not two a message): the rows they name, and the events stored already."""
-
-    rows: dict[tuple[int | None, str], Deployment]
-    events: set[tuple[int | None, str | None, str, datetime]]
-
-    @classmethod
-    def read(
-        cls, session: Session, devices: dict[str, Device], batch: list[tuple[str, Inbound]]
-    ) -> _Known:
-        named = [(n, m) for n, m in batch if isinstance(m, StatusMessage | EventMessage)]
-        ids = {devices[n].id for n, _ in named if n in devices}
-        deployments = {m.deployment_id for _, m in named if m.deployment_id}
-        known = cls(rows={}, events=set())
-        if not ids:
-            return known
-        if deployments:
-            for row in session.exec(
-                select(Deployment).where(
-                    col(Deployment.device_id).in_(ids),
-                    col(Deployment.deployment_id).in_(deployments),
-                )
-            ):
-                known.rows[(row.device_id, row.deployment_id)] = row
-        stamps = {m.sent_at for _, m in named if isinstance(m, EventMessage)}
-        if stamps:
-            known.events = {
-                (device_id, deployment_id, state, _utc(at))
-                for device_id, deployment_id, state, at in session.exec(
-                    select(Event.device_id, Event.deployment_id, Event.state, Event.at).where(
-                        col(Event.device_id).in_(ids), col(Event.at).in_(stamps)
-                    )
-                )
-            }
-        return known
-
-    def row(self, device: Device, deployment_id: str) -> Deployment | None:
-        return self.rows.get((device.id, deployment_id))
-
-    def new_event(self, device: Device, msg: EventMessage) -> bool:
-        """Whether ``msg`` is news, noting it as stored if so."""
-        key = (device.id, msg.deployment_id, msg.state.value, _utc(msg.sent_at))
-        if key in self.events:
-            return False
-        self.events.add(key)
-        return True
-
-
-def _utc(when: datetime) -> datetime:
-    """SQLite hands back naive UTC datetimes, PostgreSQL aware ones: compare them as UTC."""
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-
-
 def _status(
-    session: Session, known: _Known, device: Device, msg: StatusMessage, now: datetime
+    session: Session, known: Known, device: Device, msg: StatusMessage, now: datetime
 ) -> None:
     # The broker retains the newest status it got, but an agent's statuses queued while it
     # was offline may reach it after a newer one: the device's own stamp decides.
@@ -181,12 +106,12 @@ def _status(
     # a last will carries the status of when the agent connected: not what it serves now
     if not msg.online:
         return
-    if device.status_at is not None and _utc(msg.sent_at) < _utc(device.status_at):
+    if device.status_at is not None and utc(msg.sent_at) < utc(device.status_at):
         return  # an older status sent late (queued while offline): the newer one stands
     device.serving_deployment_id = msg.active.deployment_id if msg.active else None
     device.serving_model = str(msg.active.model) if msg.active else None
     device.previous_deployment_id = msg.previous.deployment_id if msg.previous else None
-    device.status_at = _utc(msg.sent_at)
+    device.status_at = utc(msg.sent_at)
     device.status_deployment_id = msg.deployment_id
     device.status_state = msg.state.value
     device.status_sequence = msg.last_sequence
@@ -202,7 +127,7 @@ _STATUS_TO_STATE = {
 
 
 def _reconcile_row(
-    session: Session, known: _Known, device: Device, msg: StatusMessage, now: datetime
+    session: Session, known: Known, device: Device, msg: StatusMessage, now: datetime
 ) -> None:
     """The row of the deployment the status names, brought up to date from it: the device's
     own report stands in for events that were lost (a broker that crashed with them, a
@@ -231,11 +156,11 @@ def _reconcile_row(
         "%s on %s: %s -> %s from the device's status", row.deployment_id, device.name,
         row.state, target.value,
     )  # fmt: skip
-    _settle(session, device, row, target, why, _utc(msg.sent_at), now)
+    _settle(session, device, row, target, why, utc(msg.sent_at), now)
 
 
 def _event(
-    session: Session, known: _Known, device: Device, msg: EventMessage, now: datetime
+    session: Session, known: Known, device: Device, msg: EventMessage, now: datetime
 ) -> None:
     if not known.new_event(device, msg):
         return
@@ -267,7 +192,7 @@ def _event(
     if _lost(row) and target not in FINISHED_STATES:
         return  # a device presumed lost is settled only by how its order ended
     why = None if msg.ok else (msg.error_code or "failed", msg.message)
-    _settle(session, device, row, target, why, _utc(msg.sent_at), now)
+    _settle(session, device, row, target, why, utc(msg.sent_at), now)
 
 
 def _settle(
@@ -361,9 +286,9 @@ def _trust_answer(session: Session, device: Device, msg: EventMessage, now: date
 def _newest_p95(device: Device, msg: TelemetryMessage) -> None:
     """Keep the device's newest p95 on its row, so `status` reads no telemetry: the last
     model of the message that served requests (during a swap, the new one comes last)."""
-    at = _utc(msg.sent_at)
+    at = utc(msg.sent_at)
     known = device.p95_at
-    if known is not None and _utc(known) >= at:
+    if known is not None and utc(known) >= at:
         return  # an older interval, redelivered or late
     for stats in reversed(msg.models):
         if stats.p95_ms is not None:
@@ -375,7 +300,7 @@ def _telemetry_rows(device: Device, msg: TelemetryMessage) -> list[dict[str, Any
     system = msg.system
     common: dict[str, Any] = {
         "device_id": device.id,
-        "at": _utc(msg.sent_at),  # SQLite keeps no offset: store every instant as UTC
+        "at": utc(msg.sent_at),  # SQLite keeps no offset: store every instant as UTC
         "interval_s": msg.interval_s,
         "cpu_percent": system.cpu_percent,
         "memory_used_bytes": system.memory_used_bytes,

@@ -373,6 +373,8 @@ def schema_v9(conn: sa.Connection) -> None:
     # dispatch, reconciliation and every new rollout look rows up by state: the unfinished
     # ones are few, whatever the history kept
     conn.execute(sa.text("CREATE INDEX ix_deployment_state ON deployment (state)"))
+    # ingest finds the events a batch may repeat by device and time, whatever the history
+    conn.execute(sa.text("CREATE INDEX ix_event_device_at ON event (device_id, at)"))
 
 
 MIGRATIONS: tuple[Migration, ...] = (

@@ -238,6 +238,7 @@ class ArtifactGrant(SQLModel, table=True):
 
 class Event(SQLModel, table=True):
     __tablename__ = "event"
+    __table_args__ = (sa.Index("ix_event_device_at", "device_id", "at"),)
 
     id: int | None = Field(default=None, primary_key=True)
     device_id: int = Field(foreign_key="device.id", ondelete="CASCADE", index=True)
