@@ -1,6 +1,6 @@
 """Faults against the real controller and its fleet, for tests/faults and bench/faults.py: a
 ``ControllerFleet`` whose agents reach the broker and the artifact server each through
-their own ``TcpProxy``; the faults of issue 15 (the broker SIGKILLed at a chosen moment of
+their own ``TcpProxy``; the faults a fleet meets (the broker SIGKILLed at a chosen moment of
 a deployment, `serve` down, a partition, slow links) as one table of scenarios; and the
 one convergence check both use: every device serves the target or has failed with a
 reason, the registry says the same as every device's own state, and nothing ran twice.
@@ -34,8 +34,9 @@ FAULT_AGENT_ENV = {
     "EDGEFLEET_AGENT_DOWNLOAD_RETRY_MAX_S": "2",
     "EDGEFLEET_AGENT_DOWNLOAD_TIMEOUT_S": "5",
 }
-# The agent's retry window before issue 15: five quick attempts, about ten seconds. `serve`
-# stays down longer than this, and until every device failed more attempts than that.
+# The agent's old retry window (before it retried until the manifest expired): five quick
+# attempts, about ten seconds. `serve` stays down longer, and until every device failed
+# more attempts than that.
 OLD_RETRY_WINDOW_S = 10.0
 OLD_RETRY_ATTEMPTS = 5
 CRASH_MOMENTS = ("queued", "deployed", "downloading", "some_committed")

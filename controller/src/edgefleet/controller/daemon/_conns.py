@@ -19,13 +19,13 @@ log = logging.getLogger("edgefleet.controller.http")
 # registry, the broker link, the workers' (each may open an artifact file) and the files
 # being sent (one per artifact, however many connections send it: ``SharedFiles``).
 FD_HEADROOM = 256
-DEFAULT_MAX_CONNECTIONS = 16_384  # issue 16: 10,000 devices, each keeping a connection
+DEFAULT_MAX_CONNECTIONS = 16_384  # 10,000 devices, each keeping a connection, and room
 
 
 def connection_cap(wanted: int = DEFAULT_MAX_CONNECTIONS) -> int:
     """How many connections this process can hold open: ``wanted``, or fewer when the
     open-files limit leaves no room; the soft limit is first raised toward the hard one (as
-    Go's runtime does), since the common soft default of 1,024 is what issue 16 ran into."""
+    Go's runtime does): the common soft default of 1,024 is too few for a large fleet."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = wanted + FD_HEADROOM
     if soft != resource.RLIM_INFINITY and soft < need:
