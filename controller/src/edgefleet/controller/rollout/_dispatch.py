@@ -108,16 +108,31 @@ def dispatch_pending(
         batch = _prepare_batch(home, session, key, now, limit)
     if not batch:
         return []
-    many = publish_many or one_by_one(publish)
+    return _publish_batch(home, publish_many or one_by_one(publish), batch, again=False)
+
+
+def _publish_batch(
+    home: Home, many: PublishMany, batch: Sequence[_Prepared], *, again: bool
+) -> list[Dispatched]:
+    """Publish ``batch`` back to back, then drop the bytes of the commands the broker
+    acknowledged in one transaction; ``BrokerError`` when it did not acknowledge them all
+    (the others keep theirs). ``again``: the batch is being resent."""
     acked = many([(b.topic, b.payload) for b in batch])
     done = [b for b, ok in zip(batch, acked, strict=True) if ok]
     _confirmed(home, [b.row_id for b in done])
     for b in done:
-        log.info("sent %s to %s (sequence %d, %s)", b.deployment_id, b.device, b.sequence, b.what)
+        if again:
+            log.info(
+                "resent %s to %s (sequence %d): the device has not confirmed it yet",
+                b.deployment_id, b.device, b.sequence,
+            )  # fmt: skip
+        else:
+            log.info("sent %s to %s (sequence %d, %s)", b.deployment_id, b.device, b.sequence,
+                     b.what)  # fmt: skip
     if len(done) < len(batch):
         raise BrokerError(
-            f"the broker acknowledged {len(done)} of {len(batch)} orders; the others are"
-            " sent again once it is back"
+            f"the broker acknowledged {len(done)} of {len(batch)} orders"
+            f"{' sent again' if again else ''}; the others are sent again once it is back"
         )
     return [Dispatched(b.deployment_id, b.device, b.sequence, b.topic) for b in done]
 
@@ -245,7 +260,7 @@ def resend_unconfirmed(
             )
             .order_by(col(Deployment.id))
         ).all()
-    due: list[tuple[int, Dispatched, bytes]] = []
+    due: list[_Prepared] = []
     for row, device_name in rows:
         payload, sequence = row.payload, row.sequence
         assert payload is not None and sequence is not None  # both set with state sent
@@ -263,26 +278,12 @@ def resend_unconfirmed(
             )  # fmt: skip
             continue
         topic = shared.command_topic(device_name, prefix)
-        sent = Dispatched(row.deployment_id, device_name, sequence, topic)
-        due.append((row.id, sent, payload))  # type: ignore[arg-type]
+        assert row.id is not None
+        due.append(_Prepared(row.id, row.deployment_id, device_name, sequence, topic, payload, ""))
     many = publish_many or one_by_one(publish)
     resent: list[Dispatched] = []
     for start in range(0, len(due), BATCH):
-        chunk = due[start : start + BATCH]
-        acked = many([(d.topic, payload) for _, d, payload in chunk])
-        done = [(row_id, d) for (row_id, d, _), ok in zip(chunk, acked, strict=True) if ok]
-        _confirmed(home, [row_id for row_id, _ in done])
-        for _, d in done:
-            log.info(
-                "resent %s to %s (sequence %d): the device has not confirmed it yet",
-                d.deployment_id, d.device, d.sequence,
-            )  # fmt: skip
-        resent += [d for _, d in done]
-        if len(done) < len(chunk):
-            raise BrokerError(
-                f"the broker acknowledged {len(done)} of {len(chunk)} orders sent again; "
-                "the others are sent again once it is back"
-            )
+        resent += _publish_batch(home, many, due[start : start + BATCH], again=True)
     return resent
 
 
