@@ -58,12 +58,12 @@ class Known:
         sent = [(n, m) for n, m in batch if isinstance(m, TelemetryMessage) and n in devices]
         if sent:
             times = [utc(m.sent_at) for _, m in sent]
-            query = select(Telemetry.device_id, Telemetry.at).where(  # type: ignore[assignment]
+            stored = select(Telemetry.device_id, Telemetry.at).where(
                 col(Telemetry.device_id).in_({devices[n].id for n, _ in sent}),
                 col(Telemetry.at) >= min(times),
                 col(Telemetry.at) <= max(times),
             )
-            known.intervals = {(d, utc(at)) for d, at in session.exec(query)}  # type: ignore[misc]
+            known.intervals = {(d, utc(at)) for d, at in session.exec(stored)}
         return known
 
     def row(self, device: Device, deployment_id: str) -> Deployment | None:
